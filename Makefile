@@ -1,0 +1,51 @@
+# dagwire developer entry points. `make test` and `make run` install everything they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.synced
+
+.PHONY: help lock install lint typecheck test test-unit bench run clean
+
+help: ## Show this help.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+# requirements.lock pins every package (with hashes) for Python 3.11; `make lock` refreshes it.
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip sync --quiet --python $(PY) --require-hashes requirements.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	@touch $@
+
+lock: ## Re-resolve requirements.lock from pyproject.toml.
+	@test -x $(UV) || $(MAKE) install
+	$(UV) pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 --quiet -o requirements.lock
+
+install: $(STAMP) ## Create .venv and install dagwire with every locked dependency.
+
+lint: install ## ruff.
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install ## mypy --strict on the core.
+	$(VENV)/bin/mypy -p dagwire.graph -p dagwire.runtime -p dagwire.stores -p dagwire.models -p dagwire.spec -p dagwire.errors
+
+test: install lint typecheck ## Lint, type-check and run every test.
+	$(VENV)/bin/pytest tests
+
+test-unit: install ## Unit tests only (no servers).
+	$(VENV)/bin/pytest tests/unit
+
+bench: install ## Benchmarks; prints tables.
+	$(PY) -m bench
+
+run: install ## Run the example workflow end to end.
+	$(VENV)/bin/dagwire run examples/hello.yaml
+
+clean: ## Remove the virtualenv and caches.
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
