@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.synced
 
-.PHONY: help lock install lint typecheck test test-unit bench run clean
+.PHONY: help lock install protos protos-check buf-lint devservers lint typecheck test test-unit test-integration bench run clean
 
 help: ## Show this help.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,24 +28,40 @@ lock: ## Re-resolve requirements.lock from pyproject.toml.
 
 install: $(STAMP) ## Create .venv and install dagwire with every locked dependency.
 
+protos: install ## Regenerate dagwire/v1/ from protos/ (never edit the generated code).
+	$(PY) scripts/gen_protos.py
+
+protos-check: install ## Fail when dagwire/v1/ is stale against protos/.
+	$(PY) scripts/gen_protos.py --check
+
+buf-lint: ## buf lint on protos/ (buf built from its pinned Go module on first use).
+	scripts/buf.sh lint protos
+
+devservers: ## Build FerretDB + MinIO (cached outside the checkout) and install PostgreSQL if missing.
+	scripts/devservers.sh >/dev/null
+
 lint: install ## ruff.
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install ## mypy --strict on the core.
-	$(VENV)/bin/mypy -p dagwire.graph -p dagwire.runtime -p dagwire.stores -p dagwire.models -p dagwire.spec -p dagwire.errors
+	$(VENV)/bin/mypy -p dagwire.graph -p dagwire.runtime -p dagwire.stores -p dagwire.models \
+		-p dagwire.spec -p dagwire.errors -p dagwire.ids -p dagwire.toolbox
 
-test: install lint typecheck ## Lint, type-check and run every test.
+test: install lint typecheck protos-check buf-lint devservers ## Lint, type-check, check protos, run every test.
 	$(VENV)/bin/pytest tests
 
 test-unit: install ## Unit tests only (no servers).
 	$(VENV)/bin/pytest tests/unit
 
+test-integration: install devservers ## Integration tests (real FerretDB, MinIO, gRPC on loopback).
+	$(VENV)/bin/pytest tests/integration
+
 bench: install ## Benchmarks; prints tables.
 	$(PY) -m bench
 
-run: install ## Run the example workflow end to end.
-	$(VENV)/bin/dagwire run examples/hello.yaml
+run: install ## Run the example workflow end to end (in-process until the services land).
+	$(PY) examples/run_in_process.py examples/hello.yaml --data-dir .dagwire
 
 clean: ## Remove the virtualenv and caches.
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

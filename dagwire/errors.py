@@ -1,4 +1,4 @@
-"""The one exception tree of dagwire: every error the library raises descends from `DagwireError`."""
+"""The one exception tree: every error dagwire raises descends from `DagwireError`."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class AdapterNotFoundError(DagwireError, LookupError):
 class NotFoundError(DagwireError, LookupError):
     """An id (run, artifact, record) is unknown to the store."""
 
-    def __init__(self, message: str, *, kind: str = "", id: str = "") -> None:  # noqa: A002
+    def __init__(self, message: str, *, kind: str = "", id: str = "") -> None:
         super().__init__(message)
         self.kind = kind
         self.id = id
@@ -81,9 +81,7 @@ class AttemptTimeoutError(DagwireError, TimeoutError):
     """One attempt of a task ran past the task's `timeout`."""
 
     def __init__(self, node_id: str, attempt: int, timeout: float) -> None:
-        super().__init__(
-            f"task {node_id!r} attempt {attempt} timed out after {timeout:g} s"
-        )
+        super().__init__(f"task {node_id!r} attempt {attempt} timed out after {timeout:g} s")
         self.node_id = node_id
         self.attempt = attempt
         self.timeout = timeout

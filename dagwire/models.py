@@ -332,4 +332,3 @@ def artifact_from_json(data: dict[str, Any]) -> Artifact:
         size=data.get("size"),
         created_at=parse_iso(data.get("created_at")),
     )
-

@@ -1,0 +1,19 @@
+"""The runtime: the orchestrator that drives a run, the dispatcher that routes tasks to adapters."""
+
+from dagwire.runtime.adapter import AgentAdapter, AgentFunction, FunctionAdapter
+from dagwire.runtime.dispatcher import Dispatcher, TaskDispatcher
+from dagwire.runtime.events import EventLog, RunEvent, RunEventKind
+from dagwire.runtime.orchestrator import Orchestrator, backoff_delay
+
+__all__ = [
+    "AgentAdapter",
+    "AgentFunction",
+    "Dispatcher",
+    "EventLog",
+    "FunctionAdapter",
+    "Orchestrator",
+    "RunEvent",
+    "RunEventKind",
+    "TaskDispatcher",
+    "backoff_delay",
+]

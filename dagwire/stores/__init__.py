@@ -1,0 +1,13 @@
+"""Store interfaces: where artifacts, execution records and runs are kept.
+
+Backends live in their own modules so their dependencies load only when used:
+`dagwire.stores.local` (files + SQLite), `dagwire.stores.mongo`, `dagwire.stores.s3`.
+"""
+
+from dagwire.stores.base import ArtifactStore, ExecutionStore
+
+__all__ = [
+    # interfaces
+    "ArtifactStore",
+    "ExecutionStore",
+]

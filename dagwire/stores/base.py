@@ -1,0 +1,152 @@
+"""The store interfaces: `ArtifactStore` (task outputs) and `ExecutionStore` (attempts and runs)."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from typing import Protocol, runtime_checkable
+
+from dagwire.models import Artifact, ExecutionRecord, RunRecord, RunStatus
+
+__all__ = ["ArtifactStore", "ExecutionStore"]
+
+
+@runtime_checkable
+class ArtifactStore(Protocol):
+    """Where task outputs live: content-addressed bytes plus one metadata record per artifact.
+
+    Every artifact stored gets its own `artifact_id` (time-ordered, unique), even when its
+    bytes equal another's; the bytes underneath are kept once, keyed by sha256. A store is
+    self-sufficient: a fresh instance on the same backing storage finds every artifact an
+    earlier one accepted. Constructors do no I/O; `aclose()` releases connections and threads.
+    """
+
+    async def store(self, artifact: Artifact) -> Artifact:
+        """Store an artifact whose `content` is in memory.
+
+        Args:
+            artifact: `content` must be set; `run_id`/`node_id`, `name`, `media_type` and
+                `metadata` are kept as given. The value is not mutated.
+
+        Returns:
+            A new value (`dataclasses.replace`) with `artifact_id`, `sha256` (hex of the
+            content), `size` and `created_at` filled in.
+
+        Raises:
+            ValueError: `content` is None, or a name, id, media type or metadata key contains
+                NUL or is not valid UTF-8 (the message names the field).
+        """
+        ...
+
+    async def store_stream(self, artifact: Artifact, chunks: AsyncIterable[bytes]) -> Artifact:
+        """Store an artifact whose content arrives as a stream of chunks, never whole in memory.
+
+        Args:
+            artifact: as for `store()`, but `content` must be None.
+            chunks: the content, in order. If iterating it raises, nothing becomes visible.
+
+        Returns:
+            A new value with `artifact_id`, `sha256`, `size`, `created_at` filled and
+            `content=None`.
+
+        Raises:
+            ValueError: `content` is set, or a field is invalid (as for `store()`).
+            Exception: whatever `chunks` raised.
+        """
+        ...
+
+    async def load(self, artifact_id: str) -> Artifact:
+        """The artifact with its `content`.
+
+        Raises:
+            NotFoundError: no artifact has this id (the message names it).
+        """
+        ...
+
+    async def stat(self, artifact_id: str) -> Artifact:
+        """The artifact's metadata, `content=None` (cheap: no bytes are read).
+
+        Raises:
+            NotFoundError: no artifact has this id.
+        """
+        ...
+
+    def open(self, artifact_id: str) -> AsyncIterator[bytes]:
+        """The artifact's content as an async iterator of chunks (at most 1 MiB each).
+
+        The lookup happens on the first iteration, so an unknown id raises `NotFoundError`
+        from the first `__anext__()`; call `stat()` first to fail before streaming starts.
+        Close the iterator (`aclose()`) when abandoning it early.
+
+        Raises:
+            NotFoundError: no artifact has this id (on first iteration).
+        """
+        ...
+
+    async def list(self, run_id: str) -> builtins.list[Artifact]:
+        """Every artifact stored for `run_id`, in store order, each with `content=None`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and threads."""
+        ...
+
+
+@runtime_checkable
+class ExecutionStore(Protocol):
+    """Where attempts (`ExecutionRecord`) and runs (`RunRecord`) are kept.
+
+    Constructors do no I/O; `aclose()` flushes pending writes and releases resources.
+    """
+
+    async def record(self, record: ExecutionRecord) -> None:
+        """Upsert one attempt, keyed by `(run_id, node_id, attempt)`; durable on return.
+
+        A repeat never duplicates the record; a final status is never overwritten by
+        `running` (a late `running` write is ignored), while a final status replaces
+        `running`.
+
+        Raises:
+            ValueError: a field is invalid (e.g. a naive `datetime`, an unknown status).
+        """
+        ...
+
+    async def record_many(self, records: Sequence[ExecutionRecord]) -> None:
+        """`record()` for several attempts at once, in one write (same rules, in order)."""
+        ...
+
+    async def list_records(self, run_id: str) -> list[ExecutionRecord]:
+        """Every attempt of `run_id`, ordered by `started_at`, then `node_id`, then `attempt`."""
+        ...
+
+    async def save_run(self, run: RunRecord) -> None:
+        """Upsert a run record by `run_id`; durable on return."""
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run record, or None when no run has this id."""
+        ...
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> list[RunRecord]:
+        """Runs newest first (`created_at` descending, then `run_id` descending).
+
+        Args:
+            status: only runs with this status.
+            limit: most runs returned (at least 1).
+            after: the last `run_id` of the previous page (keyset pagination).
+
+        Raises:
+            NotFoundError: `after` names no run.
+            ValueError: `limit` is below 1 or `status` is not a run status.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Flush pending writes and release connections and threads."""
+        ...

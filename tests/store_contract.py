@@ -1,0 +1,555 @@
+"""The store contract (DESIGN §4, §6), as tests every `ArtifactStore`/`ExecutionStore` must pass.
+
+A test module runs the suite against a backend by importing it
+(``from tests.store_contract import *``) and providing these fixtures:
+
+- ``artifact_store``: a fresh, empty `ArtifactStore`;
+- ``reopen_artifact_store``: a callable returning a *new* instance on the same backing storage;
+- ``execution_store``: a fresh, empty `ExecutionStore`;
+- ``reopen_execution_store``: a callable returning a new instance on the same backing storage.
+
+The fixtures own every instance they hand out (and close them at teardown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import random
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from dagwire.errors import NotFoundError
+from dagwire.models import (
+    Artifact,
+    ExecutionRecord,
+    NodeSummary,
+    RunRecord,
+    RunStatus,
+    TaskStatus,
+)
+from dagwire.stores import ArtifactStore, ExecutionStore
+
+__all__ = [
+    "test_artifact_store_fresh_instance_loads_every_stored_artifact",
+    "test_artifact_store_satisfies_the_protocol",
+    "test_execution_store_fresh_instance_sees_every_record_and_run",
+    "test_execution_store_satisfies_the_protocol",
+    "test_get_run_unknown_id_returns_none",
+    "test_list_records_is_ordered_by_start_time_then_node_then_attempt",
+    "test_list_records_unknown_run_is_empty",
+    "test_list_returns_the_runs_artifacts_in_store_order_without_content",
+    "test_list_runs_after_an_unknown_run_id_raises_not_found",
+    "test_list_runs_default_page_is_50_newest",
+    "test_list_runs_filters_by_status",
+    "test_list_runs_pagination_with_after_covers_every_run_exactly_once",
+    "test_list_runs_returns_newest_first",
+    "test_list_unknown_run_is_empty",
+    "test_load_unknown_id_raises_not_found_naming_it",
+    "test_media_type_defaults_to_octet_stream",
+    "test_metadata_keys_with_dot_and_dollar_come_back_unchanged",
+    "test_name_that_is_not_utf8_is_a_value_error_naming_the_field",
+    "test_name_with_nul_is_a_value_error_naming_the_field",
+    "test_open_and_stat_unknown_id_raise_not_found",
+    "test_open_yields_chunks_of_at_most_1_mib",
+    "test_record_datetimes_round_trip_as_timezone_aware_utc",
+    "test_record_final_status_overwrites_running",
+    "test_record_is_idempotent_per_run_node_attempt",
+    "test_record_many_writes_every_record_once",
+    "test_record_running_never_overwrites_a_final_status",
+    "test_record_upsert_replaces_fields_of_the_same_attempt",
+    "test_records_of_500_concurrent_calls_land_exactly_once",
+    "test_save_run_and_get_run_round_trip_every_field",
+    "test_save_run_upserts_by_run_id",
+    "test_stat_returns_metadata_without_content",
+    "test_store_and_load_round_trip_content_and_metadata",
+    "test_store_empty_content_round_trips",
+    "test_store_fills_id_sha256_size_and_created_at",
+    "test_store_identical_content_twice_gives_two_ids_one_digest",
+    "test_store_many_concurrently_lists_every_artifact_once",
+    "test_store_returns_a_new_value_and_does_not_mutate_the_input",
+    "test_store_stream_5_mib_round_trips_in_chunks",
+    "test_store_stream_that_fails_half_way_leaves_nothing_listed",
+    "test_unicode_names_round_trip",
+]
+
+MIB = 1 << 20
+T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+
+ReopenArtifactStore = Callable[[], ArtifactStore]
+ReopenExecutionStore = Callable[[], ExecutionStore]
+
+
+def _artifact(content: bytes | None = b"hello", **fields: object) -> Artifact:
+    values: dict[str, object] = {"name": "out.txt", "run_id": "run-1", "node_id": "node-a"}
+    values.update(fields)
+    return Artifact(content=content, **values)  # type: ignore[arg-type]
+
+
+def _record(node_id: str = "a", attempt: int = 1, **fields: object) -> ExecutionRecord:
+    values: dict[str, object] = {
+        "run_id": "run-1",
+        "node_id": node_id,
+        "attempt": attempt,
+        "agent": "echo",
+        "status": TaskStatus.SUCCEEDED,
+        "started_at": T0,
+        "finished_at": T0 + timedelta(seconds=1),
+        "trace_id": "0af7651916cd43dd8448eb211c80319c",
+    }
+    values.update(fields)
+    return ExecutionRecord(**values)  # type: ignore[arg-type]
+
+
+def _run(run_id: str, created_at: datetime = T0, **fields: object) -> RunRecord:
+    values: dict[str, object] = {
+        "run_id": run_id,
+        "name": "wf",
+        "status": RunStatus.RUNNING,
+        "created_at": created_at,
+    }
+    values.update(fields)
+    return RunRecord(**values)  # type: ignore[arg-type]
+
+
+async def _chunks(total: int, size: int) -> AsyncIterator[bytes]:
+    rng = random.Random(total)
+    sent = 0
+    while sent < total:
+        n = min(size, total - sent)
+        yield rng.randbytes(n)
+        sent += n
+        await asyncio.sleep(0)
+
+
+def _expected(total: int, size: int) -> bytes:
+    rng = random.Random(total)
+    out = bytearray()
+    while len(out) < total:
+        out += rng.randbytes(min(size, total - len(out)))
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------- artifact store
+
+
+def test_artifact_store_satisfies_the_protocol(artifact_store: ArtifactStore) -> None:
+    assert isinstance(artifact_store, ArtifactStore)
+
+
+async def test_store_and_load_round_trip_content_and_metadata(
+    artifact_store: ArtifactStore,
+) -> None:
+    given = _artifact(b"payload", media_type="text/plain", metadata={"lang": "en"})
+    stored = await artifact_store.store(given)
+    assert stored.artifact_id is not None
+    loaded = await artifact_store.load(stored.artifact_id)
+    assert loaded.content == b"payload"
+    assert loaded.without_content() == stored.without_content()
+
+
+async def test_store_fills_id_sha256_size_and_created_at(artifact_store: ArtifactStore) -> None:
+    before = datetime.now(UTC)
+    stored = await artifact_store.store(_artifact(b"abc"))
+    assert isinstance(stored.artifact_id, str) and stored.artifact_id
+    assert stored.sha256 == hashlib.sha256(b"abc").hexdigest()
+    assert stored.size == 3
+    assert stored.created_at is not None and stored.created_at.utcoffset() == timedelta(0)
+    assert before - timedelta(seconds=5) <= stored.created_at <= datetime.now(UTC)
+    assert (stored.run_id, stored.node_id, stored.name) == ("run-1", "node-a", "out.txt")
+
+
+async def test_store_returns_a_new_value_and_does_not_mutate_the_input(
+    artifact_store: ArtifactStore,
+) -> None:
+    given = _artifact(b"x", metadata={"k": "v"})
+    snapshot = dataclasses.replace(given, metadata=dict(given.metadata))
+    stored = await artifact_store.store(given)
+    assert stored is not given
+    assert given == snapshot
+    assert given.artifact_id is None and given.sha256 is None and given.size is None
+
+
+async def test_store_identical_content_twice_gives_two_ids_one_digest(
+    artifact_store: ArtifactStore,
+) -> None:
+    first = await artifact_store.store(_artifact(b"same bytes", node_id="a"))
+    second = await artifact_store.store(_artifact(b"same bytes", node_id="b"))
+    assert first.artifact_id != second.artifact_id
+    assert first.sha256 == second.sha256
+    assert (await artifact_store.load(first.artifact_id or "")).node_id == "a"
+    assert (await artifact_store.load(second.artifact_id or "")).node_id == "b"
+
+
+async def test_list_returns_the_runs_artifacts_in_store_order_without_content(
+    artifact_store: ArtifactStore,
+) -> None:
+    ids = []
+    for i in range(5):
+        stored = await artifact_store.store(_artifact(f"c{i}".encode(), name=f"a{i}"))
+        ids.append(stored.artifact_id)
+    await artifact_store.store(_artifact(b"other", run_id="run-2"))
+    listed = await artifact_store.list("run-1")
+    assert [a.artifact_id for a in listed] == ids
+    assert [a.name for a in listed] == [f"a{i}" for i in range(5)]
+    assert all(a.content is None for a in listed)
+    assert all(a.sha256 is not None and a.size == 2 for a in listed)
+
+
+async def test_list_unknown_run_is_empty(artifact_store: ArtifactStore) -> None:
+    assert await artifact_store.list("no-such-run") == []
+
+
+async def test_load_unknown_id_raises_not_found_naming_it(artifact_store: ArtifactStore) -> None:
+    with pytest.raises(NotFoundError, match="no-such-artifact") as caught:
+        await artifact_store.load("no-such-artifact")
+    assert isinstance(caught.value, LookupError)
+
+
+async def test_open_and_stat_unknown_id_raise_not_found(artifact_store: ArtifactStore) -> None:
+    with pytest.raises(NotFoundError, match="missing-id"):
+        await artifact_store.stat("missing-id")
+    with pytest.raises(NotFoundError, match="missing-id"):
+        async for _ in artifact_store.open("missing-id"):
+            pass
+
+
+async def test_stat_returns_metadata_without_content(artifact_store: ArtifactStore) -> None:
+    stored = await artifact_store.store(_artifact(b"12345", metadata={"a": "b"}))
+    stat = await artifact_store.stat(stored.artifact_id or "")
+    assert stat.content is None
+    assert stat == stored.without_content()
+
+
+async def test_metadata_keys_with_dot_and_dollar_come_back_unchanged(
+    artifact_store: ArtifactStore,
+) -> None:
+    metadata = {"a.b": "1", "$set": "2", "x.$y.z": "3", "plain": "4", "": "empty key"}
+    stored = await artifact_store.store(_artifact(metadata=metadata))
+    assert (await artifact_store.load(stored.artifact_id or "")).metadata == metadata
+    [listed] = await artifact_store.list("run-1")
+    assert listed.metadata == metadata
+
+
+async def test_unicode_names_round_trip(artifact_store: ArtifactStore) -> None:
+    name = "résumé — 報告 🚀.txt"
+    stored = await artifact_store.store(_artifact(name=name, metadata={"ключ": "значение"}))
+    loaded = await artifact_store.load(stored.artifact_id or "")
+    assert loaded.name == name
+    assert loaded.metadata == {"ключ": "значение"}
+
+
+async def test_name_with_nul_is_a_value_error_naming_the_field(
+    artifact_store: ArtifactStore,
+) -> None:
+    with pytest.raises(ValueError, match="name"):
+        await artifact_store.store(_artifact(name="bad\x00name"))
+    assert await artifact_store.list("run-1") == []
+
+
+async def test_name_that_is_not_utf8_is_a_value_error_naming_the_field(
+    artifact_store: ArtifactStore,
+) -> None:
+    with pytest.raises(ValueError, match="name"):
+        await artifact_store.store(_artifact(name="bad\udc80name"))
+    assert await artifact_store.list("run-1") == []
+
+
+async def test_store_empty_content_round_trips(artifact_store: ArtifactStore) -> None:
+    stored = await artifact_store.store(_artifact(b""))
+    assert stored.size == 0
+    assert stored.sha256 == hashlib.sha256(b"").hexdigest()
+    assert (await artifact_store.load(stored.artifact_id or "")).content == b""
+    assert [c async for c in artifact_store.open(stored.artifact_id or "")] in ([], [b""])
+
+
+async def test_media_type_defaults_to_octet_stream(artifact_store: ArtifactStore) -> None:
+    stored = await artifact_store.store(Artifact(name="n", content=b"x", run_id="run-1"))
+    assert stored.media_type == "application/octet-stream"
+    assert (await artifact_store.load(stored.artifact_id or "")).media_type == (
+        "application/octet-stream"
+    )
+
+
+async def test_store_stream_5_mib_round_trips_in_chunks(artifact_store: ArtifactStore) -> None:
+    total, size = 5 * MIB + 123, 64 * 1024 + 7
+    stored = await artifact_store.store_stream(
+        _artifact(None, name="big.bin"), _chunks(total, size)
+    )
+    expected = _expected(total, size)
+    assert stored.content is None
+    assert stored.size == total
+    assert stored.sha256 == hashlib.sha256(expected).hexdigest()
+    received = bytearray()
+    async for chunk in artifact_store.open(stored.artifact_id or ""):
+        received += chunk
+    assert bytes(received) == expected
+    assert (await artifact_store.load(stored.artifact_id or "")).content == expected
+    assert [a.artifact_id for a in await artifact_store.list("run-1")] == [stored.artifact_id]
+
+
+async def test_open_yields_chunks_of_at_most_1_mib(artifact_store: ArtifactStore) -> None:
+    content = random.Random(3).randbytes(3 * MIB + 5)
+    stored = await artifact_store.store(_artifact(content))
+    chunks = [c async for c in artifact_store.open(stored.artifact_id or "")]
+    assert len(chunks) >= 4
+    assert all(len(c) <= MIB for c in chunks)
+    assert b"".join(chunks) == content
+
+
+async def test_store_stream_that_fails_half_way_leaves_nothing_listed(
+    artifact_store: ArtifactStore,
+) -> None:
+    class Broken(Exception):
+        pass
+
+    async def failing() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * MIB
+        raise Broken("connection dropped")
+
+    with pytest.raises(Broken, match="connection dropped"):
+        await artifact_store.store_stream(_artifact(None), failing())
+    assert await artifact_store.list("run-1") == []
+
+
+async def test_store_many_concurrently_lists_every_artifact_once(
+    artifact_store: ArtifactStore,
+) -> None:
+    stored = await asyncio.gather(
+        *(artifact_store.store(_artifact(f"c{i % 10}".encode(), name=f"n{i}")) for i in range(200))
+    )
+    listed = await artifact_store.list("run-1")
+    assert sorted(str(a.artifact_id) for a in listed) == sorted(str(a.artifact_id) for a in stored)
+    assert len({a.artifact_id for a in stored}) == 200
+
+
+async def test_artifact_store_fresh_instance_loads_every_stored_artifact(
+    artifact_store: ArtifactStore, reopen_artifact_store: ReopenArtifactStore
+) -> None:
+    small = await artifact_store.store(_artifact(b"small", metadata={"a.b": "c"}))
+    big = await artifact_store.store_stream(_artifact(None, name="big"), _chunks(2 * MIB, 100_000))
+    await artifact_store.aclose()
+    fresh = reopen_artifact_store()
+    loaded = await fresh.load(small.artifact_id or "")
+    assert loaded.content == b"small"
+    assert loaded.without_content() == small.without_content()
+    assert (await fresh.load(big.artifact_id or "")).content == _expected(2 * MIB, 100_000)
+    assert [a.artifact_id for a in await fresh.list("run-1")] == [
+        small.artifact_id,
+        big.artifact_id,
+    ]
+
+
+# ---------------------------------------------------------------------- execution store
+
+
+def test_execution_store_satisfies_the_protocol(execution_store: ExecutionStore) -> None:
+    assert isinstance(execution_store, ExecutionStore)
+
+
+async def test_record_is_idempotent_per_run_node_attempt(execution_store: ExecutionStore) -> None:
+    await execution_store.record(_record())
+    await execution_store.record(_record())
+    assert await execution_store.list_records("run-1") == [_record()]
+
+
+async def test_record_upsert_replaces_fields_of_the_same_attempt(
+    execution_store: ExecutionStore,
+) -> None:
+    await execution_store.record(_record(status=TaskStatus.FAILED, error="boom"))
+    await execution_store.record(_record(status=TaskStatus.SUCCEEDED, output_artifact_ids=["x"]))
+    [stored] = await execution_store.list_records("run-1")
+    assert stored.status == TaskStatus.SUCCEEDED
+    assert stored.output_artifact_ids == ["x"]
+    assert stored.error is None
+
+
+async def test_record_running_never_overwrites_a_final_status(
+    execution_store: ExecutionStore,
+) -> None:
+    final = _record(status=TaskStatus.FAILED, error="boom", output_artifact_ids=[])
+    await execution_store.record(final)
+    await execution_store.record(_record(status=TaskStatus.RUNNING, finished_at=None))
+    assert await execution_store.list_records("run-1") == [final]
+
+
+async def test_record_final_status_overwrites_running(execution_store: ExecutionStore) -> None:
+    await execution_store.record(_record(status=TaskStatus.RUNNING, finished_at=None))
+    final = _record(status=TaskStatus.SUCCEEDED, output_artifact_ids=["art-1"])
+    await execution_store.record(final)
+    assert await execution_store.list_records("run-1") == [final]
+
+
+async def test_list_records_is_ordered_by_start_time_then_node_then_attempt(
+    execution_store: ExecutionStore,
+) -> None:
+    expected = [
+        _record("z", 1, started_at=T0),
+        _record("a", 1, started_at=T0 + timedelta(microseconds=1)),
+        _record("a", 2, started_at=T0 + timedelta(seconds=2)),
+        _record("b", 1, started_at=T0 + timedelta(seconds=2)),
+        _record("b", 2, started_at=T0 + timedelta(seconds=2)),
+        _record("c", 1, started_at=T0 + timedelta(days=1)),
+    ]
+    shuffled = list(expected)
+    random.Random(7).shuffle(shuffled)
+    for record in shuffled:
+        await execution_store.record(record)
+    await execution_store.record(_record("other", run_id="run-2"))
+    assert await execution_store.list_records("run-1") == expected
+
+
+async def test_list_records_unknown_run_is_empty(execution_store: ExecutionStore) -> None:
+    assert await execution_store.list_records("no-such-run") == []
+
+
+async def test_record_datetimes_round_trip_as_timezone_aware_utc(
+    execution_store: ExecutionStore,
+) -> None:
+    started = datetime(2026, 3, 29, 1, 59, 59, 999999, tzinfo=UTC)
+    finished = datetime(2026, 3, 29, 4, 0, 0, 1, tzinfo=timezone(timedelta(hours=2)))
+    await execution_store.record(_record(started_at=started, finished_at=finished))
+    [stored] = await execution_store.list_records("run-1")
+    assert stored.started_at == started and stored.finished_at == finished
+    assert stored.started_at.utcoffset() == timedelta(0)
+    assert stored.finished_at is not None and stored.finished_at.utcoffset() == timedelta(0)
+    assert stored.started_at.microsecond == 999999 and stored.finished_at.microsecond == 1
+
+
+async def test_records_of_500_concurrent_calls_land_exactly_once(
+    execution_store: ExecutionStore,
+) -> None:
+    records = [
+        _record(f"n{i:03d}", started_at=T0 + timedelta(microseconds=i), input_artifact_ids=[str(i)])
+        for i in range(500)
+    ]
+    await asyncio.gather(*(execution_store.record(r) for r in records))
+    await asyncio.gather(*(execution_store.record(r) for r in records[:100]))  # repeats
+    assert await execution_store.list_records("run-1") == records
+
+
+async def test_record_many_writes_every_record_once(execution_store: ExecutionStore) -> None:
+    records = [_record(f"n{i}", started_at=T0 + timedelta(seconds=i)) for i in range(20)]
+    await execution_store.record_many(records)
+    await execution_store.record_many(records[:5])
+    assert await execution_store.list_records("run-1") == records
+
+
+async def test_save_run_and_get_run_round_trip_every_field(execution_store: ExecutionStore) -> None:
+    run = RunRecord(
+        run_id="run-1",
+        name="hello",
+        status=RunStatus.FAILED,
+        created_at=T0,
+        finished_at=T0 + timedelta(minutes=1, microseconds=7),
+        spec={"name": "hello", "tasks": [{"id": "a", "agent": "echo", "params": {"n": 3}}]},
+        user_vars={"topic": "gRPC", "a.b": "$x"},
+        request_id="req-1",
+        trace_id="0af7651916cd43dd8448eb211c80319c",
+        error="task 'a' failed",
+        nodes={
+            "a": NodeSummary(
+                status=TaskStatus.FAILED,
+                attempts=3,
+                error="boom",
+                artifacts=[
+                    Artifact(name="o", artifact_id="art-1", sha256="00" * 32, size=1, created_at=T0)
+                ],
+            ),
+            "b": NodeSummary(status=TaskStatus.SKIPPED),
+        },
+    )
+    await execution_store.save_run(run)
+    assert await execution_store.get_run("run-1") == run
+
+
+async def test_get_run_unknown_id_returns_none(execution_store: ExecutionStore) -> None:
+    assert await execution_store.get_run("no-such-run") is None
+
+
+async def test_save_run_upserts_by_run_id(execution_store: ExecutionStore) -> None:
+    await execution_store.save_run(_run("run-1"))
+    finished = _run("run-1", status=RunStatus.SUCCEEDED, finished_at=T0 + timedelta(seconds=3))
+    await execution_store.save_run(finished)
+    assert await execution_store.get_run("run-1") == finished
+    assert await execution_store.list_runs() == [finished]
+
+
+async def test_list_runs_returns_newest_first(execution_store: ExecutionStore) -> None:
+    for i in (3, 1, 4, 0, 2):
+        await execution_store.save_run(_run(f"run-{i}", T0 + timedelta(seconds=i)))
+    runs = await execution_store.list_runs()
+    assert [r.run_id for r in runs] == ["run-4", "run-3", "run-2", "run-1", "run-0"]
+
+
+async def test_list_runs_filters_by_status(execution_store: ExecutionStore) -> None:
+    statuses = [RunStatus.RUNNING, RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.SUCCEEDED]
+    for i, status in enumerate(statuses):
+        await execution_store.save_run(_run(f"run-{i}", T0 + timedelta(seconds=i), status=status))
+    succeeded = await execution_store.list_runs(status=RunStatus.SUCCEEDED)
+    assert [r.run_id for r in succeeded] == ["run-3", "run-1"]
+    assert [r.run_id for r in await execution_store.list_runs(status="failed")] == ["run-2"]
+    assert await execution_store.list_runs(status=RunStatus.CANCELLED) == []
+
+
+async def test_list_runs_pagination_with_after_covers_every_run_exactly_once(
+    execution_store: ExecutionStore,
+) -> None:
+    # Ties on created_at (three runs a second) must not lose or repeat runs across pages.
+    run_ids = [f"run-{i:02d}" for i in range(23)]
+    await asyncio.gather(
+        *(
+            execution_store.save_run(_run(r, T0 + timedelta(seconds=i // 3)))
+            for i, r in enumerate(run_ids)
+        )
+    )
+    seen: list[str] = []
+    after: str | None = None
+    pages = 0
+    while True:
+        page = await execution_store.list_runs(limit=5, after=after)
+        if not page:
+            break
+        pages += 1
+        assert len(page) <= 5
+        seen += [r.run_id for r in page]
+        after = page[-1].run_id
+    assert seen == sorted(run_ids, key=lambda r: (run_ids.index(r) // 3, r), reverse=True)
+    assert pages == 5
+
+
+async def test_list_runs_after_an_unknown_run_id_raises_not_found(
+    execution_store: ExecutionStore,
+) -> None:
+    await execution_store.save_run(_run("run-1"))
+    with pytest.raises(NotFoundError, match="no-such-run"):
+        await execution_store.list_runs(after="no-such-run")
+
+
+async def test_list_runs_default_page_is_50_newest(execution_store: ExecutionStore) -> None:
+    await asyncio.gather(
+        *(
+            execution_store.save_run(_run(f"run-{i:02d}", T0 + timedelta(seconds=i)))
+            for i in range(60)
+        )
+    )
+    runs = await execution_store.list_runs()
+    assert [r.run_id for r in runs] == [f"run-{i:02d}" for i in range(59, 9, -1)]
+
+
+async def test_execution_store_fresh_instance_sees_every_record_and_run(
+    execution_store: ExecutionStore, reopen_execution_store: ReopenExecutionStore
+) -> None:
+    records = [_record(f"n{i}", started_at=T0 + timedelta(seconds=i)) for i in range(10)]
+    await asyncio.gather(*(execution_store.record(r) for r in records))
+    run = _run("run-1", status=RunStatus.SUCCEEDED, finished_at=T0 + timedelta(seconds=20))
+    await execution_store.save_run(run)
+    await execution_store.aclose()
+    fresh = reopen_execution_store()
+    assert await fresh.list_records("run-1") == records
+    assert await fresh.get_run("run-1") == run
+    assert await fresh.list_runs() == [run]

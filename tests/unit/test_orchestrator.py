@@ -1,0 +1,586 @@
+"""The orchestrator in-process, on the embedded stores and the toolbox agents."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dagwire.errors import (
+    NonRetryableError,
+    NotFoundError,
+    ResourceExhaustedError,
+    RunAlreadyFinishedError,
+    StoreUnavailableError,
+    WorkflowValidationError,
+)
+from dagwire.models import Artifact, RetryPolicy, RunRecord, RunStatus, TaskNode, TaskStatus
+from dagwire.runtime import Dispatcher, FunctionAdapter, Orchestrator, RunEventKind, backoff_delay
+from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
+from dagwire.toolbox import blob_chunks, toolbox_adapters
+
+
+class Recorder:
+    """An adapter that records every call it gets and answers like echo."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[tuple[TaskNode, list[Artifact], str]] = []
+        self.delay = delay
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.cancelled = 0
+
+    async def execute(
+        self, task: TaskNode, inputs: list[Artifact], trace_id: str
+    ) -> list[Artifact]:
+        self.calls.append((task, inputs, trace_id))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        return [Artifact(name="out", content=f"{task.id}".encode(), media_type="text/plain")]
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[tuple[LocalArtifactStore, SqliteExecutionStore]]:
+    artifacts = LocalArtifactStore(tmp_path / "artifacts")
+    executions = SqliteExecutionStore(tmp_path / "executions.sqlite3")
+    yield artifacts, executions
+    await artifacts.aclose()
+    await executions.aclose()
+
+
+@pytest.fixture
+async def orchestrator(
+    stores: tuple[LocalArtifactStore, SqliteExecutionStore],
+) -> AsyncIterator[Orchestrator]:
+    dispatcher = Dispatcher()
+    for key, adapter in toolbox_adapters().items():
+        dispatcher.register_adapter(key, adapter)
+    orch = Orchestrator(*stores, dispatcher=dispatcher)
+    yield orch
+    await orch.aclose()
+
+
+def register(orch: Orchestrator, key: str, adapter: Any) -> None:
+    dispatcher = orch.dispatcher
+    assert isinstance(dispatcher, Dispatcher)
+    dispatcher.register_adapter(key, adapter)
+
+
+def fast_retry(max_attempts: int) -> dict[str, Any]:
+    return {"max_attempts": max_attempts, "initial_backoff": 0.001, "max_backoff": 0.01}
+
+
+async def test_run_workflow_passes_outputs_downstream_and_stores_them(
+    orchestrator: Orchestrator,
+) -> None:
+    spec = {
+        "name": "hello",
+        "vars": {"topic": "gRPC"},
+        "tasks": [
+            {"id": "greet", "agent": "echo", "params": {"text": "hello ${user.topic}"}},
+            {"id": "shout", "agent": "upper", "depends_on": ["greet"]},
+        ],
+    }
+    summary = await orchestrator.run_workflow(spec)
+
+    assert summary.status == RunStatus.SUCCEEDED
+    assert summary.nodes["greet"].status == TaskStatus.SUCCEEDED
+    [out] = summary.nodes["shout"].artifacts
+    assert out.content is None
+    assert out.run_id == summary.run_id and out.node_id == "shout"
+    loaded = await orchestrator.artifact_store.load(out.artifact_id or "")
+    assert loaded.content == b"HELLO GRPC"
+    assert loaded.sha256 == hashlib.sha256(b"HELLO GRPC").hexdigest()
+    assert loaded.size == 10
+    assert loaded.media_type == "text/plain"
+
+
+async def test_run_workflow_user_vars_override_spec_vars(orchestrator: Orchestrator) -> None:
+    spec = {
+        "name": "vars",
+        "vars": {"who": "spec", "n": 3},
+        "tasks": [
+            {"id": "a", "agent": "echo", "params": {"text": "${user.who} ${user.n} $${user.who}"}}
+        ],
+    }
+    summary = await orchestrator.run_workflow(spec, user_vars={"who": "cli"})
+    [out] = summary.nodes["a"].artifacts
+    assert (
+        await orchestrator.artifact_store.load(out.artifact_id or "")
+    ).content == b"cli 3 ${user.who}"
+
+
+async def test_run_workflow_inputs_arrive_in_depends_on_order_with_content(
+    orchestrator: Orchestrator,
+) -> None:
+    recorder = Recorder()
+    register(orchestrator, "rec", recorder)
+    spec = {
+        "name": "fan-in",
+        "tasks": [
+            {"id": "a", "agent": "echo", "params": {"text": "A"}},
+            {"id": "b", "agent": "echo", "params": {"text": "B"}},
+            {"id": "c", "agent": "echo", "params": {"text": "C"}},
+            {"id": "join", "agent": "rec", "depends_on": ["c", "a", "b"]},
+        ],
+    }
+    await orchestrator.run_workflow(spec)
+    [(task, inputs, _)] = recorder.calls
+    assert [a.content for a in inputs] == [b"C", b"A", b"B"]
+    assert [a.node_id for a in inputs] == ["c", "a", "b"]
+    assert task.attempt == 1
+
+
+async def test_run_workflow_uses_one_trace_id_for_every_dispatch(
+    orchestrator: Orchestrator,
+) -> None:
+    recorder = Recorder()
+    register(orchestrator, "rec", recorder)
+    tasks = [{"id": f"t{i}", "agent": "rec"} for i in range(5)]
+    summary = await orchestrator.run_workflow({"name": "trace", "tasks": tasks})
+    trace_ids = {trace for _, _, trace in recorder.calls}
+    assert len(trace_ids) == 1
+    [trace_id] = trace_ids
+    assert summary.trace_id == trace_id and len(trace_id) == 32
+    records = await orchestrator.execution_store.list_records(summary.run_id)
+    assert {r.trace_id for r in records} == {trace_id}
+
+
+async def test_run_workflow_saves_run_as_running_then_final(orchestrator: Orchestrator) -> None:
+    seen: list[RunRecord | None] = []
+
+    async def peek(task: TaskNode, inputs: list[Artifact], trace_id: str) -> list[Artifact]:
+        runs = await orchestrator.execution_store.list_runs()
+        seen.append(runs[0] if runs else None)
+        return []
+
+    register(orchestrator, "peek", FunctionAdapter(peek))
+    summary = await orchestrator.run_workflow(
+        {"name": "peek", "tasks": [{"id": "p", "agent": "peek"}]}
+    )
+    assert seen[0] is not None and seen[0].status == RunStatus.RUNNING
+    assert seen[0].run_id == summary.run_id
+    stored = await orchestrator.execution_store.get_run(summary.run_id)
+    assert stored is not None
+    assert stored.status == RunStatus.SUCCEEDED
+    assert stored.finished_at is not None and stored.finished_at >= stored.created_at
+    assert stored.spec["name"] == "peek"
+    assert stored.nodes["p"].status == TaskStatus.SUCCEEDED
+
+
+async def test_run_workflow_records_one_execution_record_per_attempt(
+    orchestrator: Orchestrator,
+) -> None:
+    spec = {
+        "name": "retry",
+        "tasks": [
+            {"id": "src", "agent": "echo", "params": {"text": "x"}},
+            {
+                "id": "flaky",
+                "agent": "fail",
+                "depends_on": ["src"],
+                "params": {"times": 2},
+                "retry": fast_retry(3),
+            },
+        ],
+    }
+    summary = await orchestrator.run_workflow(spec)
+    assert summary.status == RunStatus.SUCCEEDED
+    assert summary.nodes["flaky"].attempts == 3
+    records = [
+        r
+        for r in await orchestrator.execution_store.list_records(summary.run_id)
+        if r.node_id == "flaky"
+    ]
+    assert [(r.attempt, r.status) for r in records] == [
+        (1, TaskStatus.FAILED),
+        (2, TaskStatus.FAILED),
+        (3, TaskStatus.SUCCEEDED),
+    ]
+    assert records[0].error is not None and "failed on purpose" in records[0].error
+    src_out = summary.nodes["src"].artifacts[0].artifact_id
+    assert all(r.input_artifact_ids == [src_out] for r in records)
+    assert records[2].output_artifact_ids == [summary.nodes["flaky"].artifacts[0].artifact_id]
+    assert all(r.finished_at is not None and r.finished_at >= r.started_at for r in records)
+
+
+async def test_run_workflow_gives_up_after_max_attempts(orchestrator: Orchestrator) -> None:
+    spec = {
+        "name": "doomed",
+        "tasks": [
+            {"id": "f", "agent": "fail", "params": {"message": "boom"}, "retry": fast_retry(2)}
+        ],
+    }
+    summary = await orchestrator.run_workflow(spec)
+    assert summary.status == RunStatus.FAILED
+    node = summary.nodes["f"]
+    assert (node.status, node.attempts) == (TaskStatus.FAILED, 2)
+    assert node.error is not None and "boom" in node.error
+
+
+async def test_run_workflow_does_not_retry_non_retryable_errors(orchestrator: Orchestrator) -> None:
+    async def refuse(task: TaskNode, inputs: list[Artifact], trace_id: str) -> list[Artifact]:
+        raise NonRetryableError("bad params: no prompt")
+
+    register(orchestrator, "refuse", FunctionAdapter(refuse))
+    spec = {"name": "nr", "tasks": [{"id": "r", "agent": "refuse", "retry": fast_retry(5)}]}
+    summary = await orchestrator.run_workflow(spec)
+    assert summary.nodes["r"].attempts == 1
+    assert summary.nodes["r"].error == "bad params: no prompt"
+
+
+async def test_run_workflow_unknown_agent_fails_that_task_naming_the_key(
+    orchestrator: Orchestrator,
+) -> None:
+    spec = {
+        "name": "typo",
+        "tasks": [
+            {"id": "bad", "agent": "ecoh", "retry": fast_retry(3)},
+            {"id": "after", "agent": "echo", "depends_on": ["bad"]},
+            {"id": "other", "agent": "echo", "params": {"text": "independent"}},
+        ],
+    }
+    summary = await orchestrator.run_workflow(spec)
+    assert summary.status == RunStatus.FAILED
+    bad = summary.nodes["bad"]
+    assert bad.status == TaskStatus.FAILED and bad.attempts == 1
+    assert bad.error is not None and "'ecoh'" in bad.error
+    assert summary.nodes["after"].status == TaskStatus.SKIPPED
+    assert summary.nodes["after"].attempts == 0
+    assert summary.nodes["other"].status == TaskStatus.SUCCEEDED
+    records = await orchestrator.execution_store.list_records(summary.run_id)
+    assert sorted(r.node_id for r in records) == ["bad", "other"]  # skipped: no record
+
+
+async def test_run_workflow_timeout_cancels_the_adapter_call_and_retries(
+    orchestrator: Orchestrator,
+) -> None:
+    slow = Recorder(delay=30)
+    register(orchestrator, "slow", slow)
+    spec = {
+        "name": "slow",
+        "tasks": [{"id": "s", "agent": "slow", "timeout": 0.05, "retry": fast_retry(2)}],
+    }
+    summary = await orchestrator.run_workflow(spec)
+    node = summary.nodes["s"]
+    assert (node.status, node.attempts) == (TaskStatus.FAILED, 2)
+    assert node.error == "task 's' attempt 2 timed out after 0.05 s"
+    assert slow.cancelled == 2 and slow.in_flight == 0
+
+
+async def test_run_workflow_respects_max_parallel(orchestrator: Orchestrator) -> None:
+    recorder = Recorder(delay=0.01)
+    register(orchestrator, "rec", recorder)
+    tasks = [{"id": f"t{i}", "agent": "rec"} for i in range(40)]
+    summary = await orchestrator.run_workflow({"name": "wide", "max_parallel": 7, "tasks": tasks})
+    assert summary.status == RunStatus.SUCCEEDED
+    assert recorder.max_in_flight == 7
+
+
+async def test_run_workflow_fail_fast_cancels_unstarted_and_skips_downstream(
+    orchestrator: Orchestrator,
+) -> None:
+    spec = {
+        "name": "ff",
+        "fail_fast": True,
+        "max_parallel": 2,
+        "tasks": [
+            {"id": "boom", "agent": "fail"},
+            {"id": "slow", "agent": "sleep", "params": {"seconds": 0.2, "text": "done"}},
+            {"id": "later", "agent": "echo", "params": {"text": "never"}},
+            {"id": "child", "agent": "echo", "depends_on": ["boom"]},
+        ],
+    }
+    summary = await orchestrator.run_workflow(spec)
+    statuses = {k: v.status for k, v in summary.nodes.items()}
+    assert statuses == {
+        "boom": TaskStatus.FAILED,
+        "slow": TaskStatus.SUCCEEDED,  # already running: finishes and is recorded
+        "later": TaskStatus.CANCELLED,
+        "child": TaskStatus.SKIPPED,
+    }
+    assert summary.status == RunStatus.FAILED
+
+
+async def test_run_workflow_without_fail_fast_keeps_independent_branches(
+    orchestrator: Orchestrator,
+) -> None:
+    spec = {
+        "name": "branches",
+        "max_parallel": 1,
+        "tasks": [
+            {"id": "boom", "agent": "fail"},
+            {"id": "child", "agent": "echo", "depends_on": ["boom"]},
+            {"id": "grandchild", "agent": "echo", "depends_on": ["child"]},
+            {"id": "other", "agent": "echo", "params": {"text": "ok"}},
+        ],
+    }
+    summary = await orchestrator.run_workflow(spec)
+    statuses = {k: v.status for k, v in summary.nodes.items()}
+    assert statuses == {
+        "boom": TaskStatus.FAILED,
+        "child": TaskStatus.SKIPPED,
+        "grandchild": TaskStatus.SKIPPED,
+        "other": TaskStatus.SUCCEEDED,
+    }
+
+
+async def test_cancel_run_cancels_in_flight_calls_and_unfinished_tasks(
+    orchestrator: Orchestrator,
+) -> None:
+    slow = Recorder(delay=30)
+    register(orchestrator, "slow", slow)
+    spec = {
+        "name": "cancel",
+        "tasks": [
+            {"id": "s1", "agent": "slow"},
+            {"id": "s2", "agent": "slow"},
+            {"id": "after", "agent": "echo", "depends_on": ["s1"]},
+        ],
+    }
+    run_id = await orchestrator.start_run(spec)
+    while len(slow.calls) < 2:
+        await asyncio.sleep(0.005)
+    status = await orchestrator.cancel_run(run_id)
+    assert status == RunStatus.CANCELLED
+    summary = await orchestrator.wait_run(run_id)
+    assert {k: v.status for k, v in summary.nodes.items()} == dict.fromkeys(
+        ["s1", "s2", "after"], TaskStatus.CANCELLED
+    )
+    assert slow.cancelled == 2
+    records = await orchestrator.execution_store.list_records(run_id)
+    assert sorted((r.node_id, r.status) for r in records) == [
+        ("s1", TaskStatus.CANCELLED),
+        ("s2", TaskStatus.CANCELLED),
+    ]
+    stored = await orchestrator.execution_store.get_run(run_id)
+    assert stored is not None and stored.status == RunStatus.CANCELLED
+    assert await orchestrator.cancel_run(run_id) == RunStatus.CANCELLED  # repeat: accepted
+
+
+async def test_cancel_run_on_a_finished_run_is_refused(orchestrator: Orchestrator) -> None:
+    summary = await orchestrator.run_workflow(
+        {"name": "x", "tasks": [{"id": "a", "agent": "echo"}]}
+    )
+    with pytest.raises(RunAlreadyFinishedError, match="already finished with status 'succeeded'"):
+        await orchestrator.cancel_run(summary.run_id)
+    with pytest.raises(NotFoundError):
+        await orchestrator.cancel_run("no-such-run")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {
+                "name": "c",
+                "tasks": [
+                    {"id": "a", "agent": "echo", "depends_on": ["b"]},
+                    {"id": "b", "agent": "echo", "depends_on": ["a"]},
+                ],
+            },
+            "cycle",
+        ),
+        (
+            {"name": "u", "tasks": [{"id": "a", "agent": "echo", "params": {"t": "${user.nope}"}}]},
+            "nope",
+        ),
+        ({"name": "k", "tasks": [{"id": "a", "agnet": "echo"}]}, "agnet"),
+    ],
+)
+async def test_run_workflow_invalid_spec_runs_and_records_nothing(
+    orchestrator: Orchestrator, spec: dict[str, Any], message: str
+) -> None:
+    recorder = Recorder()
+    register(orchestrator, "echo", recorder)
+    with pytest.raises(WorkflowValidationError, match=message):
+        await orchestrator.run_workflow(spec)
+    assert recorder.calls == []
+    assert await orchestrator.execution_store.list_runs() == []
+
+
+async def test_run_workflow_resource_exhausted_waits_the_asked_delay(
+    orchestrator: Orchestrator,
+) -> None:
+    async def busy(task: TaskNode, inputs: list[Artifact], trace_id: str) -> list[Artifact]:
+        if task.attempt == 1:
+            raise ResourceExhaustedError("quota", retry_after=0.2)
+        return []
+
+    register(orchestrator, "busy", FunctionAdapter(busy))
+    summary = await orchestrator.run_workflow(
+        {"name": "q", "tasks": [{"id": "b", "agent": "busy", "retry": fast_retry(2)}]}
+    )
+    first, second = await orchestrator.execution_store.list_records(summary.run_id)
+    assert first.finished_at is not None
+    assert (second.started_at - first.finished_at).total_seconds() >= 0.2
+
+
+async def test_run_workflow_adapter_returning_garbage_fails_clearly(
+    orchestrator: Orchestrator,
+) -> None:
+    async def garbage(task: TaskNode, inputs: list[Artifact], trace_id: str) -> Any:
+        return "not a list"
+
+    register(orchestrator, "garbage", FunctionAdapter(garbage))
+    summary = await orchestrator.run_workflow(
+        {"name": "g", "tasks": [{"id": "g", "agent": "garbage"}]}
+    )
+    assert summary.nodes["g"].error == (
+        "TypeError: adapter for agent 'garbage' returned str, expected a list of Artifact"
+    )
+
+
+async def test_watch_run_replays_then_follows_and_ends_with_run_finished(
+    orchestrator: Orchestrator,
+) -> None:
+    spec = {
+        "name": "w",
+        "tasks": [
+            {"id": "a", "agent": "sleep", "params": {"seconds": 0.05}},
+            {
+                "id": "b",
+                "agent": "fail",
+                "depends_on": ["a"],
+                "params": {"times": 1},
+                "retry": fast_retry(2),
+            },
+        ],
+    }
+    run_id = await orchestrator.start_run(spec)
+    events = [e async for e in orchestrator.watch_run(run_id)]
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert [
+        (e.kind, e.node_id, e.attempt) for e in events if e.kind != RunEventKind.TASK_FINISHED
+    ] == [
+        (RunEventKind.TASK_STARTED, "a", 1),
+        (RunEventKind.TASK_STARTED, "b", 1),
+        (RunEventKind.ATTEMPT_FAILED, "b", 1),
+        (RunEventKind.TASK_STARTED, "b", 2),
+        (RunEventKind.RUN_FINISHED, "", 0),
+    ]
+    assert events[-1].run_status == RunStatus.SUCCEEDED
+    late = [e async for e in orchestrator.watch_run(run_id, after_sequence=3)]
+    assert late == events[3:]
+
+
+async def test_start_run_is_idempotent_on_request_id(orchestrator: Orchestrator) -> None:
+    spec = {"name": "idem", "tasks": [{"id": "a", "agent": "echo"}]}
+    first = await orchestrator.start_run(spec, request_id="req-1")
+    second = await orchestrator.start_run(spec, request_id="req-1")
+    assert first == second
+    await orchestrator.wait_run(first)
+    assert len(await orchestrator.execution_store.list_runs()) == 1
+
+
+async def test_run_workflow_blob_artifact_matches_its_definition(
+    orchestrator: Orchestrator,
+) -> None:
+    size = 100_000
+    summary = await orchestrator.run_workflow(
+        {"name": "b", "tasks": [{"id": "b", "agent": "blob", "params": {"size": size, "seed": 7}}]}
+    )
+    [out] = summary.nodes["b"].artifacts
+    expected = b"".join(hashlib.sha256(f"7:{i}".encode()).digest() for i in range(size // 32 + 1))[
+        :size
+    ]
+    assert out.size == size
+    assert out.sha256 == hashlib.sha256(expected).hexdigest()
+    assert b"".join(blob_chunks(size, 7)) == expected
+
+
+async def test_run_workflow_wide_fan_out_and_fan_in(orchestrator: Orchestrator) -> None:
+    tasks: list[dict[str, Any]] = [
+        {"id": f"w{i}", "agent": "echo", "params": {"text": str(i % 10)}} for i in range(1000)
+    ]
+    tasks.append({"id": "join", "agent": "concat", "depends_on": [f"w{i}" for i in range(1000)]})
+    summary = await orchestrator.run_workflow({"name": "wide", "max_parallel": 200, "tasks": tasks})
+    assert summary.status == RunStatus.SUCCEEDED
+    [out] = summary.nodes["join"].artifacts
+    loaded = await orchestrator.artifact_store.load(out.artifact_id or "")
+    assert loaded.content == ("0123456789" * 100).encode()
+    assert len(await orchestrator.execution_store.list_records(summary.run_id)) == 1001
+
+
+class FlakyExecutionStore:
+    """Delegates to a real store but answers `StoreUnavailableError` for the first N writes."""
+
+    def __init__(self, inner: SqliteExecutionStore, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    async def record(self, record: Any) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailableError("connection refused")
+        await self.inner.record(record)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_run_workflow_rides_out_a_short_store_outage(
+    stores: tuple[LocalArtifactStore, SqliteExecutionStore],
+) -> None:
+    artifacts, executions = stores
+    flaky = FlakyExecutionStore(executions, failures=3)
+    orch = Orchestrator(artifacts, flaky, store_retry_seconds=5)  # type: ignore[arg-type]
+    register(orch, "echo", toolbox_adapters()["echo"])
+    summary = await orch.run_workflow({"name": "o", "tasks": [{"id": "a", "agent": "echo"}]})
+    assert summary.status == RunStatus.SUCCEEDED
+    assert len(await executions.list_records(summary.run_id)) == 1
+
+
+async def test_run_workflow_fails_with_store_unavailable_after_the_retry_window(
+    stores: tuple[LocalArtifactStore, SqliteExecutionStore],
+) -> None:
+    artifacts, executions = stores
+    flaky = FlakyExecutionStore(executions, failures=10**9)
+    orch = Orchestrator(artifacts, flaky, store_retry_seconds=0.3)  # type: ignore[arg-type]
+    register(orch, "echo", toolbox_adapters()["echo"])
+    summary = await orch.run_workflow(
+        {
+            "name": "o",
+            "tasks": [
+                {"id": "a", "agent": "echo"},
+                {"id": "b", "agent": "echo", "depends_on": ["a"]},
+            ],
+        }
+    )
+    assert summary.status == RunStatus.FAILED
+    assert summary.error is not None and summary.error.startswith("store unavailable")
+    assert summary.nodes["b"].status == TaskStatus.CANCELLED
+    stored = await executions.get_run(summary.run_id)
+    assert stored is not None and stored.status == RunStatus.FAILED  # run records still writable
+
+
+@given(
+    attempt=st.integers(min_value=1, max_value=60),
+    initial=st.floats(min_value=0, max_value=5),
+    multiplier=st.floats(min_value=1, max_value=10),
+    cap=st.floats(min_value=0, max_value=30),
+)
+def test_backoff_delay_stays_within_jitter_bounds_and_cap(
+    attempt: int, initial: float, multiplier: float, cap: float
+) -> None:
+    policy = RetryPolicy(
+        max_attempts=100, initial_backoff=initial, multiplier=multiplier, max_backoff=cap
+    )
+    delay = backoff_delay(policy, attempt, rng=random.Random(attempt))
+    computed = min(initial * multiplier ** (attempt - 1), cap)
+    assert 0.5 * computed - 1e-9 <= delay <= computed + 1e-9
+    assert delay <= cap + 1e-9
