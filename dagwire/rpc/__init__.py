@@ -1,0 +1,1 @@
+"""The gRPC edge: proto <-> model conversion, status mapping, the shared server foundation."""

@@ -1,0 +1,1 @@
+"""The store service: ArtifactStoreService and ExecutionStoreService over any backend."""
