@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -296,8 +297,9 @@ class Orchestrator:
         """The run's events after `after_sequence`: first those already recorded, then live ones,
         always ending with `run_finished`.
 
-        A run no longer held in memory (finished long ago, or by another process) yields a single
-        `run_finished` event carrying its stored summary.
+        A run no longer held in memory (finished long ago, or run by another process) is
+        replayed from the store once it has finished: its attempts' starts and failures, every
+        task's outcome, then `run_finished`, numbered from 1 in time order.
 
         Raises:
             NotFoundError: no such run.
@@ -308,14 +310,70 @@ class Orchestrator:
                 yield event
             return
         summary = await self.wait_run(run_id)
-        yield RunEvent(
-            sequence=1,
-            run_id=run_id,
-            kind=RunEventKind.RUN_FINISHED,
+        for event in (await self._replay_from_store(run_id, summary)).snapshot(after_sequence):
+            yield event
+
+    async def _replay_from_store(self, run_id: str, summary: RunSummary) -> EventLog:
+        """Rebuild a finished run's event log from its execution records and summary."""
+        records = await self._execution_store.list_records(run_id)
+        last_attempt: dict[str, ExecutionRecord] = {}
+        for record in records:
+            last_attempt[record.node_id] = record
+        timeline: list[tuple[datetime, int, RunEventKind, dict[str, Any]]] = []
+        for record in records:
+            timeline.append(
+                (
+                    record.started_at,
+                    0,
+                    RunEventKind.TASK_STARTED,
+                    {"node_id": record.node_id, "attempt": record.attempt, "agent": record.agent},
+                )
+            )
+            if record.status is TaskStatus.FAILED or record.status == "failed":
+                retried = last_attempt[record.node_id] is not record
+                timeline.append(
+                    (
+                        record.finished_at or record.started_at,
+                        1,
+                        RunEventKind.ATTEMPT_FAILED,
+                        {
+                            "node_id": record.node_id,
+                            "attempt": record.attempt,
+                            "agent": record.agent,
+                            "error": record.error,
+                            "will_retry": retried,
+                        },
+                    )
+                )
+        end = max((t for t, *_ in timeline), default=utc_now())
+        for node_id, node in summary.nodes.items():
+            last = last_attempt.get(node_id)
+            when = (last.finished_at or last.started_at) if last is not None else end
+            timeline.append(
+                (
+                    when,
+                    2,
+                    RunEventKind.TASK_FINISHED,
+                    {
+                        "node_id": node_id,
+                        "agent": last.agent if last else "",
+                        "task_status": node.status,
+                        "attempts": node.attempts,
+                        "error": node.error,
+                        "artifacts": tuple(node.artifacts),
+                    },
+                )
+            )
+        log = EventLog(run_id)
+        for when, _, kind, fields in sorted(timeline, key=lambda item: (item[0], item[1])):
+            log.append(kind, time=when, **fields)
+        log.append(
+            RunEventKind.RUN_FINISHED,
             run_status=summary.status,
             error=summary.error,
             summary=summary,
         )
+        return log
 
     async def cancel_run(self, run_id: str) -> RunStatus:
         """Cancel a running run: stop dispatching, cancel in-flight adapter calls, and end every
@@ -360,6 +418,47 @@ class Orchestrator:
         if record is None:
             raise NotFoundError(f"run {run_id!r} not found", kind="run", id=run_id)
         return record
+
+    async def recover_orphans(self) -> list[str]:
+        """Mark `failed` ("orchestrator restarted") the runs left `running` by a dead owner.
+
+        A run is an orphan when its owner's lease expired, or when this instance owns it but is
+        not executing it (it restarted under the same `instance_id`). A run another live
+        orchestrator owns is never touched. Returns the recovered run ids.
+        """
+        now = utc_now()
+        orphans: list[RunRecord] = []
+        after: str | None = None
+        while True:
+            page = await self._execution_store.list_runs(
+                status=RunStatus.RUNNING, limit=200, after=after
+            )
+            for record in page:
+                if record.run_id in self._active:
+                    continue
+                lease_over = record.lease_expires_at is None or record.lease_expires_at <= now
+                if lease_over or record.owner == self.instance_id:
+                    orphans.append(record)
+            if len(page) < 200:
+                break
+            after = page[-1].run_id
+        for record in orphans:
+            error = f"orchestrator restarted: owner {record.owner or '(unknown)'} stopped"
+            nodes = {
+                node_id: node
+                if node.status.is_final
+                else dataclasses.replace(node, status=TaskStatus.FAILED, error=error)
+                for node_id, node in record.nodes.items()
+            }
+            failed = dataclasses.replace(
+                record, status=RunStatus.FAILED, finished_at=now, error=error, nodes=nodes
+            )
+            await self._durable(
+                functools.partial(self._execution_store.save_run, failed),
+                f"marking orphaned run {record.run_id} failed",
+            )
+            _log.warning("orphaned run marked failed", extra={"run_id": record.run_id})
+        return [record.run_id for record in orphans]
 
     @property
     def active_run_ids(self) -> list[str]:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import random
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -584,3 +585,64 @@ def test_backoff_delay_stays_within_jitter_bounds_and_cap(
     computed = min(initial * multiplier ** (attempt - 1), cap)
     assert 0.5 * computed - 1e-9 <= delay <= computed + 1e-9
     assert delay <= cap + 1e-9
+
+
+async def test_watch_run_replays_a_finished_run_from_the_store_in_a_new_orchestrator(
+    orchestrator: Orchestrator,
+) -> None:
+    spec = {
+        "name": "replay",
+        "tasks": [
+            {"id": "a", "agent": "fail", "params": {"times": 1}, "retry": fast_retry(2)},
+            {"id": "b", "agent": "echo", "depends_on": ["a"]},
+        ],
+    }
+    summary = await orchestrator.run_workflow(spec)
+    fresh = Orchestrator(orchestrator.artifact_store, orchestrator.execution_store)
+    events = [e async for e in fresh.watch_run(summary.run_id)]
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert [(e.kind, e.node_id, e.attempt) for e in events] == [
+        (RunEventKind.TASK_STARTED, "a", 1),
+        (RunEventKind.ATTEMPT_FAILED, "a", 1),
+        (RunEventKind.TASK_STARTED, "a", 2),
+        (RunEventKind.TASK_FINISHED, "a", 0),
+        (RunEventKind.TASK_STARTED, "b", 1),
+        (RunEventKind.TASK_FINISHED, "b", 0),
+        (RunEventKind.RUN_FINISHED, "", 0),
+    ]
+    assert events[1].will_retry is True
+    assert events[-1].summary is not None
+    assert events[-1].summary.status == RunStatus.SUCCEEDED
+    tail = [e async for e in fresh.watch_run(summary.run_id, after_sequence=5)]
+    assert [e.kind for e in tail] == [RunEventKind.TASK_FINISHED, RunEventKind.RUN_FINISHED]
+    with pytest.raises(NotFoundError):
+        [e async for e in fresh.watch_run("no-such-run")]
+
+
+async def test_recover_orphans_fails_runs_whose_owner_lease_expired(
+    stores: tuple[LocalArtifactStore, SqliteExecutionStore],
+) -> None:
+    artifacts, executions = stores
+    now = datetime.now(UTC)
+
+    def running(run_id: str, owner: str, lease: timedelta) -> RunRecord:
+        return RunRecord(
+            run_id=run_id,
+            name="n",
+            status=RunStatus.RUNNING,
+            created_at=now,
+            owner=owner,
+            lease_expires_at=now + lease,
+        )
+
+    await executions.save_run(running("dead", "orchestrator-old", timedelta(seconds=-1)))
+    await executions.save_run(running("alive", "orchestrator-other", timedelta(seconds=60)))
+    orch = Orchestrator(artifacts, executions)
+    assert await orch.recover_orphans() == ["dead"]
+    dead = await executions.get_run("dead")
+    alive = await executions.get_run("alive")
+    assert dead is not None
+    assert dead.status == RunStatus.FAILED
+    assert dead.error == "orchestrator restarted: owner orchestrator-old stopped"
+    assert alive is not None
+    assert alive.status == RunStatus.RUNNING
