@@ -6,6 +6,7 @@ __all__ = [
     "AdapterNotFoundError",
     "AttemptTimeoutError",
     "DagwireError",
+    "NoHealthyAdapterError",
     "NonRetryableError",
     "NotFoundError",
     "ResourceExhaustedError",
@@ -51,6 +52,14 @@ class AdapterNotFoundError(DagwireError, LookupError):
 
     def __str__(self) -> str:  # LookupError would otherwise quote the message
         return str(self.args[0])
+
+
+class NoHealthyAdapterError(DagwireError):
+    """Adapters serve the agent key, but none of them is healthy now (retryable)."""
+
+    def __init__(self, agent_key: str, message: str | None = None) -> None:
+        super().__init__(message or f"no healthy adapter for agent key {agent_key!r}")
+        self.agent_key = agent_key
 
 
 class NotFoundError(DagwireError, LookupError):

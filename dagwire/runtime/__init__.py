@@ -4,8 +4,11 @@ from dagwire.runtime.adapter import AgentAdapter, AgentFunction, FunctionAdapter
 from dagwire.runtime.dispatcher import Dispatcher, TaskDispatcher
 from dagwire.runtime.events import EventLog, RunEvent, RunEventKind
 from dagwire.runtime.orchestrator import Orchestrator, backoff_delay
+from dagwire.runtime.routing import AdapterInstance, AdapterRegistry
 
 __all__ = [
+    "AdapterInstance",
+    "AdapterRegistry",
     "AgentAdapter",
     "AgentFunction",
     "Dispatcher",
