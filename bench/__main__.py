@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark and print one table per group.
 
-Usage: python -m bench [GROUP ...]   (groups: scheduler, stores, orchestration)
+Usage: python -m bench [GROUP ...]   (groups: scheduler, stores, orchestration, store_service)
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ GROUPS = {
     "scheduler": "Scheduler alone (DESIGN §11: 100,000 tasks in seconds, linear)",
     "stores": "Embedded stores (SQLite execution store, local artifact store)",
     "orchestration": "In-process orchestration overhead, embedded stores, no-op adapter",
+    "store_service": "Artifacts through the store service (subprocess) vs direct MinIO; store RSS",
 }
 
 

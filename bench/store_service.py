@@ -1,0 +1,274 @@
+"""Artifacts through the store service (a subprocess): MB/s, its peak RSS, and MinIO vs direct.
+
+Rows: upload and download of 256 MiB (and 1 GiB with ``DAGWIRE_BENCH_BIG=1``) through
+``python -m dagwire_services.store`` on embedded storage, with the store process's peak RSS
+(sampled every 10 ms with psutil); then, when `dagwire.stores.s3` is installed, the same
+through the store service on `S3ArtifactStore` over a MinIO dev server, next to a direct
+`minio` SDK ``put_object``/``get_object`` of the same bytes with the same part size (DESIGN §11:
+the service should reach at least 80 % of direct).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dagwire.models import Artifact
+from dagwire.rpc.store_client import RemoteArtifactStore
+from tests.servers import REPO_ROOT, MinioServer, find_free_port
+
+MIB = 1 << 20
+CHUNK = MIB
+DEFAULT_PART_SIZE = 16 * MIB
+
+
+def _sizes() -> list[int]:
+    sizes = [256 * MIB]
+    if os.environ.get("DAGWIRE_BENCH_BIG", "") not in ("", "0"):
+        sizes.append(1024 * MIB)
+    return sizes
+
+
+def _block(seed: int) -> bytes:
+    """1 MiB of pseudo-random bytes (repeated to make a big artifact without holding it)."""
+    return os.urandom(CHUNK - 1) + bytes([seed & 0xFF])
+
+
+@contextlib.contextmanager
+def _store_process(data_dir: Path, env: dict[str, str]) -> Iterator[tuple[psutil.Process, str]]:
+    address = f"127.0.0.1:{find_free_port()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dagwire_services.store", "--listen-addr", address],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            "DAGWIRE_DATA_DIR": str(data_dir),
+            "DAGWIRE_LOG_LEVEL": "warning",
+            **env,
+        },
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        yield psutil.Process(proc.pid), address
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _wait_serving(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.1)
+
+
+class _RssSampler:
+    """Samples a process's RSS on a thread (so a busy event loop cannot hide a peak)."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self._process = process
+        self.baseline = process.memory_info().rss
+        self.peak = self.baseline
+        self._stop = False
+        self._task: asyncio.Future[None] | None = None
+
+    def _loop(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(0.01)
+
+    def __enter__(self) -> _RssSampler:
+        self._task = asyncio.get_running_loop().run_in_executor(None, self._loop)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop = True
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await self._task
+
+
+async def _through_service(address: str, process: psutil.Process, size: int) -> dict[str, Any]:
+    block = _block(size // MIB)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(size // CHUNK):
+            yield block
+
+    client = RemoteArtifactStore(address)
+    sampler = _RssSampler(process)
+    try:
+        with sampler:
+            started = time.perf_counter()
+            stored = await client.store_stream(Artifact(name="big.bin", run_id="bench"), chunks())
+            upload_s = time.perf_counter() - started
+            started = time.perf_counter()
+            received = 0
+            async for chunk in client.open(stored.artifact_id or ""):
+                received += len(chunk)
+            download_s = time.perf_counter() - started
+        await sampler.wait()
+    finally:
+        await client.aclose()
+    if received != size:
+        raise RuntimeError(f"downloaded {received} bytes of {size}")
+    return {
+        "upload_MB_s": round(size / 1e6 / upload_s),
+        "download_MB_s": round(size / 1e6 / download_s),
+        "store_rss_baseline_MiB": round(sampler.baseline / MIB),
+        "store_rss_peak_MiB": round(sampler.peak / MIB),
+    }
+
+
+class _RepeatedReader(io.RawIOBase):
+    """A file-like object yielding `size` bytes made of `block` repeated (for put_object)."""
+
+    def __init__(self, block: bytes, size: int) -> None:
+        self._block = block
+        self._left = size
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        out = bytearray()
+        while len(out) < n:
+            take = min(n - len(out), len(self._block) - self._offset)
+            out += self._block[self._offset : self._offset + take]
+            self._offset = (self._offset + take) % len(self._block)
+        self._left -= n
+        return bytes(out)
+
+
+def _direct_minio(minio: MinioServer, size: int, part_size: int) -> dict[str, Any]:
+    from minio import Minio
+
+    client = Minio(
+        endpoint=minio.endpoint,
+        access_key=minio.access_key,
+        secret_key=minio.secret_key,
+        secure=False,
+    )
+    bucket = "dagwire-bench-direct"
+    if not client.bucket_exists(bucket_name=bucket):
+        client.make_bucket(bucket_name=bucket)
+    block = _block(size // MIB + 1)
+    started = time.perf_counter()
+    client.put_object(
+        bucket_name=bucket,
+        object_name=f"direct-{size}",
+        data=_RepeatedReader(block, size),
+        length=size,
+        part_size=part_size,
+    )
+    upload_s = time.perf_counter() - started
+    started = time.perf_counter()
+    response = client.get_object(bucket_name=bucket, object_name=f"direct-{size}")
+    received = 0
+    try:
+        for chunk in response.stream(CHUNK):
+            received += len(chunk)
+    finally:
+        response.close()
+        response.release_conn()
+    download_s = time.perf_counter() - started
+    if received != size:
+        raise RuntimeError(f"direct download got {received} bytes of {size}")
+    return {
+        "upload_MB_s": round(size / 1e6 / upload_s),
+        "download_MB_s": round(size / 1e6 / download_s),
+    }
+
+
+def _s3_part_size() -> int:
+    try:
+        from dagwire.stores import s3  # type: ignore[attr-defined]
+    except ImportError:
+        return DEFAULT_PART_SIZE
+    return int(getattr(s3, "DEFAULT_PART_SIZE", DEFAULT_PART_SIZE))
+
+
+async def _run() -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="dagwire-bench-store-service-") as tmp:
+        for size in _sizes():
+            data_dir = Path(tmp) / f"embedded-{size}"
+            with _store_process(data_dir, {}) as (process, address):
+                await _wait_serving(address)
+                result = await _through_service(address, process, size)
+            rows.append({"backend": "store service, embedded", "MiB": size // MIB, **result})
+    have_s3_store = importlib.util.find_spec("dagwire.stores.s3") is not None
+    part_size = _s3_part_size()
+    with MinioServer() as minio, tempfile.TemporaryDirectory(prefix="dagwire-bench-s3-") as tmp:
+        env = {
+            "DAGWIRE_S3_ENDPOINT": minio.url,
+            "DAGWIRE_S3_ACCESS_KEY": minio.access_key,
+            "DAGWIRE_S3_SECRET_KEY": minio.secret_key,
+            "DAGWIRE_S3_BUCKET": "dagwire-bench-service",
+        }
+        for size in _sizes():
+            direct = await asyncio.to_thread(_direct_minio, minio, size, part_size)
+            label = f"direct minio SDK (part {part_size // MIB} MiB)"
+            if not have_s3_store:
+                rows.append({"backend": label, "MiB": size // MIB, **direct})
+                continue
+            with _store_process(Path(tmp), env) as (process, address):
+                await _wait_serving(address)
+                result = await _through_service(address, process, size)
+            rows.append({"backend": "store service, MinIO", "MiB": size // MIB, **result})
+            rows.append(
+                {
+                    "backend": label,
+                    "MiB": size // MIB,
+                    **direct,
+                    "ratio_up": round(result["upload_MB_s"] / direct["upload_MB_s"], 2),
+                    "ratio_down": round(result["download_MB_s"] / direct["download_MB_s"], 2),
+                }
+            )
+    if not have_s3_store:
+        rows.append({"backend": "store service, MinIO", "MiB": "-", "note": "no s3 store yet"})
+    return rows
+
+
+def run() -> list[dict[str, Any]]:
+    """Rows: MB/s up and down through the store service, its peak RSS, and MinIO vs direct."""
+    return asyncio.run(_run())
+
+
+if __name__ == "__main__":
+    from bench.table import print_table
+
+    print_table(run(), title="Artifacts through the store service (DESIGN §11)")

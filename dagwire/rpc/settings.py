@@ -1,0 +1,318 @@
+"""Typed `DAGWIRE_*` settings per process: flags win over environment variables over defaults."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from dagwire.errors import DagwireError
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_PORTS",
+    "AdapterSettings",
+    "ClientSettings",
+    "CommonSettings",
+    "DispatcherSettings",
+    "OrchestratorSettings",
+    "SettingsError",
+    "StorageSettings",
+    "StoreSettings",
+    "load_settings",
+    "settings_parser",
+]
+
+ENV_PREFIX = "DAGWIRE_"
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_PORTS = {"orchestrator": 50051, "dispatcher": 50052, "store": 50053, "adapter": 50060}
+
+S = TypeVar("S", bound="CommonSettings")
+
+_CREDENTIALS = re.compile(r"(://[^:/@]*:)[^@/]*@")
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
+
+
+class SettingsError(DagwireError, ValueError):
+    """A setting has an invalid value; the message is one line naming the variable (and flag)."""
+
+
+def _address(value: object, *, allow_port_zero: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a host:port string")
+    value = value.strip()
+    if value.startswith("unix:"):
+        return value
+    match = _HOST_PORT.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not host:port (for example 127.0.0.1:50053)")
+    port = int(match["port"])
+    if port > 65535 or (port == 0 and not allow_port_zero):
+        raise ValueError(f"{value!r}: port must be 1-65535")
+    return value
+
+
+def _listen_address(value: object) -> str:
+    return _address(value, allow_port_zero=True)
+
+
+def _peer_address(value: object) -> str:
+    return _address(value, allow_port_zero=False)
+
+
+def _optional_peer_address(value: object) -> str | None:
+    if value in (None, ""):
+        return None
+    return _peer_address(value)
+
+
+def _static_adapters(value: object) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, tuple | list):
+        return tuple((str(k), _peer_address(a)) for k, a in value)
+    if not isinstance(value, str):
+        raise ValueError("must be key=host:port,... text")
+    pairs = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key, sep, address = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{item!r} is not key=host:port")
+        pairs.append((key.strip(), _peer_address(address.strip())))
+    return tuple(pairs)
+
+
+def _log_level(value: object) -> str:
+    text = str(value).strip().lower()
+    if text not in ("debug", "info", "warning", "error", "critical"):
+        raise ValueError(f"{value!r} is not one of debug, info, warning, error, critical")
+    return text
+
+
+ListenAddress = Annotated[str, BeforeValidator(_listen_address)]
+PeerAddress = Annotated[str, BeforeValidator(_peer_address)]
+OptionalPeerAddress = Annotated[str | None, BeforeValidator(_optional_peer_address)]
+StaticAdapters = Annotated[tuple[tuple[str, str], ...], NoDecode, BeforeValidator(_static_adapters)]
+LogLevel = Annotated[str, BeforeValidator(_log_level)]
+
+
+class CommonSettings(BaseSettings):
+    """Settings every process has: logging and the gRPC message size limit."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, validate_default=True
+    )
+
+    log_level: LogLevel = Field("info", description="log level: debug, info, warning, error")
+    log_format: Literal["json", "text"] | None = Field(
+        None, description="log format on stderr: json or text (default: text on a TTY, else json)"
+    )
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES,
+        ge=4096,
+        le=2**31 - 1,
+        description="gRPC send/receive message size limit in bytes",
+    )
+
+    def safe_dict(self) -> dict[str, Any]:
+        """The effective settings for logging: secrets masked, credentials cut from URIs.
+
+        Returns:
+            Field name -> JSON-safe value; a set secret shows as ``"***"``.
+        """
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "***" if value.get_secret_value() else ""
+            elif isinstance(value, str) and "://" in value:
+                value = _without_password(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
+            out[name] = value
+        return out
+
+
+class StorageSettings(CommonSettings):
+    """Which artifact and execution store backends a process uses (embedded by default)."""
+
+    data_dir: Path = Field(Path(".dagwire"), description="embedded storage directory")
+    mongodb_uri: str | None = Field(
+        None, description="execution store on MongoDB (unset: embedded SQLite under data-dir)"
+    )
+    s3_endpoint: str | None = Field(
+        None,
+        description="artifact store on S3/MinIO, host:port or http(s)://host:port "
+        "(unset: local files under data-dir)",
+    )
+    s3_access_key: str | None = Field(None, description="S3 access key")
+    s3_secret_key: SecretStr | None = Field(None, description="S3 secret key")
+    s3_bucket: str = Field("dagwire-artifacts", min_length=3, description="S3 bucket name")
+
+
+class StoreSettings(StorageSettings):
+    """The store service: where it listens and which backends it serves."""
+
+    listen_addr: ListenAddress = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['store']}", description="address the store service listens on"
+    )
+
+
+class DispatcherSettings(CommonSettings):
+    """The dispatcher service."""
+
+    listen_addr: ListenAddress = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['dispatcher']}", description="address the dispatcher listens on"
+    )
+    static_adapters: StaticAdapters = Field(
+        (), description="key=host:port,... adapter registrations that need no heartbeat"
+    )
+    lease_seconds: float = Field(
+        10.0, gt=0, description="adapter registration lease (heartbeat at a third of it)"
+    )
+
+
+class OrchestratorSettings(CommonSettings):
+    """The orchestrator service: where it listens and where its peers are."""
+
+    listen_addr: ListenAddress = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['orchestrator']}",
+        description="address the orchestrator listens on",
+    )
+    dispatcher_addr: PeerAddress = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['dispatcher']}", description="dispatcher service address"
+    )
+    store_addr: PeerAddress = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['store']}", description="store service address"
+    )
+
+
+class AdapterSettings(CommonSettings):
+    """An adapter process: where it listens, the address it registers, its dispatcher."""
+
+    listen_addr: ListenAddress = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['adapter']}", description="address the adapter listens on"
+    )
+    advertise_addr: OptionalPeerAddress = Field(
+        None, description="address registered with the dispatcher (default: the listen address)"
+    )
+    dispatcher_addr: PeerAddress = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['dispatcher']}", description="dispatcher service address"
+    )
+    store_addr: PeerAddress = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['store']}", description="store service address"
+    )
+    lease_seconds: float = Field(10.0, gt=0, description="registration lease in seconds")
+
+
+class ClientSettings(CommonSettings):
+    """What a client (the CLI) needs: where each service is."""
+
+    orchestrator_addr: PeerAddress = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['orchestrator']}", description="orchestrator service address"
+    )
+    dispatcher_addr: PeerAddress = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['dispatcher']}", description="dispatcher service address"
+    )
+    store_addr: PeerAddress = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['store']}", description="store service address"
+    )
+
+
+def _env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def settings_parser(
+    cls: type[CommonSettings], *, prog: str | None = None, description: str | None = None
+) -> argparse.ArgumentParser:
+    """An argparse parser with one ``--flag`` per settings field (env var and default in help).
+
+    Args:
+        cls: the settings class.
+        prog: program name shown in usage.
+        description: text shown above the options.
+
+    Returns:
+        A parser whose options default to "not given" (so the environment applies).
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="Every option defaults to its DAGWIRE_* environment variable, then to the "
+        "default shown.",
+    )
+    for name, info in cls.model_fields.items():
+        parser.add_argument(
+            _flag(name),
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar=name.upper(),
+            help=f"{info.description or name} [env {_env_name(name)}; "
+            f"default: {_default_text(info)}]",
+        )
+    return parser
+
+
+def _default_text(info: FieldInfo) -> str:
+    default = info.get_default(call_default_factory=True)
+    if default is None or default == ():
+        return "unset"
+    return str(default)
+
+
+def load_settings(
+    cls: type[S],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
+    description: str | None = None,
+) -> S:
+    """Build the settings of a process from flags (first), ``DAGWIRE_*`` variables, defaults.
+
+    Args:
+        cls: the settings class of the process.
+        argv: command-line arguments (without the program name); None reads none.
+        prog: program name for ``--help``.
+        description: description for ``--help``.
+
+    Returns:
+        The validated, frozen settings.
+
+    Raises:
+        SettingsError: a value is invalid; the one-line message names the variable and flag.
+        SystemExit: ``--help`` was given, or an unknown flag (argparse's own exit).
+    """
+    parser = settings_parser(cls, prog=prog, description=description)
+    given = vars(parser.parse_args(list(argv or [])))
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        raise _settings_error(exc, given) from None
+
+
+def _settings_error(exc: ValidationError, given: dict[str, Any]) -> SettingsError:
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        source = f"{_flag(field)}" if field in given else _env_name(field)
+        value = error.get("input")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        shown = "" if "secret" in field else f"={value!r}"
+        problems.append(f"invalid {source}{shown}: {message}")
+    return SettingsError("; ".join(problems))
+
+
+def _without_password(uri: str) -> str:
+    """`uri` with the password of its ``user:password@`` part replaced by ``***``."""
+    return _CREDENTIALS.sub(r"\1***@", uri)

@@ -1,0 +1,480 @@
+"""Typed clients of the store service: `ArtifactStore` and `ExecutionStore` over gRPC.
+
+`RemoteArtifactStore` and `RemoteExecutionStore` implement the store protocols of
+`dagwire.stores.base`, so code written against a local store works unchanged against the
+store service. Each holds one long-lived channel (opened lazily on first use); content moves
+in chunks of at most 1 MiB; a store service that cannot be reached is `StoreUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import dataclasses
+import hashlib
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from dagwire.errors import DagwireError, NotFoundError, StoreUnavailableError
+from dagwire.models import Artifact, ExecutionRecord, RunRecord, RunStatus
+from dagwire.rpc.convert import (
+    artifact_from_proto,
+    artifact_to_proto,
+    execution_record_from_proto,
+    execution_record_to_proto,
+    run_from_proto,
+    run_status_to_proto,
+    run_to_proto,
+)
+from dagwire.rpc.paging import MAX_PAGE_SIZE, encode_page_token
+from dagwire.rpc.serve import insecure_channel
+from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES
+from dagwire.rpc.status import error_from_rpc
+from dagwire.v1 import common_pb2
+from dagwire.v1 import store_service_pb2 as pb
+from dagwire.v1 import store_service_pb2_grpc as pb_grpc
+
+__all__ = ["CHUNK_BYTES", "RemoteArtifactStore", "RemoteExecutionStore"]
+
+CHUNK_BYTES = 1 << 20
+_HASH_IN_THREAD_BYTES = 1 << 20
+
+T = TypeVar("T")
+
+
+class _Connection:
+    """One lazily opened channel (owned, or borrowed from the caller) and the error mapping."""
+
+    def __init__(
+        self, address: str, channel: grpc.aio.Channel | None, max_message_bytes: int
+    ) -> None:
+        self.address = address
+        self._channel = channel
+        self._owned = channel is None
+        self._max_message_bytes = max_message_bytes
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = insecure_channel(
+                self.address, max_message_bytes=self._max_message_bytes
+            )
+        return self._channel
+
+    def error(self, exc: grpc.RpcError) -> DagwireError:
+        return error_from_rpc(
+            exc, unavailable=StoreUnavailableError, target=f"store service at {self.address}"
+        )
+
+    async def aclose(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and self._owned:
+            await channel.close()
+
+
+class RemoteArtifactStore:
+    """An `ArtifactStore` served by a store service (``ArtifactStoreService``).
+
+    The constructor does no I/O; the channel opens on first use and `aclose()` closes it
+    (a channel passed in is borrowed and left open).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        """Describe the client; does no I/O.
+
+        Args:
+            address: ``host:port`` of the store service.
+            channel: an existing channel to use instead of opening one.
+            max_message_bytes: the channel's message size limit (when it opens one).
+            chunk_bytes: upload chunk size (at most the message limit minus headroom).
+        """
+        self._conn = _Connection(address, channel, max_message_bytes)
+        self._chunk_bytes = max(1, min(chunk_bytes, max_message_bytes - 4096))
+        self._stub: Any = None
+
+    @property
+    def _api(self) -> pb_grpc.ArtifactStoreServiceAsyncStub:
+        if self._stub is None:
+            self._stub = pb_grpc.ArtifactStoreServiceStub(self._conn.channel)
+        stub: pb_grpc.ArtifactStoreServiceAsyncStub = self._stub
+        return stub
+
+    async def store(self, artifact: Artifact) -> Artifact:
+        """Upload an artifact whose `content` is in memory (its sha256 and size declared).
+
+        Args:
+            artifact: `content` must be set; the value is not mutated.
+
+        Returns:
+            A filled copy (`artifact_id`, `sha256`, `size`, `created_at`), content kept.
+
+        Raises:
+            ValueError: `content` is None, or a field is invalid (the message names it).
+            StoreUnavailableError: the store service (or its backend) cannot be reached.
+        """
+        content = artifact.content
+        if content is None:
+            raise ValueError(
+                "artifact content is None: store() needs the bytes (use store_stream())"
+            )
+        data = bytes(content)
+        if len(data) > _HASH_IN_THREAD_BYTES:
+            sha256 = await asyncio.to_thread(_sha256_hex, data)
+        else:
+            sha256 = _sha256_hex(data)
+        stored = await self._put(artifact, _split(data, self._chunk_bytes), sha256, len(data))
+        return dataclasses.replace(stored, content=content)
+
+    async def store_stream(self, artifact: Artifact, chunks: AsyncIterable[bytes]) -> Artifact:
+        """Upload an artifact from a stream of chunks, never holding it whole.
+
+        Args:
+            artifact: metadata; `content` must be None.
+            chunks: the content, in order. If iterating it raises, the upload is cancelled,
+                nothing becomes visible, and the same exception is raised here.
+
+        Returns:
+            A filled copy with `content=None`.
+
+        Raises:
+            ValueError: `content` is set or a field is invalid.
+            StoreUnavailableError: the store service (or its backend) cannot be reached.
+            Exception: whatever `chunks` raised.
+        """
+        if artifact.content is not None:
+            raise ValueError("artifact content must be None for store_stream(); pass chunks")
+        return await self._put(artifact, _rechunk(chunks, self._chunk_bytes), None, None)
+
+    async def _put(
+        self,
+        artifact: Artifact,
+        chunks: AsyncIterator[bytes],
+        sha256: str | None,
+        size: int | None,
+    ) -> Artifact:
+        header = _header(artifact, sha256, size)
+        failure: list[BaseException] = []
+        call: Any = None
+
+        async def requests() -> AsyncIterator[pb.PutArtifactRequest]:
+            yield pb.PutArtifactRequest(header=header)
+            try:
+                async for chunk in chunks:
+                    yield pb.PutArtifactRequest(chunk=chunk)
+            except BaseException as exc:  # the caller's stream broke: abandon the upload
+                failure.append(exc)
+                if call is not None:
+                    call.cancel()
+                if not isinstance(exc, Exception):
+                    raise
+
+        call = self._api.PutArtifact(requests())
+        try:
+            response = await call
+        except asyncio.CancelledError:
+            if failure:
+                raise failure[0] from None
+            raise
+        except grpc.aio.AioRpcError as exc:
+            if failure:
+                raise failure[0] from None
+            raise self._conn.error(exc) from None
+        if failure:  # the server answered before it noticed the cancellation
+            raise failure[0]
+        return artifact_from_proto(response.artifact)
+
+    async def load(self, artifact_id: str) -> Artifact:
+        """The artifact with its `content`, downloaded in chunks.
+
+        Raises:
+            NotFoundError: no artifact has this id.
+            StoreUnavailableError: the store service (or its backend) cannot be reached.
+        """
+        meta: Artifact | None = None
+        content = bytearray()
+        try:
+            async for response in self._api.GetArtifact(
+                pb.GetArtifactRequest(artifact_id=artifact_id)
+            ):
+                if response.WhichOneof("part") == "artifact":
+                    meta = artifact_from_proto(response.artifact)
+                else:
+                    content += response.chunk
+        except grpc.aio.AioRpcError as exc:
+            raise self._conn.error(exc) from None
+        if meta is None:
+            raise StoreUnavailableError(
+                f"store service at {self._conn.address} ended GetArtifact for {artifact_id!r} "
+                "without the artifact's metadata"
+            )
+        return dataclasses.replace(meta, content=bytes(content))
+
+    async def stat(self, artifact_id: str) -> Artifact:
+        """The artifact's metadata, `content=None`.
+
+        Raises:
+            NotFoundError: no artifact has this id.
+            StoreUnavailableError: the store service (or its backend) cannot be reached.
+        """
+        request = pb.StatArtifactRequest(artifact_id=artifact_id)
+        response = await self._unary(self._api.StatArtifact(request))
+        return artifact_from_proto(response.artifact)
+
+    async def open(self, artifact_id: str) -> AsyncIterator[bytes]:
+        """The artifact's content in chunks of at most 1 MiB, streamed from the service.
+
+        The call starts on the first iteration, so an unknown id raises `NotFoundError` from
+        the first `__anext__()`.
+
+        Raises:
+            NotFoundError: no artifact has this id.
+            StoreUnavailableError: the store service (or its backend) cannot be reached.
+        """
+        call = self._api.GetArtifact(pb.GetArtifactRequest(artifact_id=artifact_id))
+        try:
+            async for response in call:
+                if response.WhichOneof("part") == "chunk":
+                    yield response.chunk
+        except grpc.aio.AioRpcError as exc:
+            raise self._conn.error(exc) from None
+        finally:
+            call.cancel()  # no-op once the stream ended; stops it when abandoned early
+
+    async def list(self, run_id: str) -> builtins.list[Artifact]:
+        """Every artifact of `run_id`, in store order, `content=None` (all pages).
+
+        Raises:
+            StoreUnavailableError: the store service (or its backend) cannot be reached.
+        """
+        out: builtins.list[Artifact] = []
+        token = ""
+        while True:
+            request = pb.ListArtifactsRequest(
+                run_id=run_id, page_size=MAX_PAGE_SIZE, page_token=token
+            )
+            response = await self._unary(self._api.ListArtifacts(request))
+            out += [artifact_from_proto(a) for a in response.artifacts]
+            token = response.next_page_token
+            if not token:
+                return out
+
+    async def aclose(self) -> None:
+        """Close the channel (when this client opened it)."""
+        self._stub = None
+        await self._conn.aclose()
+
+    async def _unary(self, call: Any) -> Any:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            raise self._conn.error(exc) from None
+
+
+class RemoteExecutionStore:
+    """An `ExecutionStore` served by a store service (``ExecutionStoreService``).
+
+    The constructor does no I/O; the channel opens on first use and `aclose()` closes it
+    (a channel passed in is borrowed and left open).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        """Describe the client; does no I/O.
+
+        Args:
+            address: ``host:port`` of the store service.
+            channel: an existing channel to use instead of opening one.
+            max_message_bytes: the channel's message size limit (when it opens one).
+        """
+        self._conn = _Connection(address, channel, max_message_bytes)
+        self._stub: Any = None
+
+    @property
+    def _api(self) -> pb_grpc.ExecutionStoreServiceAsyncStub:
+        if self._stub is None:
+            self._stub = pb_grpc.ExecutionStoreServiceStub(self._conn.channel)
+        stub: pb_grpc.ExecutionStoreServiceAsyncStub = self._stub
+        return stub
+
+    async def record(self, record: ExecutionRecord) -> None:
+        """Upsert one attempt; durable on return (see `ExecutionStore.record`).
+
+        Raises:
+            ValueError: a field is invalid.
+            StoreUnavailableError: the store service (or its backend) cannot be reached.
+        """
+        await self.record_many([record])
+
+    async def record_many(self, records: Sequence[ExecutionRecord]) -> None:
+        """Upsert several attempts in one call; durable on return.
+
+        Raises:
+            ValueError: a field is invalid.
+            StoreUnavailableError: the store service (or its backend) cannot be reached.
+        """
+        if not records:
+            return
+        request = pb.RecordExecutionsRequest(
+            records=[execution_record_to_proto(r) for r in records]
+        )
+        await self._unary(self._api.RecordExecutions(request))
+
+    async def list_records(self, run_id: str) -> list[ExecutionRecord]:
+        """Every attempt of `run_id`, ordered by start time (all pages).
+
+        Raises:
+            StoreUnavailableError: the store service (or its backend) cannot be reached.
+        """
+        out: list[ExecutionRecord] = []
+        token = ""
+        while True:
+            request = pb.ListExecutionRecordsRequest(
+                run_id=run_id, page_size=MAX_PAGE_SIZE, page_token=token
+            )
+            response = await self._unary(self._api.ListExecutionRecords(request))
+            out += [execution_record_from_proto(r) for r in response.records]
+            token = response.next_page_token
+            if not token:
+                return out
+
+    async def save_run(self, run: RunRecord) -> None:
+        """Upsert a run record by `run_id`; durable on return.
+
+        Raises:
+            ValueError: a field is invalid.
+            StoreUnavailableError: the store service (or its backend) cannot be reached.
+        """
+        await self._unary(self._api.SaveRunRecord(pb.SaveRunRecordRequest(run=run_to_proto(run))))
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run record, or None when no run has this id.
+
+        Raises:
+            StoreUnavailableError: the store service (or its backend) cannot be reached.
+        """
+        try:
+            response = await self._unary(
+                self._api.GetRunRecord(pb.GetRunRecordRequest(run_id=run_id))
+            )
+        except NotFoundError:
+            return None
+        return run_from_proto(response.run)
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> list[RunRecord]:
+        """Runs newest first (see `ExecutionStore.list_runs`).
+
+        Args:
+            status: only runs with this status.
+            limit: most runs returned (at least 1).
+            after: the last `run_id` of the previous page.
+
+        Raises:
+            NotFoundError: `after` names no run.
+            ValueError: `limit` is below 1 or `status` is not a run status.
+            StoreUnavailableError: the store service (or its backend) cannot be reached.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        wanted = None if status is None else RunStatus(status)
+        scope = str(wanted or "")
+        token = encode_page_token("runs", scope, after) if after else ""
+        out: list[RunRecord] = []
+        while len(out) < limit:
+            request = pb.ListRunRecordsRequest(
+                page_size=min(limit - len(out), MAX_PAGE_SIZE),
+                page_token=token,
+                status=(
+                    common_pb2.RUN_STATUS_UNSPECIFIED
+                    if wanted is None
+                    else run_status_to_proto(wanted)
+                ),
+            )
+            response = await self._unary(self._api.ListRunRecords(request))
+            out += [run_from_proto(r) for r in response.runs]
+            token = response.next_page_token
+            if not token:
+                break
+        return out
+
+    async def aclose(self) -> None:
+        """Close the channel (when this client opened it)."""
+        self._stub = None
+        await self._conn.aclose()
+
+    async def _unary(self, call: Any) -> Any:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            raise self._conn.error(exc) from None
+
+
+def _header(artifact: Artifact, sha256: str | None, size: int | None) -> pb.ArtifactHeader:
+    for field in ("name", "media_type", "run_id", "node_id"):
+        _check_utf8(getattr(artifact, field), field)
+    for key, value in artifact.metadata.items():
+        _check_utf8(key, "metadata key")
+        _check_utf8(value, f"metadata[{key!r}]")
+    wire = artifact_to_proto(artifact, with_content=False)
+    header = pb.ArtifactHeader(
+        name=wire.name,
+        media_type=wire.media_type,
+        metadata=wire.metadata,
+        run_id=wire.run_id,
+        node_id=wire.node_id,
+        sha256=sha256 or "",
+    )
+    if size is not None:
+        header.size = size
+    return header
+
+
+def _check_utf8(value: object, field: str) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{field} is not valid UTF-8 (it contains a lone surrogate): {value!r}"
+            ) from None
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def _split(data: bytes, size: int) -> AsyncIterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(data), size):
+        yield bytes(view[start : start + size])
+
+
+async def _rechunk(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
+    """`chunks` with none larger than `size` (small ones pass through as they are)."""
+    async for chunk in chunks:
+        if len(chunk) <= size:
+            yield bytes(chunk)
+            continue
+        view = memoryview(chunk)
+        for start in range(0, len(chunk), size):
+            yield bytes(view[start : start + size])

@@ -1,0 +1,239 @@
+"""The store service's gRPC layer: decode each request, call the store, encode the reply."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from functools import partial
+from typing import Any
+
+import grpc.aio
+
+from dagwire.errors import NotFoundError
+from dagwire.rpc.convert import (
+    artifact_from_proto,
+    artifact_to_proto,
+    execution_record_from_proto,
+    execution_record_to_proto,
+    run_from_proto,
+    run_status_from_proto,
+    run_to_proto,
+)
+from dagwire.rpc.paging import decode_page_token, encode_page_token, page_size
+from dagwire.rpc.serve import Service
+from dagwire.rpc.status import InvalidArgumentError
+from dagwire.rpc.uploads import (
+    check_artifact_name,
+    check_declared_sha256,
+    check_required,
+    verified_chunks,
+)
+from dagwire.stores.base import ArtifactStore, ExecutionStore
+from dagwire.v1 import common_pb2, store_service_pb2, store_service_pb2_grpc
+from dagwire.v1.store_service_pb2 import (
+    GetArtifactRequest,
+    GetArtifactResponse,
+    GetRunRecordRequest,
+    GetRunRecordResponse,
+    ListArtifactsRequest,
+    ListArtifactsResponse,
+    ListExecutionRecordsRequest,
+    ListExecutionRecordsResponse,
+    ListRunRecordsRequest,
+    ListRunRecordsResponse,
+    PutArtifactRequest,
+    PutArtifactResponse,
+    RecordExecutionsRequest,
+    RecordExecutionsResponse,
+    SaveRunRecordRequest,
+    SaveRunRecordResponse,
+    StatArtifactRequest,
+    StatArtifactResponse,
+)
+
+__all__ = ["ArtifactStoreServicer", "ExecutionStoreServicer", "store_services"]
+
+MAX_CHUNK_BYTES = 1 << 20
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer):
+    """`ArtifactStoreService` over any `ArtifactStore`; content streams through in chunks."""
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self._store = store
+
+    async def PutArtifact(
+        self, request_iterator: AsyncIterable[PutArtifactRequest], context: Context
+    ) -> PutArtifactResponse:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgumentError(
+                "PutArtifact: the first message of the stream must hold the header",
+                field="header",
+            )
+        header = first.header
+        artifact = artifact_from_proto(
+            common_pb2.Artifact(
+                name=check_artifact_name(header.name),
+                media_type=header.media_type,
+                metadata=header.metadata,
+                run_id=header.run_id,
+                node_id=header.node_id,
+            )
+        )
+        chunks = verified_chunks(
+            _chunks_of(requests),
+            sha256=check_declared_sha256(header.sha256),
+            size=header.size if header.HasField("size") else None,
+        )
+        stored = await self._store.store_stream(artifact, chunks)
+        return PutArtifactResponse(artifact=artifact_to_proto(stored, with_content=False))
+
+    async def GetArtifact(
+        self, request: GetArtifactRequest, context: Context
+    ) -> AsyncIterator[GetArtifactResponse]:
+        artifact_id = check_required(request.artifact_id, "artifact_id")
+        meta = await self._store.stat(artifact_id)
+        yield GetArtifactResponse(artifact=artifact_to_proto(meta, with_content=False))
+        chunks = self._store.open(artifact_id)
+        try:
+            async for chunk in chunks:
+                for start in range(0, len(chunk), MAX_CHUNK_BYTES):
+                    yield GetArtifactResponse(chunk=chunk[start : start + MAX_CHUNK_BYTES])
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def StatArtifact(
+        self, request: StatArtifactRequest, context: Context
+    ) -> StatArtifactResponse:
+        meta = await self._store.stat(check_required(request.artifact_id, "artifact_id"))
+        return StatArtifactResponse(artifact=artifact_to_proto(meta, with_content=False))
+
+    async def ListArtifacts(
+        self, request: ListArtifactsRequest, context: Context
+    ) -> ListArtifactsResponse:
+        run_id = check_required(request.run_id, "run_id")
+        size = page_size(request.page_size)
+        offset = _offset(request.page_token, "artifacts", run_id)
+        artifacts = await self._store.list(run_id)
+        page = artifacts[offset : offset + size]
+        return ListArtifactsResponse(
+            artifacts=[artifact_to_proto(a, with_content=False) for a in page],
+            next_page_token=_next_offset_token("artifacts", run_id, offset + size, len(artifacts)),
+        )
+
+
+class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceServicer):
+    """`ExecutionStoreService` over any `ExecutionStore`."""
+
+    def __init__(self, store: ExecutionStore) -> None:
+        self._store = store
+
+    async def RecordExecutions(
+        self, request: RecordExecutionsRequest, context: Context
+    ) -> RecordExecutionsResponse:
+        records = [execution_record_from_proto(r) for r in request.records]
+        if records:
+            await self._store.record_many(records)
+        return RecordExecutionsResponse()
+
+    async def ListExecutionRecords(
+        self, request: ListExecutionRecordsRequest, context: Context
+    ) -> ListExecutionRecordsResponse:
+        run_id = check_required(request.run_id, "run_id")
+        size = page_size(request.page_size)
+        offset = _offset(request.page_token, "records", run_id)
+        records = await self._store.list_records(run_id)
+        return ListExecutionRecordsResponse(
+            records=[execution_record_to_proto(r) for r in records[offset : offset + size]],
+            next_page_token=_next_offset_token("records", run_id, offset + size, len(records)),
+        )
+
+    async def SaveRunRecord(
+        self, request: SaveRunRecordRequest, context: Context
+    ) -> SaveRunRecordResponse:
+        if not request.HasField("run"):
+            raise InvalidArgumentError("run is required", field="run")
+        check_required(request.run.run_id, "run.run_id")
+        await self._store.save_run(run_from_proto(request.run))
+        return SaveRunRecordResponse()
+
+    async def GetRunRecord(
+        self, request: GetRunRecordRequest, context: Context
+    ) -> GetRunRecordResponse:
+        run_id = check_required(request.run_id, "run_id")
+        run = await self._store.get_run(run_id)
+        if run is None:
+            raise NotFoundError(f"run {run_id!r} not found", kind="run", id=run_id)
+        return GetRunRecordResponse(run=run_to_proto(run))
+
+    async def ListRunRecords(
+        self, request: ListRunRecordsRequest, context: Context
+    ) -> ListRunRecordsResponse:
+        size = page_size(request.page_size)
+        status = None if request.status == 0 else run_status_from_proto(request.status)
+        scope = str(status or "")
+        after = (
+            str(decode_page_token(request.page_token, "runs", scope))
+            if request.page_token
+            else None
+        )
+        runs = await self._store.list_runs(status=status, limit=size + 1, after=after)
+        page = runs[:size]
+        token = encode_page_token("runs", scope, page[-1].run_id) if len(runs) > size else ""
+        return ListRunRecordsResponse(runs=[run_to_proto(r) for r in page], next_page_token=token)
+
+
+async def _chunks_of(requests: AsyncIterator[PutArtifactRequest]) -> AsyncIterator[bytes]:
+    async for request in requests:
+        if request.WhichOneof("part") != "chunk":
+            raise InvalidArgumentError(
+                "PutArtifact: only the first message may hold a header; nothing was stored",
+                field="header",
+            )
+        yield request.chunk
+
+
+def _offset(token: str, kind: str, scope: str) -> int:
+    if not token:
+        return 0
+    offset = decode_page_token(token, kind, scope)
+    if not isinstance(offset, int) or offset < 0:
+        raise InvalidArgumentError("page_token is not valid", field="page_token")
+    return offset
+
+
+def _next_offset_token(kind: str, scope: str, next_offset: int, total: int) -> str:
+    return encode_page_token(kind, scope, next_offset) if next_offset < total else ""
+
+
+def store_services(artifacts: ArtifactStore, executions: ExecutionStore) -> list[Service]:
+    """The store service's two gRPC services over the given backends.
+
+    Args:
+        artifacts: the artifact store backend.
+        executions: the execution store backend.
+
+    Returns:
+        Services for `dagwire.rpc.serve.create_server`/`start_server`/`run_server`.
+    """
+    names = store_service_pb2.DESCRIPTOR.services_by_name
+    return [
+        Service(
+            names["ArtifactStoreService"].full_name,
+            partial(
+                store_service_pb2_grpc.add_ArtifactStoreServiceServicer_to_server,
+                ArtifactStoreServicer(artifacts),
+            ),
+        ),
+        Service(
+            names["ExecutionStoreService"].full_name,
+            partial(
+                store_service_pb2_grpc.add_ExecutionStoreServiceServicer_to_server,
+                ExecutionStoreServicer(executions),
+            ),
+        ),
+    ]
