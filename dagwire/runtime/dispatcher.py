@@ -12,7 +12,15 @@ __all__ = ["Dispatcher", "TaskDispatcher"]
 
 
 class TaskDispatcher(Protocol):
-    """What the orchestrator needs from a dispatcher (in-process, or a client of the service)."""
+    """What the orchestrator needs from a dispatcher (in-process, or a client of the service).
+
+    Two optional class attributes change how the orchestrator calls it:
+    `applies_timeouts = True`: the dispatcher enforces `task.timeout` itself on the adapter
+    call only (so time queued for a free adapter does not count) and raises
+    `AttemptTimeoutError`; otherwise the orchestrator wraps the whole `dispatch` in the timeout.
+    `accepts_references = True`: input artifacts may arrive with `content=None` and an
+    `artifact_id` (held in the store); otherwise the orchestrator loads their content first.
+    """
 
     async def dispatch(
         self,

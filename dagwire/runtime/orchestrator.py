@@ -780,13 +780,29 @@ class Orchestrator:
     async def _dispatch_with_timeout(
         self, task: TaskNode, inputs: list[Artifact], trace_id: str
     ) -> list[Artifact]:
-        if task.timeout is None:
+        if not getattr(self._dispatcher, "accepts_references", False):
+            inputs = await self._with_content(inputs)
+        if task.timeout is None or getattr(self._dispatcher, "applies_timeouts", False):
             return await self._dispatcher.dispatch(task, inputs, trace_id)
         try:
             async with asyncio.timeout(task.timeout):
                 return await self._dispatcher.dispatch(task, inputs, trace_id)
         except TimeoutError as exc:
             raise AttemptTimeoutError(task.id, task.attempt, task.timeout) from exc
+
+    async def _with_content(self, inputs: list[Artifact]) -> list[Artifact]:
+        """Load the content of inputs held only by reference (for in-process adapters)."""
+        if all(a.content is not None for a in inputs):
+            return inputs
+        return [
+            a
+            if a.content is not None or a.artifact_id is None
+            else await self._durable(
+                functools.partial(self._artifact_store.load, a.artifact_id),
+                f"loading input artifact {a.artifact_id}",
+            )
+            for a in inputs
+        ]
 
     async def _store_outputs(
         self, state: _RunState, node_id: str, outputs: list[Artifact]

@@ -646,3 +646,31 @@ async def test_recover_orphans_fails_runs_whose_owner_lease_expired(
     assert dead.error == "orchestrator restarted: owner orchestrator-old stopped"
     assert alive is not None
     assert alive.status == RunStatus.RUNNING
+
+
+async def test_inputs_held_by_reference_reach_in_process_adapters_with_content(
+    orchestrator: Orchestrator,
+) -> None:
+    async def streams_itself(
+        task: TaskNode, inputs: list[Artifact], trace_id: str
+    ) -> list[Artifact]:
+        stored = await orchestrator.artifact_store.store(
+            Artifact(name="big", content=b"x" * 1000, run_id="r", node_id=task.id)
+        )
+        return [stored.without_content()]  # a reference: content None, artifact_id set
+
+    recorder = Recorder()
+    register(orchestrator, "streams", FunctionAdapter(streams_itself))
+    register(orchestrator, "rec", recorder)
+    summary = await orchestrator.run_workflow(
+        {
+            "name": "ref",
+            "tasks": [
+                {"id": "a", "agent": "streams"},
+                {"id": "b", "agent": "rec", "depends_on": ["a"]},
+            ],
+        }
+    )
+    assert summary.status == RunStatus.SUCCEEDED
+    [(_, inputs, _)] = recorder.calls
+    assert [a.content for a in inputs] == [b"x" * 1000]
