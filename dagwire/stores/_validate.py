@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["check_lookup_id", "check_text", "from_micros", "to_micros", "utf8_safe"]
+from dagwire.models import DEFAULT_MEDIA_TYPE, Artifact, RunStatus, TaskStatus
+
+__all__ = [
+    "check_artifact",
+    "check_lookup_id",
+    "check_run_status",
+    "check_task_status",
+    "check_text",
+    "from_micros",
+    "to_micros",
+    "utf8_safe",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -78,3 +90,50 @@ def to_micros(value: datetime, field: str) -> int:
 def from_micros(value: int) -> datetime:
     """The UTC `datetime` that `to_micros` encoded as `value`."""
     return _EPOCH + timedelta(microseconds=value)
+
+
+def check_task_status(value: TaskStatus | str) -> TaskStatus:
+    """`value` as a `TaskStatus`.
+
+    Raises:
+        ValueError: `value` is not a task status (the message lists the valid ones).
+    """
+    try:
+        return TaskStatus(value)
+    except ValueError:
+        choices = ", ".join(s.value for s in TaskStatus)
+        raise ValueError(f"status must be one of {choices}; got {value!r}") from None
+
+
+def check_run_status(value: RunStatus | str) -> RunStatus:
+    """`value` as a `RunStatus`.
+
+    Raises:
+        ValueError: `value` is not a run status (the message lists the valid ones).
+    """
+    try:
+        return RunStatus(value)
+    except ValueError:
+        choices = ", ".join(s.value for s in RunStatus)
+        raise ValueError(f"run status must be one of {choices}; got {value!r}") from None
+
+
+def check_artifact(artifact: Artifact) -> Artifact:
+    """A copy of `artifact` with its fields validated and the default media type applied.
+
+    Raises:
+        ValueError: a name, id, media type or metadata key contains NUL or is not valid
+            UTF-8, or `metadata` is not a dict (the message names the field).
+    """
+    check_text(artifact.name, "name")
+    media_type = check_text(artifact.media_type or DEFAULT_MEDIA_TYPE, "media_type")
+    for field in ("run_id", "node_id"):
+        value = getattr(artifact, field)
+        if value is not None:
+            check_text(value, field)
+    if not isinstance(artifact.metadata, dict):
+        raise ValueError(f"metadata must be a dict, not {type(artifact.metadata).__name__}")
+    for key, value in artifact.metadata.items():
+        check_text(key, "metadata key")
+        check_text(value, f"metadata[{key!r}]", allow_nul=True)
+    return dataclasses.replace(artifact, media_type=media_type, metadata=dict(artifact.metadata))

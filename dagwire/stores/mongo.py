@@ -1,0 +1,339 @@
+"""`MongoExecutionStore`: execution records and runs in MongoDB (or FerretDB), via PyMongo async."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from bson import encode as bson_encode
+from bson.errors import InvalidDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure
+
+from dagwire.errors import NotFoundError, StoreUnavailableError
+from dagwire.models import ExecutionRecord, RunRecord, RunStatus
+from dagwire.stores._mongo_codec import (
+    Doc,
+    execution_doc,
+    record_from_doc,
+    run_doc,
+    run_from_doc,
+)
+from dagwire.stores._mongo_writer import GroupWriter, Write
+from dagwire.stores._validate import check_lookup_id, check_run_status, check_task_status
+
+__all__ = ["MongoExecutionStore"]
+
+#: Indexes per collection: name -> keys. Names are fixed: FerretDB 1.x silently keeps an old
+#: index when `create_index` is called with the same name and other options, so a changed
+#: index must get a new name.
+_INDEXES: dict[str, dict[str, list[tuple[str, int]]]] = {
+    "executions": {
+        "run_started_node_attempt": [
+            ("run_id", ASCENDING),
+            ("started_at_us", ASCENDING),
+            ("node_id", ASCENDING),
+            ("attempt", ASCENDING),
+        ],
+    },
+    "runs": {
+        "newest": [("created_at_us", DESCENDING), ("run_id", DESCENDING)],
+        "status_newest": [
+            ("status", ASCENDING),
+            ("created_at_us", DESCENDING),
+            ("run_id", DESCENDING),
+        ],
+    },
+}
+
+
+class MongoExecutionStore:
+    """Execution records and run records in a MongoDB-wire database (MongoDB or FerretDB 1.x).
+
+    Built on PyMongo's async API (`AsyncMongoClient`; Motor is deprecated). The constructor
+    does no I/O: the client is created on first use, and the indexes once per instance, on
+    first use, idempotently. `aclose()` waits for queued writes, then closes the client; the
+    store reopens lazily if used again.
+
+    Collections and documents:
+
+    - ``executions``: one document per attempt, ``_id`` = ``["<run_id>","<node_id>",<attempt>]``
+      (compact JSON, unambiguous whatever the ids contain); fields of `ExecutionRecord`, with
+      each timestamp twice: ``started_at_us``/``finished_at_us`` (integer microseconds, exact,
+      what is read back) and ``started_at``/``finished_at`` (BSON dates, milliseconds, for
+      people). Index ``(run_id, started_at_us, node_id, attempt)`` serves `list_records`.
+    - ``runs``: one document per run, ``_id`` = run id; the fields of `RunRecord` with
+      ``created_at_us``/``finished_at_us``/``lease_expires_at_us`` likewise. Indexes
+      ``(created_at_us desc, run_id desc)`` and ``(status, created_at_us desc, run_id desc)``
+      serve `list_runs`. Map keys from users (`spec`, `user_vars`, artifact `metadata`) are
+      escaped (``.`` -> ``%2E``, leading ``$`` -> ``%24``, ``%`` -> ``%25``, empty -> ``%``)
+      and strings containing NUL are wrapped (FerretDB's PostgreSQL backend refuses NUL).
+
+    Writes: `record`, `record_many` and `save_run` are group committed per collection (one
+    flusher coroutine per collection; concurrent calls share one ``insert_many`` per batch, then
+    the documents that already existed are updated in commands of at most 16 statements).
+    Writes of one key within a batch are collapsed in order, so one key is never written from
+    two places at once. A `running` (or `pending`) record only replaces a stored record that is
+    not final (``update`` with filter ``{"_id": ..., "status": {"$in": ["pending",
+    "running"]}}``); a final one replaces whatever is stored. No multi-document transactions,
+    change streams, ``$lookup``, sparse/partial or unique secondary indexes are used (FerretDB
+    1.x lacks or mishandles them); the only unique key is ``_id``, always set.
+
+    Failures: a lost connection or a server that cannot be selected within
+    `server_selection_timeout_ms` raises `StoreUnavailableError` naming the server.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        database: str = "dagwire",
+        *,
+        server_selection_timeout_ms: int = 5000,
+        socket_timeout_ms: int = 30_000,
+    ) -> None:
+        """Describe the store; does no I/O.
+
+        Args:
+            uri: a MongoDB connection string (``mongodb://host:port/`` or ``mongodb+srv://``).
+            database: the database holding the ``runs`` and ``executions`` collections.
+            server_selection_timeout_ms: how long an operation waits for a reachable server
+                before `StoreUnavailableError`.
+            socket_timeout_ms: how long one network call may take before it fails.
+        """
+        self._uri = uri
+        self._database_name = database
+        self._client_options: dict[str, Any] = {
+            "serverSelectionTimeoutMS": server_selection_timeout_ms,
+            "connectTimeoutMS": min(server_selection_timeout_ms, 10_000),
+            "socketTimeoutMS": socket_timeout_ms,
+            "tz_aware": True,
+            "connect": False,
+            "appname": "dagwire",
+        }
+        self._server = _server_name(uri)
+        self._client: AsyncMongoClient[Doc] | None = None
+        self._ready: asyncio.Task[AsyncDatabase[Doc]] | None = None
+        self._executions = GroupWriter(
+            lambda: self._collection("executions"),
+            translate=self._translate,
+            name="dagwire-mongo-executions",
+        )
+        self._runs = GroupWriter(
+            lambda: self._collection("runs"),
+            translate=self._translate,
+            name="dagwire-mongo-runs",
+        )
+
+    @property
+    def batches_committed(self) -> int:
+        """Execution-record batches committed so far (group commit makes this < writes)."""
+        return self._executions.batches
+
+    @property
+    def write_commands(self) -> int:
+        """Write commands (``insert_many``/``bulk_write``) sent for execution records so far."""
+        return self._executions.commands
+
+    async def record(self, record: ExecutionRecord) -> None:
+        """Upsert one attempt by `(run_id, node_id, attempt)`; durable on return.
+
+        Args:
+            record: the attempt; a `running` write never overwrites a final status.
+
+        Raises:
+            ValueError: a field is invalid (naive datetime, unknown status, bad id).
+            StoreUnavailableError: the server did not answer.
+        """
+        await self.record_many([record])
+
+    async def record_many(self, records: Sequence[ExecutionRecord]) -> None:
+        """Upsert several attempts in one batch, applied in order; durable on return.
+
+        Args:
+            records: the attempts (same rules as `record()`); all are validated first.
+
+        Raises:
+            ValueError: a field of some record is invalid (nothing is written).
+            StoreUnavailableError: the server did not answer.
+        """
+        writes = [Write(execution_doc(r), check_task_status(r.status).is_final) for r in records]
+        await self._executions.write(writes)
+
+    async def list_records(self, run_id: str) -> builtins.list[ExecutionRecord]:
+        """Every attempt of `run_id`, ordered by `started_at`, `node_id`, `attempt`.
+
+        Args:
+            run_id: the run.
+
+        Returns:
+            The records (empty for an unknown run).
+
+        Raises:
+            StoreUnavailableError: the server did not answer.
+        """
+        if not check_lookup_id(run_id, "run"):
+            return []
+        collection = await self._collection("executions")
+        order = [("started_at_us", ASCENDING), ("node_id", ASCENDING), ("attempt", ASCENDING)]
+        async with self._errors():
+            docs = await collection.find({"run_id": run_id}).sort(order).to_list()
+        return [record_from_doc(doc) for doc in docs]
+
+    async def save_run(self, run: RunRecord) -> None:
+        """Upsert a run record by `run_id` (replacing the stored one); durable on return.
+
+        Args:
+            run: the run record (`spec` must hold BSON-encodable, JSON-like values).
+
+        Raises:
+            ValueError: a field is invalid (naive datetime, unknown status, bad id, or a
+                value BSON cannot hold, such as an integer beyond 64 bits).
+            StoreUnavailableError: the server did not answer.
+        """
+        doc = run_doc(run)
+        _check_encodable(doc, f"run {run.run_id!r}")
+        await self._runs.write([Write(doc, final=True)])
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run record, or None when no run has this id.
+
+        Args:
+            run_id: the run.
+
+        Returns:
+            The record as last saved, or None.
+
+        Raises:
+            StoreUnavailableError: the server did not answer.
+        """
+        if not check_lookup_id(run_id, "run"):
+            return None
+        collection = await self._collection("runs")
+        async with self._errors():
+            doc = await collection.find_one({"_id": run_id})
+        return None if doc is None else run_from_doc(doc)
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> builtins.list[RunRecord]:
+        """Runs newest first (`created_at` descending, then `run_id` descending).
+
+        Args:
+            status: only runs with this status.
+            limit: most runs returned (at least 1).
+            after: the last `run_id` of the previous page (keyset pagination).
+
+        Returns:
+            Up to `limit` runs; fewer (possibly none) at the end.
+
+        Raises:
+            NotFoundError: `after` names no run.
+            ValueError: `limit` is below 1 or `status` is not a run status.
+            StoreUnavailableError: the server did not answer.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        query: Doc = {}
+        if status is not None:
+            query["status"] = str(check_run_status(status))
+        if after is not None and not check_lookup_id(after, "run"):
+            raise _run_not_found(after)
+        collection = await self._collection("runs")
+        async with self._errors():
+            if after is not None:
+                anchor = await collection.find_one({"_id": after}, {"created_at_us": 1})
+                if anchor is None:
+                    raise _run_not_found(after)
+                created = anchor["created_at_us"]
+                query["$or"] = [
+                    {"created_at_us": {"$lt": created}},
+                    {"created_at_us": created, "run_id": {"$lt": after}},
+                ]
+            order = [("created_at_us", DESCENDING), ("run_id", DESCENDING)]
+            docs = await collection.find(query).sort(order).limit(limit).to_list()
+        return [run_from_doc(doc) for doc in docs]
+
+    async def aclose(self) -> None:
+        """Wait for queued writes, then close the client (the store reopens on next use)."""
+        try:
+            await self._executions.drain()
+            await self._runs.drain()
+        finally:
+            client, self._client = self._client, None
+            ready, self._ready = self._ready, None
+            if ready is not None and not ready.done():
+                ready.cancel()
+            if client is not None:
+                await client.close()
+
+    # ------------------------------------------------------------------ internals
+
+    async def _collection(self, name: str) -> AsyncCollection[Doc]:
+        ready = self._ready
+        if ready is None or (ready.done() and (ready.cancelled() or ready.exception())):
+            ready = self._ready = asyncio.get_running_loop().create_task(self._open())
+        database = await asyncio.shield(ready)
+        return database[name]
+
+    async def _open(self) -> AsyncDatabase[Doc]:
+        if self._client is None:
+            self._client = AsyncMongoClient(self._uri, **self._client_options)
+        database = self._client[self._database_name]
+        async with self._errors():
+            for collection, indexes in _INDEXES.items():
+                for name, keys in indexes.items():
+                    await database[collection].create_index(keys, name=name)
+        return database
+
+    @asynccontextmanager
+    async def _errors(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except ConnectionFailure as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, ConnectionFailure):
+            error = StoreUnavailableError(
+                f"MongoDB at {self._server} is unavailable ({type(exc).__name__}: "
+                f"{_first_line(exc)}); check that the server runs and the URI is right"
+            )
+            error.__cause__ = exc
+            return error
+        return exc
+
+
+def _check_encodable(doc: Doc, what: str) -> None:
+    try:
+        bson_encode(doc)
+    except (InvalidDocument, OverflowError, TypeError) as exc:
+        raise ValueError(f"{what} cannot be stored in MongoDB: {exc}") from exc
+
+
+def _server_name(uri: str) -> str:
+    """The host part of `uri`, without credentials (for error messages)."""
+    try:
+        netloc = urlsplit(uri).netloc
+    except ValueError:
+        return "<invalid URI>"
+    return netloc.rpartition("@")[2] or uri
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0][:300] if text else "no details"
+
+
+def _run_not_found(run_id: str) -> NotFoundError:
+    message = f"run {run_id!r} not found (the list_runs `after` cursor)"
+    return NotFoundError(message, kind="run", id=run_id)

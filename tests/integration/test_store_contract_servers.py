@@ -1,0 +1,134 @@
+"""The store contract suite against the server stores: `MongoExecutionStore`, `S3ArtifactStore`.
+
+Each test runs twice: on the development servers (FerretDB 1.24 on PostgreSQL, MinIO), and on
+the real ``mongo`` and ``minio`` images through testcontainers where a Docker engine answers
+(skipped otherwise, with the reason).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import pytest
+
+from dagwire.stores.mongo import MongoExecutionStore
+from dagwire.stores.s3 import S3ArtifactStore
+from tests.integration.conftest import docker_available
+from tests.servers import S3Endpoint
+from tests.store_contract import *  # noqa: F403  (the contract's test functions)
+
+NO_DOCKER = "no Docker engine: testcontainers needs one"
+
+
+@dataclass(frozen=True)
+class Servers:
+    """Where one backend's servers are: a MongoDB URI and an S3 endpoint."""
+
+    mongodb_uri: str
+    s3: S3Endpoint
+    throwaway: bool = False  # containers: no cleanup per test needed
+
+
+@pytest.fixture(scope="session")
+def container_servers() -> Iterator[Servers]:
+    """Real ``mongo`` and ``minio`` images via testcontainers (skipped without Docker)."""
+    if not docker_available():
+        pytest.skip(NO_DOCKER)
+    try:
+        from testcontainers.minio import MinioContainer  # type: ignore[import-not-found]
+        from testcontainers.mongodb import MongoDbContainer  # type: ignore[import-not-found]
+    except ImportError:
+        pytest.skip("testcontainers is not installed (pip install 'testcontainers[mongodb,minio]')")
+    with ExitStack() as stack:
+        mongo = stack.enter_context(MongoDbContainer("mongo:7"))
+        minio = stack.enter_context(MinioContainer())
+        config = minio.get_config()
+        yield Servers(
+            mongodb_uri=mongo.get_connection_url(),
+            s3=S3Endpoint(config["endpoint"], config["access_key"], config["secret_key"]),
+            throwaway=True,
+        )
+
+
+@pytest.fixture(params=["devservers", "testcontainers"])
+def servers(request: pytest.FixtureRequest) -> Servers:
+    """The servers of one backend (the dev servers, or the real images)."""
+    if request.param == "testcontainers":
+        servers: Servers = request.getfixturevalue("container_servers")
+        return servers
+    return Servers(
+        mongodb_uri=request.getfixturevalue("mongodb_uri"),
+        s3=request.getfixturevalue("s3_endpoint"),
+    )
+
+
+@pytest.fixture
+def database_name(servers: Servers, request: pytest.FixtureRequest) -> str:
+    """A database of this test's own (dropped afterwards on the dev servers)."""
+    if servers.throwaway:
+        return f"dagwire_test_{uuid.uuid4().hex[:12]}"
+    name: str = request.getfixturevalue("mongodb_database_name")
+    return name
+
+
+@pytest.fixture
+def bucket_name(servers: Servers, request: pytest.FixtureRequest) -> str:
+    """A bucket name of this test's own (the bucket is removed afterwards on the dev servers)."""
+    if servers.throwaway:
+        return f"dagwire-test-{uuid.uuid4().hex[:12]}"
+    name: str = request.getfixturevalue("s3_bucket_name")
+    return name
+
+
+def _s3_store(servers: Servers, bucket: str) -> S3ArtifactStore:
+    s3 = servers.s3
+    return S3ArtifactStore(s3.endpoint, s3.access_key, s3.secret_key, bucket=bucket)
+
+
+@pytest.fixture
+async def artifact_store(servers: Servers, bucket_name: str) -> AsyncIterator[S3ArtifactStore]:
+    store = _s3_store(servers, bucket_name)
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture
+async def reopen_artifact_store(
+    servers: Servers, bucket_name: str
+) -> AsyncIterator[Callable[[], S3ArtifactStore]]:
+    opened: list[S3ArtifactStore] = []
+
+    def reopen() -> S3ArtifactStore:
+        opened.append(_s3_store(servers, bucket_name))
+        return opened[-1]
+
+    yield reopen
+    for store in opened:
+        await store.aclose()
+
+
+@pytest.fixture
+async def execution_store(
+    servers: Servers, database_name: str
+) -> AsyncIterator[MongoExecutionStore]:
+    store = MongoExecutionStore(servers.mongodb_uri, database=database_name)
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture
+async def reopen_execution_store(
+    servers: Servers, database_name: str
+) -> AsyncIterator[Callable[[], MongoExecutionStore]]:
+    opened: list[MongoExecutionStore] = []
+
+    def reopen() -> MongoExecutionStore:
+        opened.append(MongoExecutionStore(servers.mongodb_uri, database=database_name))
+        return opened[-1]
+
+    yield reopen
+    for store in opened:
+        await store.aclose()
