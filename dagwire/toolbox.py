@@ -25,6 +25,7 @@ __all__ = [
     "SleepAgent",
     "UpperAgent",
     "blob_chunks",
+    "blob_params",
     "toolbox_adapters",
 ]
 
@@ -133,26 +134,35 @@ def blob_chunks(size: int, seed: int = 0) -> Iterator[bytes]:
         yield piece
 
 
+def blob_params(task: TaskNode) -> tuple[int, int]:
+    """The `blob` agent's ``(size, seed)`` from `task.params`.
+
+    Raises:
+        NonRetryableError: size is not an integer from 0 to 4 GiB, or seed not an integer.
+    """
+    params = _params(task)
+    size, seed = params.get("size", 0), params.get("seed", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= BLOB_MAX_SIZE:
+        raise NonRetryableError(
+            f"task {task.id!r}: params.size must be an integer from 0 to {BLOB_MAX_SIZE}, "
+            f"got {size!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise NonRetryableError(f"task {task.id!r}: params.seed must be an integer, got {seed!r}")
+    return size, seed
+
+
 class BlobAgent:
     """`params.size` deterministic bytes (see `blob_chunks`), `application/octet-stream`.
 
-    In-process the bytes are returned whole; the toolbox service streams them to the store.
+    In-process the bytes are returned whole; the toolbox service streams them to the store
+    (`blob_params` + `blob_chunks`).
     """
 
     async def execute(
         self, task: TaskNode, input_artifacts: list[Artifact], trace_id: str
     ) -> list[Artifact]:
-        params = _params(task)
-        size, seed = params.get("size", 0), params.get("seed", 0)
-        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= BLOB_MAX_SIZE:
-            raise NonRetryableError(
-                f"task {task.id!r}: params.size must be an integer from 0 to {BLOB_MAX_SIZE}, "
-                f"got {size!r}"
-            )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise NonRetryableError(
-                f"task {task.id!r}: params.seed must be an integer, got {seed!r}"
-            )
+        size, seed = blob_params(task)
         content = b"".join(blob_chunks(size, seed))
         return [Artifact(name="out", content=content, media_type="application/octet-stream")]
 

@@ -1,0 +1,280 @@
+"""`RemoteDispatcher`: the orchestrator's `TaskDispatcher` over the dispatcher service, and
+typed calls for adapter registration (register, heartbeat, deregister, list)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf import duration_pb2
+
+from dagwire.errors import DagwireError
+from dagwire.models import Artifact, TaskNode
+from dagwire.rpc.adapter_client import current_run_id, input_to_proto, output_from_proto
+from dagwire.rpc.convert import datetime_from_proto
+from dagwire.rpc.paging import MAX_PAGE_SIZE
+from dagwire.rpc.serve import insecure_channel
+from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES
+from dagwire.rpc.status import error_from_rpc, trace_metadata
+from dagwire.v1 import dispatcher_service_pb2 as pb
+from dagwire.v1 import dispatcher_service_pb2_grpc as pb_grpc
+
+__all__ = ["INLINE_LIMIT", "AdapterInfo", "Lease", "RemoteDispatcher"]
+
+INLINE_LIMIT = 1 << 20
+_CONTROL_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A registration lease granted by the dispatcher.
+
+    Attributes:
+        seconds: how long a lease lasts (heartbeat at a third of it).
+        expires_at: when it expires unless renewed.
+    """
+
+    seconds: float
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterInfo:
+    """One registered adapter instance as the dispatcher sees it."""
+
+    instance_id: str
+    address: str
+    agents: tuple[str, ...]
+    capacity: int
+    in_flight: int
+    healthy: bool
+    last_heartbeat: datetime | None
+    lease_expires_at: datetime | None
+
+
+class RemoteDispatcher:
+    """A `TaskDispatcher` served by the dispatcher service, over one long-lived channel.
+
+    It enforces `task.timeout` on the adapter call only (`applies_timeouts`) and takes inputs
+    held by reference (`accepts_references`): inputs of at most 1 MiB travel inline, others by
+    reference to the store. The constructor does no I/O; `aclose()` closes the channel.
+    """
+
+    applies_timeouts = True
+    accepts_references = True
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        store_address: str = "",
+        channel: grpc.aio.Channel | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        inline_limit: int = INLINE_LIMIT,
+    ) -> None:
+        """Describe the client; does no I/O.
+
+        Args:
+            address: ``host:port`` of the dispatcher service.
+            store_address: the store service holding referenced inputs ("" = the adapter's
+                own configured store).
+            channel: an existing channel to use instead of opening one (borrowed).
+            max_message_bytes: the channel's message size limit (when it opens one).
+            inline_limit: inputs with more content than this go by reference when stored.
+        """
+        self.address = address
+        self._store_address = store_address
+        self._channel = channel
+        self._owned = channel is None
+        self._max_message_bytes = max_message_bytes
+        self._inline_limit = inline_limit
+        self._stub: Any = None
+
+    @property
+    def _api(self) -> pb_grpc.DispatcherServiceAsyncStub:
+        if self._stub is None:
+            if self._channel is None:
+                self._channel = insecure_channel(
+                    self.address, max_message_bytes=self._max_message_bytes
+                )
+            self._stub = pb_grpc.DispatcherServiceStub(self._channel)
+        stub: pb_grpc.DispatcherServiceAsyncStub = self._stub
+        return stub
+
+    async def dispatch(
+        self, task: TaskNode, input_artifacts: list[Artifact], trace_id: str
+    ) -> list[Artifact]:
+        """Run one attempt of `task` on an adapter (one Dispatch call).
+
+        Args:
+            task: the task; `task.timeout` limits the adapter call (not the queueing).
+            input_artifacts: the inputs, with content or held in the store (`artifact_id`).
+            trace_id: the run's trace id.
+
+        Returns:
+            The outputs: inline ones with `content`; ones the adapter put in the store with
+            `content=None` and their `artifact_id`.
+
+        Raises:
+            AdapterNotFoundError: no adapter serves `task.agent`.
+            NoHealthyAdapterError: adapters serve it, but none is healthy.
+            AttemptTimeoutError: the adapter call passed `task.timeout`.
+            NonRetryableError: the adapter refused the task for good.
+            ResourceExhaustedError: the adapter is overloaded (`retry_after` set when asked).
+            DagwireError: any other failure (retryable), with the remote message.
+            ValueError: params are not JSON-serializable, or an input has no content or id.
+        """
+        try:
+            params_json = json.dumps(task.params, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"task {task.id!r}: params are not JSON: {exc}") from None
+        request = pb.DispatchRequest(
+            agent=task.agent,
+            params_json=params_json,
+            input_artifacts=[
+                input_to_proto(
+                    a, store_address=self._store_address, inline_limit=self._inline_limit
+                )
+                for a in input_artifacts
+            ],
+            run_id=current_run_id(input_artifacts),
+            node_id=task.id,
+            attempt=task.attempt,
+            trace_id=trace_id,
+        )
+        if task.timeout is not None:
+            request.timeout.CopyFrom(_duration(task.timeout))
+        response = await self._call(self._api.Dispatch(request, metadata=trace_metadata(trace_id)))
+        return [output_from_proto(a) for a in response.output_artifacts]
+
+    def _input(self, artifact: Artifact) -> Any:
+        return input_to_proto(
+            artifact, store_address=self._store_address, inline_limit=self._inline_limit
+        )
+
+    async def register_adapter(
+        self, instance_id: str, address: str, agents: Sequence[str], capacity: int
+    ) -> Lease:
+        """Register (or renew) an adapter instance for one lease.
+
+        Args:
+            instance_id: the instance's id, stable for its process's life.
+            address: where the dispatcher reaches it (``host:port``, never 0.0.0.0).
+            agents: the agent keys it serves.
+            capacity: how many calls it takes at once.
+
+        Returns:
+            The lease.
+
+        Raises:
+            InvalidArgumentError: a field is invalid (the message names it).
+            DagwireError: the dispatcher cannot be reached (a retryable `RemoteError`).
+        """
+        request = pb.RegisterAdapterRequest(
+            instance_id=instance_id, address=address, agents=list(agents), capacity=capacity
+        )
+        response = await self._call(self._api.RegisterAdapter(request, timeout=_CONTROL_TIMEOUT))
+        return _lease(response)
+
+    async def heartbeat(self, instance_id: str) -> Lease:
+        """Renew an instance's lease.
+
+        Raises:
+            NotFoundError: the instance is not registered (its lease expired): register again.
+            DagwireError: the dispatcher cannot be reached.
+        """
+        response = await self._call(
+            self._api.Heartbeat(
+                pb.HeartbeatRequest(instance_id=instance_id), timeout=_CONTROL_TIMEOUT
+            )
+        )
+        return _lease(response)
+
+    async def deregister_adapter(self, instance_id: str) -> None:
+        """Remove an instance at once (unknown ids are fine).
+
+        Raises:
+            DagwireError: the dispatcher cannot be reached.
+        """
+        await self._call(
+            self._api.DeregisterAdapter(
+                pb.DeregisterAdapterRequest(instance_id=instance_id), timeout=_CONTROL_TIMEOUT
+            )
+        )
+
+    async def list_adapters(self, *, agent: str = "") -> list[AdapterInfo]:
+        """Every registered instance (all pages), ordered by instance id.
+
+        Args:
+            agent: only instances serving this key ("" = all).
+
+        Raises:
+            DagwireError: the dispatcher cannot be reached.
+        """
+        out: list[AdapterInfo] = []
+        token = ""
+        while True:
+            response = await self._call(
+                self._api.ListAdapters(
+                    pb.ListAdaptersRequest(page_size=MAX_PAGE_SIZE, page_token=token, agent=agent),
+                    timeout=_CONTROL_TIMEOUT,
+                )
+            )
+            out += [_adapter_info(a) for a in response.adapters]
+            token = response.next_page_token
+            if not token:
+                return out
+
+    async def aclose(self) -> None:
+        """Close the channel (when this client opened it)."""
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None and self._owned:
+            await channel.close()
+
+    async def _call(self, call: Any) -> Any:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> DagwireError:
+        return error_from_rpc(exc, target=f"dispatcher at {self.address}")
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
+
+
+def _lease(response: Any) -> Lease:
+    return Lease(
+        seconds=response.lease_duration.ToNanoseconds() / 1e9,
+        expires_at=datetime_from_proto(response.lease_expire_time),
+    )
+
+
+def _adapter_info(message: pb.AdapterInstance) -> AdapterInfo:
+    return AdapterInfo(
+        instance_id=message.instance_id,
+        address=message.address,
+        agents=tuple(message.agents),
+        capacity=message.capacity,
+        in_flight=message.in_flight,
+        healthy=message.health == pb.ADAPTER_HEALTH_HEALTHY,
+        last_heartbeat=(
+            datetime_from_proto(message.last_heartbeat_time)
+            if message.HasField("last_heartbeat_time")
+            else None
+        ),
+        lease_expires_at=(
+            datetime_from_proto(message.lease_expire_time)
+            if message.HasField("lease_expire_time")
+            else None
+        ),
+    )

@@ -1,0 +1,1 @@
+"""Example adapters: one subpackage per adapter process (other languages sit beside them)."""

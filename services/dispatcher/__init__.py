@@ -1,0 +1,1 @@
+"""The dispatcher service: DispatcherService (adapter registry, health, routing, balancing)."""

@@ -1,0 +1,81 @@
+"""Entry point of the dispatcher service: settings, logging, registry, then serve until stopped."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from dagwire_services.dispatcher.servicer import dispatcher_services
+
+from dagwire.rpc.adapter_client import AdapterPool
+from dagwire.rpc.logs import setup_logging
+from dagwire.rpc.serve import run_server, serve_main
+from dagwire.rpc.settings import DispatcherSettings, SettingsError, load_settings
+from dagwire.runtime.routing import AdapterRegistry
+
+__all__ = ["build_pool", "main", "serve"]
+
+PROG = "dagwire-dispatcher"
+DESCRIPTION = (
+    "dagwire dispatcher service: keeps the registry of adapter instances (registered with a "
+    "lease, or static from DAGWIRE_STATIC_ADAPTERS) and routes each task to one of them."
+)
+
+
+def build_pool(settings: DispatcherSettings) -> AdapterPool:
+    """The registry and adapter pool `settings` describe, static adapters registered.
+
+    Args:
+        settings: the dispatcher settings.
+
+    Returns:
+        The pool (call `start()` to probe static adapters, `aclose()` to release it).
+    """
+    registry = AdapterRegistry(lease_seconds=settings.lease_seconds)
+    pool = AdapterPool(registry, max_message_bytes=settings.max_message_bytes)
+    pool.add_static(settings.static_adapters)
+    return pool
+
+
+async def serve(settings: DispatcherSettings) -> None:
+    """Serve the dispatcher until SIGTERM/SIGINT.
+
+    Args:
+        settings: the dispatcher settings.
+
+    Raises:
+        ListenError: the listen address cannot be bound.
+    """
+    pool = build_pool(settings)
+    await pool.start()
+    await run_server(
+        settings,
+        dispatcher_services(pool),
+        process="dispatcher",
+        address=settings.listen_addr,
+        resources=[pool],
+        extra_log={"static_adapters": len(settings.static_adapters)},
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the dispatcher service (``python -m dagwire_services.dispatcher``).
+
+    Args:
+        argv: command-line arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 after a clean stop, 2 for invalid settings or a busy address.
+    """
+    try:
+        settings = load_settings(
+            DispatcherSettings,
+            sys.argv[1:] if argv is None else argv,
+            prog=PROG,
+            description=DESCRIPTION,
+        )
+    except SettingsError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
+    setup_logging("dispatcher", level=settings.log_level, log_format=settings.log_format)
+    return serve_main(PROG, lambda: serve(settings))

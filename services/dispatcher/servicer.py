@@ -1,0 +1,182 @@
+"""The dispatcher service's gRPC layer: decode each request, call the registry/pool, encode."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+import grpc.aio
+from google.protobuf import duration_pb2
+
+from dagwire.errors import NotFoundError
+from dagwire.models import utc_now
+from dagwire.rpc.adapter_client import AdapterCallError, AdapterPool
+from dagwire.rpc.convert import datetime_to_proto
+from dagwire.rpc.logs import current_context
+from dagwire.rpc.paging import decode_page_token, encode_page_token, page_size
+from dagwire.rpc.serve import Service
+from dagwire.rpc.status import InvalidArgumentError
+from dagwire.rpc.uploads import check_required
+from dagwire.runtime.routing import AdapterInstance, AdapterRegistry
+from dagwire.v1 import dispatcher_service_pb2, dispatcher_service_pb2_grpc
+from dagwire.v1.dispatcher_service_pb2 import (
+    ADAPTER_HEALTH_HEALTHY,
+    ADAPTER_HEALTH_UNHEALTHY,
+    DeregisterAdapterRequest,
+    DeregisterAdapterResponse,
+    DispatchRequest,
+    DispatchResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    ListAdaptersRequest,
+    ListAdaptersResponse,
+    RegisterAdapterRequest,
+    RegisterAdapterResponse,
+)
+from dagwire.v1.dispatcher_service_pb2 import (
+    AdapterInstance as AdapterInstanceMessage,
+)
+
+__all__ = ["DispatcherServicer", "check_adapter_address", "dispatcher_services"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "[::]", "[0:0:0:0:0:0:0:0]"})
+
+
+def check_adapter_address(address: str, field: str = "address") -> str:
+    """`address` if the dispatcher can dial it: ``host:port``, port 1-65535, not a wildcard.
+
+    Raises:
+        InvalidArgumentError: otherwise (names `field`).
+    """
+    match = _HOST_PORT.match(address)
+    if match is None:
+        raise InvalidArgumentError(
+            f"{field} {address!r} is not host:port (for example 10.0.0.7:50060)", field=field
+        )
+    if match["host"] in _WILDCARD_HOSTS:
+        raise InvalidArgumentError(
+            f"{field} {address!r} is a wildcard the dispatcher cannot dial: register the "
+            "adapter's reachable address (DAGWIRE_ADVERTISE_ADDR)",
+            field=field,
+        )
+    if not 1 <= int(match["port"]) <= 65535:
+        raise InvalidArgumentError(
+            f"{field} {address!r}: the port must be 1-65535 (register the bound port)",
+            field=field,
+        )
+    return address
+
+
+class DispatcherServicer(dispatcher_service_pb2_grpc.DispatcherServiceServicer):
+    """`DispatcherService` over an `AdapterRegistry` and an `AdapterPool`."""
+
+    def __init__(self, pool: AdapterPool) -> None:
+        self._pool = pool
+        self._registry: AdapterRegistry = pool.registry
+
+    async def Dispatch(self, request: DispatchRequest, context: Context) -> DispatchResponse:
+        trace_id = request.trace_id or str(current_context().get("trace_id", ""))
+        try:
+            response: DispatchResponse = await self._pool.dispatch(request, trace_id=trace_id)
+        except AdapterCallError as exc:  # the adapter's own status, passed through unchanged
+            await context.abort(exc.code, str(exc), exc.trailing_metadata)
+        return response
+
+    async def RegisterAdapter(
+        self, request: RegisterAdapterRequest, context: Context
+    ) -> RegisterAdapterResponse:
+        instance_id = check_required(request.instance_id, "instance_id")
+        address = check_adapter_address(request.address)
+        if not request.agents or any(not key for key in request.agents):
+            raise InvalidArgumentError(
+                "agents must list at least one agent key, none of them empty", field="agents"
+            )
+        if request.capacity < 1:
+            raise InvalidArgumentError(
+                f"capacity must be at least 1, got {request.capacity}", field="capacity"
+            )
+        self._registry.register(instance_id, address, request.agents, request.capacity)
+        duration, expires = self._lease()
+        return RegisterAdapterResponse(lease_duration=duration, lease_expire_time=expires)
+
+    async def Heartbeat(self, request: HeartbeatRequest, context: Context) -> HeartbeatResponse:
+        instance_id = check_required(request.instance_id, "instance_id")
+        if self._registry.heartbeat(instance_id) is None:
+            raise NotFoundError(
+                f"adapter instance {instance_id!r} is not registered (its lease expired, or "
+                "the dispatcher restarted): register again",
+                kind="adapter_instance",
+                id=instance_id,
+            )
+        duration, expires = self._lease()
+        return HeartbeatResponse(lease_duration=duration, lease_expire_time=expires)
+
+    async def DeregisterAdapter(
+        self, request: DeregisterAdapterRequest, context: Context
+    ) -> DeregisterAdapterResponse:
+        self._registry.deregister(check_required(request.instance_id, "instance_id"))
+        return DeregisterAdapterResponse()
+
+    async def ListAdapters(
+        self, request: ListAdaptersRequest, context: Context
+    ) -> ListAdaptersResponse:
+        size = page_size(request.page_size)
+        after = (
+            str(decode_page_token(request.page_token, "adapters", request.agent))
+            if request.page_token
+            else ""
+        )
+        instances = sorted(
+            (i for i in self._registry.instances(request.agent or None) if i.instance_id > after),
+            key=lambda i: i.instance_id,
+        )
+        page = instances[:size]
+        token = (
+            encode_page_token("adapters", request.agent, page[-1].instance_id)
+            if len(instances) > size
+            else ""
+        )
+        return ListAdaptersResponse(adapters=[_instance(i) for i in page], next_page_token=token)
+
+    def _lease(self) -> tuple[duration_pb2.Duration, Any]:
+        seconds = self._registry.lease_seconds
+        duration = duration_pb2.Duration()
+        duration.FromNanoseconds(round(seconds * 1e9))
+        return duration, datetime_to_proto(utc_now() + timedelta(seconds=seconds))
+
+
+def _instance(instance: AdapterInstance) -> AdapterInstanceMessage:
+    message = AdapterInstanceMessage(
+        instance_id=instance.instance_id,
+        address=instance.address,
+        agents=sorted(instance.agent_keys),
+        capacity=instance.capacity,
+        in_flight=instance.in_flight,
+        health=ADAPTER_HEALTH_HEALTHY if instance.healthy else ADAPTER_HEALTH_UNHEALTHY,
+    )
+    if not instance.static:
+        message.last_heartbeat_time.CopyFrom(datetime_to_proto(instance.last_heartbeat))
+        remaining = max(instance.lease_deadline - time.monotonic(), 0.0)
+        message.lease_expire_time.CopyFrom(
+            datetime_to_proto(utc_now() + timedelta(seconds=remaining))
+        )
+    return message
+
+
+def dispatcher_services(pool: AdapterPool) -> list[Service]:
+    """The dispatcher's gRPC service over `pool`.
+
+    Args:
+        pool: the adapter pool (with its registry).
+
+    Returns:
+        Services for `dagwire.rpc.serve.start_server`/`run_server`.
+    """
+    name = dispatcher_service_pb2.DESCRIPTOR.services_by_name["DispatcherService"].full_name
+    add = dispatcher_service_pb2_grpc.add_DispatcherServiceServicer_to_server
+    return [Service(name, partial(add, DispatcherServicer(pool)))]
