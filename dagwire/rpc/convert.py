@@ -6,6 +6,7 @@ is None); empty proto strings mean "none" for optional text.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,8 +20,10 @@ from dagwire.models import (
     NodeSummary,
     RunRecord,
     RunStatus,
+    RunSummary,
     TaskStatus,
 )
+from dagwire.runtime.events import RunEvent, RunEventKind
 from dagwire.v1 import common_pb2
 
 __all__ = [
@@ -32,9 +35,13 @@ __all__ = [
     "execution_record_to_proto",
     "node_summary_from_proto",
     "node_summary_to_proto",
+    "run_event_from_proto",
+    "run_event_to_proto",
     "run_from_proto",
     "run_status_from_proto",
     "run_status_to_proto",
+    "run_summary_from_proto",
+    "run_summary_to_proto",
     "run_to_proto",
     "task_status_from_proto",
     "task_status_to_proto",
@@ -340,6 +347,173 @@ def run_from_proto(message: common_pb2.Run) -> RunRecord:
         owner=message.owner,
         lease_expires_at=_optional_time(message, "owner_lease_expire_time"),
     )
+
+
+def run_summary_to_proto(summary: RunSummary, record: RunRecord | None = None) -> common_pb2.Run:
+    """The wire `Run` of a finished run's summary, completed from its run record when given.
+
+    Args:
+        summary: the run's summary (status, error and nodes win over the record's).
+        record: the stored run record (created_at, spec, user_vars...), when at hand.
+
+    Returns:
+        The message; without a record only run_id, name, status, trace_id, error and nodes
+        are set.
+
+    Raises:
+        ValueError: a status is unknown or a datetime naive.
+    """
+    if record is not None:
+        return run_to_proto(
+            dataclasses.replace(
+                record, status=summary.status, error=summary.error, nodes=summary.nodes
+            )
+        )
+    return common_pb2.Run(
+        run_id=summary.run_id,
+        name=summary.name,
+        status=run_status_to_proto(summary.status),
+        trace_id=summary.trace_id,
+        error=summary.error or "",
+        nodes=[node_summary_to_proto(node_id, node) for node_id, node in summary.nodes.items()],
+    )
+
+
+def run_summary_from_proto(message: common_pb2.Run) -> RunSummary:
+    """The `RunSummary` of a wire `Run` (no created_at or spec needed).
+
+    Raises:
+        ValueError: a status is unspecified.
+    """
+    return RunSummary(
+        run_id=message.run_id,
+        status=run_status_from_proto(message.status),
+        nodes=dict(node_summary_from_proto(n) for n in message.nodes),
+        name=message.name,
+        trace_id=message.trace_id,
+        error=message.error or None,
+    )
+
+
+# ---------------------------------------------------------------------- run events
+
+
+def run_event_to_proto(event: RunEvent) -> common_pb2.RunEvent:
+    """The wire form of one run event (`WatchRun`); artifacts travel as metadata only.
+
+    Raises:
+        ValueError: the event lacks the status its kind needs, or a datetime is naive.
+    """
+    message = common_pb2.RunEvent(sequence=event.sequence, run_id=event.run_id)
+    message.time.CopyFrom(datetime_to_proto(event.time, "time"))
+    kind = RunEventKind(event.kind)
+    if kind is RunEventKind.TASK_STARTED:
+        message.task_started.CopyFrom(
+            common_pb2.RunEvent.TaskStarted(
+                node_id=event.node_id, attempt=event.attempt, agent=event.agent
+            )
+        )
+    elif kind is RunEventKind.ATTEMPT_FAILED:
+        failed = common_pb2.RunEvent.AttemptFailed(
+            node_id=event.node_id,
+            attempt=event.attempt,
+            error=event.error or "",
+            will_retry=event.will_retry,
+        )
+        if event.will_retry:
+            failed.retry_delay.FromNanoseconds(round(max(event.retry_delay, 0.0) * 1e9))
+        message.attempt_failed.CopyFrom(failed)
+    elif kind is RunEventKind.TASK_FINISHED:
+        if event.task_status is None:
+            raise ValueError(f"task_finished event {event.sequence} has no task_status")
+        message.task_finished.CopyFrom(
+            common_pb2.RunEvent.TaskFinished(
+                node_id=event.node_id,
+                status=task_status_to_proto(event.task_status),
+                attempts=event.attempts,
+                error=event.error or "",
+                artifacts=[artifact_to_proto(a, with_content=False) for a in event.artifacts],
+            )
+        )
+    else:
+        status = event.run_status or (event.summary.status if event.summary else None)
+        if status is None:
+            raise ValueError(f"run_finished event {event.sequence} has no run_status")
+        nodes = event.summary.nodes if event.summary is not None else {}
+        message.run_finished.CopyFrom(
+            common_pb2.RunEvent.RunFinished(
+                status=run_status_to_proto(status),
+                error=event.error or "",
+                nodes=[node_summary_to_proto(node_id, node) for node_id, node in nodes.items()],
+            )
+        )
+    return message
+
+
+def run_event_from_proto(message: common_pb2.RunEvent) -> RunEvent:
+    """The model of a wire run event.
+
+    `run_finished` carries a `summary` rebuilt from the event (its `name` and `trace_id` are
+    not on the wire, so they are empty); `agent` is only known for `task_started`.
+
+    Raises:
+        ValueError: the event is empty or a status is unspecified.
+    """
+    which = message.WhichOneof("event")
+    common: dict[str, Any] = {
+        "sequence": message.sequence,
+        "run_id": message.run_id,
+        "time": datetime_from_proto(message.time) if message.HasField("time") else _EPOCH,
+    }
+    if which == "task_started":
+        started = message.task_started
+        return RunEvent(
+            kind=RunEventKind.TASK_STARTED,
+            node_id=started.node_id,
+            attempt=started.attempt,
+            agent=started.agent,
+            **common,
+        )
+    if which == "attempt_failed":
+        failed = message.attempt_failed
+        return RunEvent(
+            kind=RunEventKind.ATTEMPT_FAILED,
+            node_id=failed.node_id,
+            attempt=failed.attempt,
+            error=failed.error or None,
+            will_retry=failed.will_retry,
+            retry_delay=(
+                failed.retry_delay.ToNanoseconds() / 1e9 if failed.HasField("retry_delay") else 0.0
+            ),
+            **common,
+        )
+    if which == "task_finished":
+        finished = message.task_finished
+        return RunEvent(
+            kind=RunEventKind.TASK_FINISHED,
+            node_id=finished.node_id,
+            task_status=task_status_from_proto(finished.status),
+            attempts=finished.attempts,
+            error=finished.error or None,
+            artifacts=tuple(artifact_from_proto(a) for a in finished.artifacts),
+            **common,
+        )
+    if which == "run_finished":
+        done = message.run_finished
+        status = run_status_from_proto(done.status)
+        return RunEvent(
+            kind=RunEventKind.RUN_FINISHED,
+            run_status=status,
+            error=done.error or None,
+            summary=RunSummary(
+                run_id=message.run_id,
+                status=status,
+                nodes=dict(node_summary_from_proto(n) for n in done.nodes),
+                error=done.error or None,
+            ),
+            **common,
+        )
+    raise ValueError(f"run event {message.sequence} of run {message.run_id!r} has no event")
 
 
 def _optional_time(message: Any, field: str) -> datetime | None:

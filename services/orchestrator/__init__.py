@@ -1,0 +1,1 @@
+"""The orchestrator service: OrchestratorService over the core `Orchestrator`."""

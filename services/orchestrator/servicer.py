@@ -1,0 +1,159 @@
+"""The orchestrator service's gRPC layer: decode each request, call the core, encode the reply."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import grpc.aio
+
+from dagwire.errors import StoreUnavailableError, WorkflowValidationError
+from dagwire.models import RunRecord, WorkflowSpec
+from dagwire.rpc.convert import (
+    run_event_to_proto,
+    run_status_from_proto,
+    run_status_to_proto,
+    run_summary_to_proto,
+    run_to_proto,
+)
+from dagwire.rpc.paging import decode_page_token, encode_page_token, page_size
+from dagwire.rpc.serve import Service
+from dagwire.rpc.status import InvalidArgumentError
+from dagwire.rpc.uploads import check_required
+from dagwire.runtime.orchestrator import Orchestrator
+from dagwire.v1 import common_pb2, orchestrator_service_pb2, orchestrator_service_pb2_grpc
+from dagwire.v1.orchestrator_service_pb2 import (
+    CancelRunRequest,
+    CancelRunResponse,
+    GetRunRequest,
+    GetRunResponse,
+    ListRunsRequest,
+    ListRunsResponse,
+    RunWorkflowRequest,
+    RunWorkflowResponse,
+    StartRunRequest,
+    StartRunResponse,
+    WatchRunRequest,
+    WatchRunResponse,
+)
+
+__all__ = ["OrchestratorServicer", "orchestrator_services", "parse_spec"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def parse_spec(text: str) -> WorkflowSpec:
+    """A workflow spec from its YAML or JSON text (JSON when it starts with ``{``).
+
+    Raises:
+        WorkflowValidationError: the spec is invalid; the message starts with its line.
+    """
+    if not text.strip():
+        raise WorkflowValidationError(
+            "the spec is empty: send the workflow spec v1 as YAML or JSON text", field="spec"
+        )
+    if text.lstrip().startswith("{"):
+        return WorkflowSpec.from_json(text)
+    return WorkflowSpec.from_yaml(text)
+
+
+class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServicer):
+    """`OrchestratorService` over one core `Orchestrator` (which owns every run it starts).
+
+    A client that goes away during `RunWorkflow` or `WatchRun` does not cancel the run: it
+    goes on, and `WatchRun` (or `RunWorkflow` with the same request_id) re-attaches to it.
+    """
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self._orchestrator = orchestrator
+
+    async def StartRun(self, request: StartRunRequest, context: Context) -> StartRunResponse:
+        run_id = await self._start(request.spec, dict(request.user_vars), request.request_id)
+        run = await self._orchestrator.get_run(run_id)
+        return StartRunResponse(run_id=run_id, trace_id=run.trace_id)
+
+    async def RunWorkflow(
+        self, request: RunWorkflowRequest, context: Context
+    ) -> RunWorkflowResponse:
+        run_id = await self._start(request.spec, dict(request.user_vars), request.request_id)
+        summary = await self._orchestrator.wait_run(run_id)
+        record: RunRecord | None
+        try:
+            record = await self._orchestrator.get_run(run_id)
+        except StoreUnavailableError:  # the summary alone still says how the run ended
+            record = None
+        return RunWorkflowResponse(run=run_summary_to_proto(summary, record))
+
+    async def GetRun(self, request: GetRunRequest, context: Context) -> GetRunResponse:
+        run = await self._orchestrator.get_run(check_required(request.run_id, "run_id"))
+        return GetRunResponse(run=run_to_proto(run))
+
+    async def ListRuns(self, request: ListRunsRequest, context: Context) -> ListRunsResponse:
+        size = page_size(request.page_size)
+        status = None if request.status == 0 else run_status_from_proto(request.status)
+        scope = str(status or "")
+        after = (
+            str(decode_page_token(request.page_token, "runs", scope))
+            if request.page_token
+            else None
+        )
+        runs = await self._orchestrator.execution_store.list_runs(
+            status=status, limit=size + 1, after=after
+        )
+        page = runs[:size]
+        token = encode_page_token("runs", scope, page[-1].run_id) if len(runs) > size else ""
+        return ListRunsResponse(runs=[_listed(r) for r in page], next_page_token=token)
+
+    async def CancelRun(self, request: CancelRunRequest, context: Context) -> CancelRunResponse:
+        status = await self._orchestrator.cancel_run(check_required(request.run_id, "run_id"))
+        return CancelRunResponse(status=run_status_to_proto(status))
+
+    async def WatchRun(
+        self, request: WatchRunRequest, context: Context
+    ) -> AsyncIterator[WatchRunResponse]:
+        run_id = check_required(request.run_id, "run_id")
+        if request.after_sequence < 0:
+            raise InvalidArgumentError(
+                f"after_sequence must be 0 (from the start) or a sequence already seen, "
+                f"got {request.after_sequence}",
+                field="after_sequence",
+            )
+        async for event in self._orchestrator.watch_run(
+            run_id, after_sequence=request.after_sequence
+        ):
+            yield WatchRunResponse(event=run_event_to_proto(event))
+
+    async def _start(self, spec: str, user_vars: dict[str, str], request_id: str) -> str:
+        return await self._orchestrator.start_run(
+            parse_spec(spec), user_vars=user_vars, request_id=request_id or None
+        )
+
+
+def _listed(run: RunRecord) -> common_pb2.Run:
+    """A run as `ListRuns` returns it: without spec_json and nodes."""
+    message = run_to_proto(dataclasses.replace(run, nodes={}))
+    message.ClearField("spec_json")
+    return message
+
+
+def orchestrator_services(orchestrator: Orchestrator) -> list[Service]:
+    """The orchestrator service's gRPC service over a core `Orchestrator`.
+
+    Args:
+        orchestrator: the core orchestrator that runs the workflows.
+
+    Returns:
+        Services for `dagwire.rpc.serve.create_server`/`start_server`.
+    """
+    name = orchestrator_service_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+    return [
+        Service(
+            name,
+            partial(
+                orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server,
+                OrchestratorServicer(orchestrator),
+            ),
+        )
+    ]
