@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+
 from dagwire_cli import up
 
 app = typer.Typer(

@@ -5,13 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from dagwire_services.dispatcher.servicer import dispatcher_services
-
 from dagwire.rpc.adapter_client import AdapterPool
 from dagwire.rpc.logs import setup_logging
 from dagwire.rpc.serve import run_server, serve_main
 from dagwire.rpc.settings import DispatcherSettings, SettingsError, load_settings
 from dagwire.runtime.routing import AdapterRegistry
+from dagwire_services.dispatcher.servicer import dispatcher_services
 
 __all__ = ["build_pool", "main", "serve"]
 

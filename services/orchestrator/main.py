@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc.aio
-from dagwire_services.orchestrator.servicer import orchestrator_services
 from pydantic import Field
 
 from dagwire.errors import StoreUnavailableError
@@ -22,6 +21,7 @@ from dagwire.rpc.settings import OrchestratorSettings, SettingsError, load_setti
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
 from dagwire.runtime.dispatcher import TaskDispatcher
 from dagwire.runtime.orchestrator import Orchestrator
+from dagwire_services.orchestrator.servicer import orchestrator_services
 
 __all__ = ["OrchestratorService", "OrchestratorServiceSettings", "main", "serve"]
 

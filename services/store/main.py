@@ -5,12 +5,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from dagwire_services.store.servicer import store_services
-
 from dagwire.rpc.logs import setup_logging
 from dagwire.rpc.serve import run_server, serve_main
 from dagwire.rpc.settings import SettingsError, StoreSettings, load_settings
 from dagwire.rpc.storage import build_artifact_store, build_execution_store, describe_storage
+from dagwire_services.store.servicer import store_services
 
 __all__ = ["main", "serve"]
 

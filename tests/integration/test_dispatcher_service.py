@@ -20,9 +20,6 @@ import grpc
 import grpc.aio
 import psutil
 import pytest
-from dagwire_services.adapters.toolbox.servicer import toolbox_agents
-from dagwire_services.dispatcher.main import build_pool
-from dagwire_services.dispatcher.servicer import dispatcher_services
 
 from dagwire.errors import (
     AdapterNotFoundError,
@@ -40,6 +37,9 @@ from dagwire.rpc.status import InvalidArgumentError, RemoteError
 from dagwire.sdk import AdapterServer, StreamedArtifact
 from dagwire.v1 import dispatcher_service_pb2 as pb
 from dagwire.v1 import dispatcher_service_pb2_grpc as pb_grpc
+from dagwire_services.adapters.toolbox.servicer import toolbox_agents
+from dagwire_services.dispatcher.main import build_pool
+from dagwire_services.dispatcher.servicer import dispatcher_services
 from tests.servers import REPO_ROOT, find_free_port, stop_process
 
 # ---------------------------------------------------------------------- fixtures

@@ -30,7 +30,6 @@ from typing import IO, Any
 import grpc
 import grpc.aio
 import pytest
-from dagwire_services.orchestrator.main import OrchestratorService, OrchestratorServiceSettings
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -47,6 +46,7 @@ from dagwire.runtime import Dispatcher, RunEvent, RunEventKind
 from dagwire.toolbox import SleepAgent, toolbox_adapters
 from dagwire.v1 import orchestrator_service_pb2 as pb
 from dagwire.v1 import orchestrator_service_pb2_grpc as pb_grpc
+from dagwire_services.orchestrator.main import OrchestratorService, OrchestratorServiceSettings
 from tests.servers import REPO_ROOT, find_free_port
 
 STACKS = ("in-process-dispatcher", "cross-process")

@@ -25,7 +25,6 @@ import grpc
 import grpc.aio
 import psutil
 import pytest
-from dagwire_services.store.servicer import store_services
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -37,6 +36,7 @@ from dagwire.stores.base import ArtifactStore, ExecutionStore
 from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
 from dagwire.v1 import store_service_pb2 as pb
 from dagwire.v1 import store_service_pb2_grpc as pb_grpc
+from dagwire_services.store.servicer import store_services
 from tests.servers import REPO_ROOT, S3Endpoint, find_free_port
 from tests.store_contract import *  # noqa: F403  (the contract's test functions)
 

@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 import grpc
 import grpc.aio
 import pytest
-from dagwire_services.store.servicer import store_services
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dagwire.errors import NotFoundError
@@ -19,6 +18,7 @@ from dagwire.rpc.serve import RunningServer, server_options, start_server
 from dagwire.rpc.status import TRACE_ID_KEY, RemoteError, error_from_rpc
 from dagwire.v1 import store_service_pb2 as pb
 from dagwire.v1 import store_service_pb2_grpc as pb_grpc
+from dagwire_services.store.servicer import store_services
 
 
 class _BrokenExecutions:

@@ -10,7 +10,6 @@ from typing import Any
 
 import grpc
 import pytest
-from dagwire_services.store.servicer import store_services
 
 from dagwire.errors import (
     AttemptTimeoutError,
@@ -26,6 +25,7 @@ from dagwire.rpc.store_client import RemoteArtifactStore
 from dagwire.sdk import AdapterServer, StreamedArtifact, advertised_address
 from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
 from dagwire.toolbox import EchoAgent
+from dagwire_services.store.servicer import store_services
 
 MIB = 1 << 20
 

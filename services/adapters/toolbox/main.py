@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dagwire_services.adapters.toolbox.servicer import toolbox_agents
-
 from dagwire.sdk import serve
+from dagwire_services.adapters.toolbox.servicer import toolbox_agents
 
 __all__ = ["CAPACITY", "main"]
 
