@@ -16,7 +16,7 @@ import pytest
 
 from dagwire.stores.mongo import MongoExecutionStore
 from dagwire.stores.s3 import S3ArtifactStore
-from tests.integration.conftest import docker_available
+from tests.conftest import docker_available
 from tests.servers import S3Endpoint
 from tests.store_contract import *  # noqa: F403  (the contract's test functions)
 
