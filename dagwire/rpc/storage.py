@@ -67,12 +67,16 @@ def build_execution_store(settings: StorageSettings) -> ExecutionStore:
         settings: storage settings.
 
     Returns:
-        `MongoExecutionStore` when ``mongodb_uri`` is set, else `SqliteExecutionStore` at
+        `MongoExecutionStore` when ``mongodb_uri`` is set (on the database the URI names,
+        ``dagwire`` when it names none), else `SqliteExecutionStore` at
         ``data_dir/executions.sqlite3``.
     """
     if settings.mongodb_uri:
+        from pymongo.uri_parser import parse_uri
+
         mongo = _backend("dagwire.stores.mongo", "MongoExecutionStore")
-        return cast(ExecutionStore, mongo(settings.mongodb_uri))
+        database = parse_uri(settings.mongodb_uri).get("database") or "dagwire"
+        return cast(ExecutionStore, mongo(settings.mongodb_uri, database=database))
     from dagwire.stores.local import SqliteExecutionStore
 
     return SqliteExecutionStore(settings.data_dir / "executions.sqlite3")
