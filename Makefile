@@ -9,10 +9,11 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.synced
 
-.PHONY: help lock install protos protos-check buf-lint devservers lint typecheck test test-unit test-integration bench run clean
+.PHONY: help lock install protos protos-check buf-lint buf-breaking devservers polyglot lint typecheck \
+	test test-unit test-integration test-e2e test-interop bench run clean
 
 help: ## Show this help.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 # requirements.lock pins every package (with hashes) for Python 3.11; `make lock` refreshes it.
 $(STAMP): pyproject.toml requirements.lock
@@ -37,6 +38,14 @@ protos-check: install ## Fail when dagwire/v1/ is stale against protos/.
 buf-lint: ## buf lint on protos/ (buf built from its pinned Go module on first use).
 	scripts/buf.sh lint protos
 
+buf-breaking: ## buf breaking: protos/ against the last released contract (protos/baseline/).
+	scripts/buf.sh breaking protos --against protos/baseline/dagwire-v1.binpb
+
+polyglot: ## Build the Go, TypeScript and Java clients and adapters (stubs generated from protos/).
+	scripts/build_go.sh
+	scripts/build_node.sh
+	scripts/build_java.sh
+
 devservers: ## Build FerretDB + MinIO (cached outside the checkout) and install PostgreSQL if missing.
 	scripts/devservers.sh >/dev/null
 
@@ -51,7 +60,7 @@ typecheck: install ## mypy --strict on the core, the gRPC edge and the services.
 	@mkdir -p $(VENV)/mypy-path && ln -sfn $(CURDIR)/services $(VENV)/mypy-path/dagwire_services && ln -sfn $(CURDIR)/clients/python $(VENV)/mypy-path/dagwire_cli
 	MYPYPATH=$(VENV)/mypy-path $(VENV)/bin/mypy -p dagwire_services -p dagwire_cli
 
-test: install lint typecheck protos-check buf-lint devservers ## Lint, type-check, check protos, run every test.
+test: install lint typecheck protos-check buf-lint buf-breaking devservers polyglot ## Lint, type-check, check protos, build every language, run every test.
 	$(VENV)/bin/pytest tests
 
 test-unit: install ## Unit tests only (no servers).
@@ -60,11 +69,17 @@ test-unit: install ## Unit tests only (no servers).
 test-integration: install devservers ## Integration tests (real FerretDB, MinIO, gRPC on loopback).
 	$(VENV)/bin/pytest tests/integration
 
+test-e2e: install ## The CLI against `dagwire up`.
+	$(VENV)/bin/pytest tests/e2e
+
+test-interop: install devservers polyglot ## Go, TypeScript and Java clients and adapters against the services.
+	$(VENV)/bin/pytest tests/interop
+
 bench: install ## Benchmarks; prints tables.
 	$(PY) -m bench
 
-run: install ## Run the example workflow end to end (in-process until the services land).
-	$(PY) examples/run_in_process.py examples/hello.yaml --data-dir .dagwire
+run: install ## Bring the services up, run examples/hello.yaml through them (EXAMPLE=... for another), stop.
+	$(PY) examples/run_through_services.py $(or $(EXAMPLE),examples/hello.yaml) --data-dir .dagwire
 
 clean: ## Remove the virtualenv and caches.
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark and print one table per group.
 
-Usage: python -m bench [GROUP ...]   (groups: scheduler, stores, orchestration, store_service)
+Usage: python -m bench [GROUP ...]
+(groups: scheduler, stores, orchestration, store_service, full_stack)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ GROUPS = {
     "stores": "Embedded stores (SQLite execution store, local artifact store)",
     "orchestration": "In-process orchestration overhead, embedded stores, no-op adapter",
     "store_service": "Artifacts through the store service (subprocess) vs direct MinIO; store RSS",
+    "full_stack": "Full service stack (4 processes), echo tasks: ms per task vs DESIGN §11",
 }
 
 

@@ -2,17 +2,25 @@
 
 Rows: upload and download of 256 MiB (and 1 GiB with ``DAGWIRE_BENCH_BIG=1``) through
 ``python -m dagwire_services.store`` on embedded storage, with the store process's peak RSS
-(sampled every 10 ms with psutil); then, when `dagwire.stores.s3` is installed, the same
-through the store service on `S3ArtifactStore` over a MinIO dev server, next to a direct
-`minio` SDK ``put_object``/``get_object`` of the same bytes with the same part size (DESIGN §11:
-the service should reach at least 80 % of direct).
+(sampled every 10 ms with psutil); then the same through the store service on
+`S3ArtifactStore` over a MinIO dev server, next to a direct `minio` SDK
+``put_object``/``get_object`` of the same bytes with the same part size (DESIGN §11: the
+service should reach at least 80 % of direct). Every row notes the 1-minute load average when
+it was measured (the machine may be shared: compare rows measured at similar load).
+
+The ceiling rows run a bare ``grpc.aio`` server process that streams from memory (no store)
+to the same client (`RemoteArtifactStore`) with the service's message size, and again with
+1 MiB messages: what a Python gRPC stream can carry on this machine, which bounds the
+service's download ratio. Messages of at most 1 MiB (payload plus framing) stream several
+times faster than larger ones with grpcio, which is why the service uses 1 MiB - 4 KiB.
+``DAGWIRE_BENCH_STORE_ONLY`` (comma-separated: ``embedded``, ``minio``, ``ceiling``) limits
+the groups run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import io
 import os
 import signal
@@ -22,19 +30,21 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import grpc.aio
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dagwire.models import Artifact
-from dagwire.rpc.store_client import RemoteArtifactStore
+from dagwire.rpc.store_client import CHUNK_BYTES, RemoteArtifactStore
+from dagwire.stores.s3 import DEFAULT_PART_SIZE
 from tests.servers import REPO_ROOT, MinioServer, find_free_port
 
 MIB = 1 << 20
+#: What the bench's producer yields to `store_stream()` (the client re-chunks for the wire).
 CHUNK = MIB
-DEFAULT_PART_SIZE = 16 * MIB
+GROUPS = ("embedded", "minio", "ceiling")
 
 
 def _sizes() -> list[int]:
@@ -42,6 +52,24 @@ def _sizes() -> list[int]:
     if os.environ.get("DAGWIRE_BENCH_BIG", "") not in ("", "0"):
         sizes.append(1024 * MIB)
     return sizes
+
+
+def _groups() -> list[str]:
+    chosen = os.environ.get("DAGWIRE_BENCH_STORE_ONLY", "")
+    if not chosen:
+        return list(GROUPS)
+    groups = [g.strip() for g in chosen.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise SystemExit(
+            f"DAGWIRE_BENCH_STORE_ONLY: unknown group(s) {', '.join(unknown)}; "
+            f"choose from {', '.join(GROUPS)}"
+        )
+    return groups
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 1)
 
 
 def _block(seed: int) -> bytes:
@@ -146,6 +174,7 @@ async def _through_service(address: str, process: psutil.Process, size: int) -> 
         "download_MB_s": round(size / 1e6 / download_s),
         "store_rss_baseline_MiB": round(sampler.baseline / MIB),
         "store_rss_peak_MiB": round(sampler.peak / MIB),
+        "load_1m": _load(),
     }
 
 
@@ -190,7 +219,7 @@ def _direct_minio(minio: MinioServer, size: int, part_size: int) -> dict[str, An
     client.put_object(
         bucket_name=bucket,
         object_name=f"direct-{size}",
-        data=_RepeatedReader(block, size),
+        data=cast(BinaryIO, _RepeatedReader(block, size)),
         length=size,
         part_size=part_size,
     )
@@ -210,28 +239,124 @@ def _direct_minio(minio: MinioServer, size: int, part_size: int) -> dict[str, An
     return {
         "upload_MB_s": round(size / 1e6 / upload_s),
         "download_MB_s": round(size / 1e6 / download_s),
+        "load_1m": _load(),
     }
 
 
-def _s3_part_size() -> int:
+# ---------------------------------------------------------------------- bare gRPC ceiling
+
+_BARE_SERVER = """
+import asyncio, sys
+import grpc.aio
+from dagwire.rpc.serve import server_options
+from dagwire.v1 import common_pb2, store_service_pb2 as pb, store_service_pb2_grpc as pb_grpc
+
+class Bare(pb_grpc.ArtifactStoreServiceServicer):
+    def __init__(self, chunk):
+        self.block = bytes(range(256)) * (chunk // 256) + bytes(chunk % 256)
+
+    async def GetArtifact(self, request, context):
+        size = int(request.artifact_id)
+        yield pb.GetArtifactResponse(artifact=common_pb2.Artifact(name="bare", size=size))
+        full, rest = divmod(size, len(self.block))
+        message = pb.GetArtifactResponse(chunk=self.block)
+        for _ in range(full):
+            yield message
+        if rest:
+            yield pb.GetArtifactResponse(chunk=self.block[:rest])
+
+    async def PutArtifact(self, request_iterator, context):
+        size = 0
+        async for request in request_iterator:
+            size += len(request.chunk)
+        artifact = common_pb2.Artifact(name="bare", artifact_id=str(size), size=size)
+        return pb.PutArtifactResponse(artifact=artifact)
+
+async def main(address, chunk):
+    server = grpc.aio.server(options=server_options())
+    pb_grpc.add_ArtifactStoreServiceServicer_to_server(Bare(chunk), server)
+    server.add_insecure_port(address)
+    await server.start()
+    await server.wait_for_termination()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+@contextlib.contextmanager
+def _bare_process(chunk: int) -> Iterator[str]:
+    address = f"127.0.0.1:{find_free_port()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BARE_SERVER, address, str(chunk)],
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
     try:
-        from dagwire.stores import s3  # type: ignore[attr-defined]
-    except ImportError:
-        return DEFAULT_PART_SIZE
-    return int(getattr(s3, "DEFAULT_PART_SIZE", DEFAULT_PART_SIZE))
+        yield address
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def _bare_ceiling(size: int, chunk: int) -> dict[str, Any]:
+    """MB/s of the store client against a server that only streams from/to memory."""
+    block = _block(size // MIB)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(size // CHUNK):
+            yield block
+
+    with _bare_process(chunk) as address:
+        async with grpc.aio.insecure_channel(address) as channel:
+            await asyncio.wait_for(channel.channel_ready(), 60)
+        client = RemoteArtifactStore(address, chunk_bytes=chunk)
+        try:
+            started = time.perf_counter()
+            stored = await client.store_stream(Artifact(name="big.bin"), chunks())
+            upload_s = time.perf_counter() - started
+            started = time.perf_counter()
+            received = 0
+            async for piece in client.open(stored.artifact_id or ""):
+                received += len(piece)
+            download_s = time.perf_counter() - started
+        finally:
+            await client.aclose()
+    if stored.size != size or received != size:
+        raise RuntimeError(f"bare gRPC moved {stored.size} up and {received} down, not {size}")
+    return {
+        "upload_MB_s": round(size / 1e6 / upload_s),
+        "download_MB_s": round(size / 1e6 / download_s),
+        "load_1m": _load(),
+    }
 
 
 async def _run() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="dagwire-bench-store-service-") as tmp:
-        for size in _sizes():
-            data_dir = Path(tmp) / f"embedded-{size}"
-            with _store_process(data_dir, {}) as (process, address):
-                await _wait_serving(address)
-                result = await _through_service(address, process, size)
-            rows.append({"backend": "store service, embedded", "MiB": size // MIB, **result})
-    have_s3_store = importlib.util.find_spec("dagwire.stores.s3") is not None
-    part_size = _s3_part_size()
+    groups = _groups()
+    if "embedded" in groups:
+        with tempfile.TemporaryDirectory(prefix="dagwire-bench-store-service-") as tmp:
+            for size in _sizes():
+                data_dir = Path(tmp) / f"embedded-{size}"
+                with _store_process(data_dir, {}) as (process, address):
+                    await _wait_serving(address)
+                    result = await _through_service(address, process, size)
+                rows.append({"backend": "store service, embedded", "MiB": size // MIB, **result})
+    if "minio" in groups:
+        rows += await _minio_rows()
+    if "ceiling" in groups:
+        for chunk in (CHUNK_BYTES, MIB):
+            label = f"bare grpc.aio from memory ({chunk // 1024} KiB messages)"
+            for size in _sizes():
+                rows.append(
+                    {"backend": label, "MiB": size // MIB, **await _bare_ceiling(size, chunk)}
+                )
+    return rows
+
+
+async def _minio_rows() -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    part_size = DEFAULT_PART_SIZE
     with MinioServer() as minio, tempfile.TemporaryDirectory(prefix="dagwire-bench-s3-") as tmp:
         env = {
             "DAGWIRE_S3_ENDPOINT": minio.url,
@@ -240,26 +365,21 @@ async def _run() -> list[dict[str, Any]]:
             "DAGWIRE_S3_BUCKET": "dagwire-bench-service",
         }
         for size in _sizes():
+            # Direct and service back to back, so both see about the same machine load.
             direct = await asyncio.to_thread(_direct_minio, minio, size, part_size)
-            label = f"direct minio SDK (part {part_size // MIB} MiB)"
-            if not have_s3_store:
-                rows.append({"backend": label, "MiB": size // MIB, **direct})
-                continue
             with _store_process(Path(tmp), env) as (process, address):
                 await _wait_serving(address)
                 result = await _through_service(address, process, size)
             rows.append({"backend": "store service, MinIO", "MiB": size // MIB, **result})
             rows.append(
                 {
-                    "backend": label,
+                    "backend": f"direct minio SDK (part {part_size // MIB} MiB)",
                     "MiB": size // MIB,
                     **direct,
                     "ratio_up": round(result["upload_MB_s"] / direct["upload_MB_s"], 2),
                     "ratio_down": round(result["download_MB_s"] / direct["download_MB_s"], 2),
                 }
             )
-    if not have_s3_store:
-        rows.append({"backend": "store service, MinIO", "MiB": "-", "note": "no s3 store yet"})
     return rows
 
 

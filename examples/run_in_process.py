@@ -1,6 +1,11 @@
 """Run a workflow in-process with the Python API: embedded storage, the toolbox agents.
 
+No services and no gRPC: the core `Orchestrator` with an in-process `Dispatcher`, which is how
+dagwire embeds in a Python program. (`run_through_services.py` runs the same workflows through
+the gRPC services instead.)
+
 Usage: python examples/run_in_process.py FILE [--var KEY=VALUE ...] [--data-dir DIR]
+Example: .venv/bin/python examples/run_in_process.py examples/hello.yaml --var topic=YAML
 """
 
 from __future__ import annotations

@@ -4,21 +4,40 @@ from __future__ import annotations
 
 import typer
 
-from dagwire_cli import up
+from dagwire_cli import adapters, artifacts, runs, schema, up
+from dagwire_cli.output import help_text
+
+_HELP = """\
+Run workflows of agent tasks as a DAG across gRPC services.
+
+Examples:
+
+  dagwire up                                   # the local stack; then, in another terminal:
+  dagwire run examples/hello.yaml --var topic=CLI
+  dagwire runs
+  dagwire artifacts get ARTIFACT_ID -o out.txt
+
+Each command's --help has more examples. Exit status: 0 ok, 1 the run failed or was
+cancelled, 2 invalid input or unknown id, 3 a server cannot be reached.
+"""
 
 app = typer.Typer(
     name="dagwire",
-    help="Run workflows of agent tasks as a DAG across gRPC services.",
+    help=help_text(_HELP),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 up.register(app)
+runs.register(app)
+artifacts.register(app)
+adapters.register(app)
+schema.register(app)
 
 
 @app.callback()
 def _root() -> None:
-    """Run workflows of agent tasks as a DAG across gRPC services."""
+    pass
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from dagwire.runtime.events import RunEvent, RunEventKind
 from dagwire.v1 import common_pb2
 
 __all__ = [
+    "RunEventEncoder",
     "artifact_from_proto",
     "artifact_to_proto",
     "datetime_from_proto",
@@ -398,8 +399,45 @@ def run_summary_from_proto(message: common_pb2.Run) -> RunSummary:
 # ---------------------------------------------------------------------- run events
 
 
+class RunEventEncoder:
+    """Encodes the events of one run, in order from its first, adding the durations the model's
+    events may lack: a failed attempt's (since its `task_started`) and a finished task's (since
+    its first `task_started`), from the events' times.
+
+    Feed it every event from sequence 1, also those a watcher does not need, so it sees the
+    starts: `WatchRun` encodes from the start and sends only those after `after_sequence`.
+    """
+
+    def __init__(self) -> None:
+        self._first_start: dict[str, datetime] = {}
+        self._attempt_start: dict[tuple[str, int], datetime] = {}
+
+    def encode(self, event: RunEvent) -> common_pb2.RunEvent:
+        """The wire form of `event` (see `run_event_to_proto`), with its duration when known.
+
+        Raises:
+            ValueError: as `run_event_to_proto`.
+        """
+        kind = RunEventKind(event.kind)
+        start: datetime | None = None
+        if kind is RunEventKind.TASK_STARTED:
+            self._first_start.setdefault(event.node_id, event.time)
+            self._attempt_start[(event.node_id, event.attempt)] = event.time
+        elif kind is RunEventKind.ATTEMPT_FAILED:
+            start = self._attempt_start.pop((event.node_id, event.attempt), None)
+        elif kind is RunEventKind.TASK_FINISHED:
+            start = self._first_start.pop(event.node_id, None)
+        if event.duration is None and start is not None:
+            seconds = max((event.time - start).total_seconds(), 0.0)
+            event = dataclasses.replace(event, duration=seconds)
+        return run_event_to_proto(event)
+
+
 def run_event_to_proto(event: RunEvent) -> common_pb2.RunEvent:
     """The wire form of one run event (`WatchRun`); artifacts travel as metadata only.
+
+    `duration` is sent when the event has one (`RunEventEncoder` computes it); `run_finished`
+    carries the run's name and trace id when the event has its summary.
 
     Raises:
         ValueError: the event lacks the status its kind needs, or a datetime is naive.
@@ -422,19 +460,22 @@ def run_event_to_proto(event: RunEvent) -> common_pb2.RunEvent:
         )
         if event.will_retry:
             failed.retry_delay.FromNanoseconds(round(max(event.retry_delay, 0.0) * 1e9))
+        if event.duration is not None:
+            failed.duration.FromNanoseconds(round(max(event.duration, 0.0) * 1e9))
         message.attempt_failed.CopyFrom(failed)
     elif kind is RunEventKind.TASK_FINISHED:
         if event.task_status is None:
             raise ValueError(f"task_finished event {event.sequence} has no task_status")
-        message.task_finished.CopyFrom(
-            common_pb2.RunEvent.TaskFinished(
-                node_id=event.node_id,
-                status=task_status_to_proto(event.task_status),
-                attempts=event.attempts,
-                error=event.error or "",
-                artifacts=[artifact_to_proto(a, with_content=False) for a in event.artifacts],
-            )
+        finished = common_pb2.RunEvent.TaskFinished(
+            node_id=event.node_id,
+            status=task_status_to_proto(event.task_status),
+            attempts=event.attempts,
+            error=event.error or "",
+            artifacts=[artifact_to_proto(a, with_content=False) for a in event.artifacts],
         )
+        if event.duration is not None:
+            finished.duration.FromNanoseconds(round(max(event.duration, 0.0) * 1e9))
+        message.task_finished.CopyFrom(finished)
     else:
         status = event.run_status or (event.summary.status if event.summary else None)
         if status is None:
@@ -445,6 +486,8 @@ def run_event_to_proto(event: RunEvent) -> common_pb2.RunEvent:
                 status=run_status_to_proto(status),
                 error=event.error or "",
                 nodes=[node_summary_to_proto(node_id, node) for node_id, node in nodes.items()],
+                name=event.summary.name if event.summary is not None else "",
+                trace_id=event.summary.trace_id if event.summary is not None else "",
             )
         )
     return message
@@ -453,8 +496,8 @@ def run_event_to_proto(event: RunEvent) -> common_pb2.RunEvent:
 def run_event_from_proto(message: common_pb2.RunEvent) -> RunEvent:
     """The model of a wire run event.
 
-    `run_finished` carries a `summary` rebuilt from the event (its `name` and `trace_id` are
-    not on the wire, so they are empty); `agent` is only known for `task_started`.
+    `run_finished` carries a `summary` rebuilt from the event; `agent` is only known for
+    `task_started`; `duration` is None when the event carries none.
 
     Raises:
         ValueError: the event is empty or a status is unspecified.
@@ -485,6 +528,7 @@ def run_event_from_proto(message: common_pb2.RunEvent) -> RunEvent:
             retry_delay=(
                 failed.retry_delay.ToNanoseconds() / 1e9 if failed.HasField("retry_delay") else 0.0
             ),
+            duration=_optional_seconds(failed, "duration"),
             **common,
         )
     if which == "task_finished":
@@ -496,6 +540,7 @@ def run_event_from_proto(message: common_pb2.RunEvent) -> RunEvent:
             attempts=finished.attempts,
             error=finished.error or None,
             artifacts=tuple(artifact_from_proto(a) for a in finished.artifacts),
+            duration=_optional_seconds(finished, "duration"),
             **common,
         )
     if which == "run_finished":
@@ -509,11 +554,20 @@ def run_event_from_proto(message: common_pb2.RunEvent) -> RunEvent:
                 run_id=message.run_id,
                 status=status,
                 nodes=dict(node_summary_from_proto(n) for n in done.nodes),
+                name=done.name,
+                trace_id=done.trace_id,
                 error=done.error or None,
             ),
             **common,
         )
     raise ValueError(f"run event {message.sequence} of run {message.run_id!r} has no event")
+
+
+def _optional_seconds(message: Any, field: str) -> float | None:
+    if not message.HasField(field):
+        return None
+    seconds: float = getattr(message, field).ToNanoseconds() / 1e9
+    return seconds
 
 
 def _optional_time(message: Any, field: str) -> datetime | None:

@@ -123,7 +123,7 @@ class OrchestratorClient:
             spec: the workflow spec v1: YAML or JSON text, a dict, or a `WorkflowSpec`.
             user_vars: values for ``${user.NAME}`` placeholders.
             request_id: idempotency key; a retried call with the same key returns the same run
-                (while the orchestrator that started it keeps running).
+                (also after the orchestrator restarted: the run id derives from the key).
             trace_id: sent in the call's metadata (default: a fresh one).
 
         Returns:

@@ -179,7 +179,7 @@ class DispatcherSettings(CommonSettings):
 
 
 class OrchestratorSettings(CommonSettings):
-    """The orchestrator service: where it listens and where its peers are."""
+    """The orchestrator service: where it listens, its peers, run ownership and shutdown."""
 
     listen_addr: ListenAddress = Field(
         f"127.0.0.1:{DEFAULT_PORTS['orchestrator']}",
@@ -190,6 +190,34 @@ class OrchestratorSettings(CommonSettings):
     )
     store_addr: PeerAddress = Field(
         f"127.0.0.1:{DEFAULT_PORTS['store']}", description="store service address"
+    )
+    lease_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="how long this orchestrator's claim on a run lasts unless renewed (renewed "
+        "every third of it); runs whose owner's lease expired are failed at start-up",
+    )
+    store_retry_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="how long writes to an unavailable store are retried before a run fails "
+        "with 'store unavailable'",
+    )
+    grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="on SIGTERM, how long running workflows get to finish before they are "
+        "cancelled",
+    )
+    instance_id: str | None = Field(
+        None,
+        min_length=1,
+        description="this orchestrator's identity as the owner of its runs (default: a fresh "
+        "one at each start); with a stable id, its own runs left running are failed at once "
+        "after a restart",
+    )
+    profile_file: Path | None = Field(
+        None, description="write a cProfile of the event loop thread here on exit (measurement)"
     )
 
 

@@ -69,7 +69,7 @@ _DETAILS_KEY = "grpc-status-details-bin"
 _MAX_MESSAGE_CHARS = 2000
 
 
-class InvalidArgumentError(DagwireError, ValueError):
+class InvalidArgumentError(NonRetryableError, ValueError):
     """A service refused its input (INVALID_ARGUMENT that is not a spec error).
 
     Attributes:
@@ -167,12 +167,12 @@ def _classify(exc: BaseException) -> _Mapped | None:
         return _Mapped(
             grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED", {}, exc.retry_after
         )
+    if isinstance(exc, InvalidArgumentError):
+        return _Mapped(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", _ids(field=exc.field))
     if isinstance(exc, NonRetryableError):
         return _Mapped(grpc.StatusCode.FAILED_PRECONDITION, "NON_RETRYABLE", {})
     if isinstance(exc, RemoteError):
         return _Mapped(exc.code, exc.reason, dict(exc.metadata))
-    if isinstance(exc, InvalidArgumentError):
-        return _Mapped(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", _ids(field=exc.field))
     if isinstance(exc, ValueError):
         return _Mapped(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", {})
     return None

@@ -12,8 +12,8 @@ import asyncio
 import builtins
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
@@ -32,17 +32,93 @@ from dagwire.rpc.convert import (
 from dagwire.rpc.paging import MAX_PAGE_SIZE, encode_page_token
 from dagwire.rpc.serve import insecure_channel
 from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES
-from dagwire.rpc.status import error_from_rpc
+from dagwire.rpc.status import InvalidArgumentError, error_from_rpc
 from dagwire.v1 import common_pb2
 from dagwire.v1 import store_service_pb2 as pb
 from dagwire.v1 import store_service_pb2_grpc as pb_grpc
 
-__all__ = ["CHUNK_BYTES", "RemoteArtifactStore", "RemoteExecutionStore"]
+__all__ = ["CHUNK_BYTES", "OUTCOME_INLINE_BYTES", "RemoteArtifactStore", "RemoteExecutionStore"]
 
-CHUNK_BYTES = 1 << 20
+#: Upload chunk size: just under 1 MiB, so that a chunk with its protobuf and gRPC framing is
+#: one message of at most 1 MiB (grpcio streams larger messages several times slower).
+CHUNK_BYTES = (1 << 20) - 4096
 _HASH_IN_THREAD_BYTES = 1 << 20
+#: Outputs of an attempt up to this many bytes in all go with its record (`record_outcome`).
+OUTCOME_INLINE_BYTES = 256 << 10
+#: Most items one coalesced call carries.
+_BATCH_ITEMS = 500
 
 T = TypeVar("T")
+_I = TypeVar("_I")
+_R = TypeVar("_R")
+
+
+class _Coalescer(Generic[_I, _R]):
+    """Joins the calls made within one event-loop tick into one batch call.
+
+    Every `submit` of the current tick is queued; at the end of the tick (`call_soon`) the
+    queue goes out as batches of at most `max_items` items and `max_bytes` bytes, each through
+    `send`, which returns one result per item in order. A failed batch fails each of its
+    callers with the same exception. A lone call costs one extra loop iteration, nothing else;
+    under load (many tasks finishing together) one RPC serves them all.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[builtins.list[_I]], Awaitable[builtins.list[_R]]],
+        *,
+        max_items: int = _BATCH_ITEMS,
+        max_bytes: int = 4 << 20,
+    ) -> None:
+        self._send = send
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._queue: builtins.list[tuple[_I, int, asyncio.Future[_R]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: _I, size: int = 0) -> _R:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_R] = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._flush)
+        self._queue.append((item, size, future))
+        return await future
+
+    def _flush(self) -> None:
+        queue, self._queue = self._queue, []
+        batch: builtins.list[tuple[_I, int, asyncio.Future[_R]]] = []
+        size = 0
+        for entry in queue:
+            if batch and (len(batch) >= self._max_items or size + entry[1] > self._max_bytes):
+                self._start(batch)
+                batch, size = [], 0
+            batch.append(entry)
+            size += entry[1]
+        if batch:
+            self._start(batch)
+
+    def _start(self, batch: builtins.list[tuple[_I, int, asyncio.Future[_R]]]) -> None:
+        task = asyncio.ensure_future(self._deliver(batch))
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _deliver(self, batch: builtins.list[tuple[_I, int, asyncio.Future[_R]]]) -> None:
+        try:
+            results = await self._send([item for item, _, _ in batch])
+        except asyncio.CancelledError:
+            for _, _, future in batch:
+                future.cancel()
+            raise
+        except BaseException as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
 
 class _Connection:
@@ -101,6 +177,11 @@ class RemoteArtifactStore:
         self._conn = _Connection(address, channel, max_message_bytes)
         self._chunk_bytes = max(1, min(chunk_bytes, max_message_bytes - 4096))
         self._stub: Any = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the store service."""
+        return self._conn.address
 
     @property
     def _api(self) -> pb_grpc.ArtifactStoreServiceAsyncStub:
@@ -168,15 +249,20 @@ class RemoteArtifactStore:
 
         async def requests() -> AsyncIterator[pb.PutArtifactRequest]:
             yield pb.PutArtifactRequest(header=header)
-            try:
-                async for chunk in chunks:
-                    yield pb.PutArtifactRequest(chunk=chunk)
-            except BaseException as exc:  # the caller's stream broke: abandon the upload
-                failure.append(exc)
-                if call is not None:
-                    call.cancel()
-                if not isinstance(exc, Exception):
-                    raise
+            while True:
+                # Only an error from the caller's `chunks` is the caller's failure: gRPC closing
+                # this generator (GeneratorExit) or cancelling its task once the call ended
+                # must leave the call's own status to be raised.
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:  # the caller's stream broke: abandon the upload
+                    failure.append(exc)
+                    if call is not None:
+                        call.cancel()
+                    return
+                yield pb.PutArtifactRequest(chunk=chunk)
 
         call = self._api.PutArtifact(requests())
         try:
@@ -303,6 +389,84 @@ class RemoteExecutionStore:
         """
         self._conn = _Connection(address, channel, max_message_bytes)
         self._stub: Any = None
+        self._records: _Coalescer[common_pb2.ExecutionRecord, None] = _Coalescer(
+            self._send_records, max_bytes=max_message_bytes // 2
+        )
+        self._outcomes: _Coalescer[pb.AttemptOutcome, pb.OutcomeResult] = _Coalescer(
+            self._send_outcomes, max_bytes=max_message_bytes // 2
+        )
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the store service."""
+        return self._conn.address
+
+    def records_outputs_for(self, artifact_store: object) -> bool:
+        """Whether `record_outcome` stores outputs where `artifact_store` keeps them: it is a
+        `RemoteArtifactStore` of the same store service."""
+        return (
+            isinstance(artifact_store, RemoteArtifactStore)
+            and artifact_store.address == self._conn.address
+        )
+
+    async def record_outcome(
+        self, record: ExecutionRecord, outputs: Sequence[Artifact]
+    ) -> builtins.list[Artifact]:
+        """Store an attempt's small outputs and record the attempt, in one round trip.
+
+        Concurrent calls (tasks finishing together) share one ``RecordOutcomes`` call. The
+        outputs' ids are appended to the record's `output_artifact_ids`; both are durable on
+        return.
+
+        Args:
+            record: the attempt's final record.
+            outputs: artifacts with `content` (at most a few hundred KiB in all).
+
+        Returns:
+            The stored outputs, filled (`artifact_id`, `sha256`, `size`, `created_at`), with
+            their content.
+
+        Raises:
+            ValueError: an output or a record field is invalid; nothing of this attempt was
+                recorded.
+            StoreUnavailableError: the store service (or its backend) cannot be reached.
+        """
+        wire: builtins.list[common_pb2.Artifact] = []
+        size = 0
+        for artifact in outputs:
+            if artifact.content is None:
+                raise ValueError(
+                    f"output {artifact.name!r} has no content: store it with the artifact store"
+                )
+            for name in ("name", "media_type", "run_id", "node_id"):
+                _check_utf8(getattr(artifact, name), name)
+            wire.append(artifact_to_proto(artifact))
+            size += len(artifact.content)
+        outcome = pb.AttemptOutcome(record=execution_record_to_proto(record), outputs=wire)
+        result = await self._outcomes.submit(outcome, size + 512)
+        if result.error:
+            raise InvalidArgumentError(result.error, field="outputs")
+        return [
+            dataclasses.replace(artifact_from_proto(stored), content=given.content)
+            for stored, given in zip(result.outputs, outputs, strict=True)
+        ]
+
+    async def _send_outcomes(
+        self, outcomes: builtins.list[pb.AttemptOutcome]
+    ) -> builtins.list[pb.OutcomeResult]:
+        request = pb.RecordOutcomesRequest(outcomes=outcomes)
+        response = await self._unary(self._api.RecordOutcomes(request))
+        results: builtins.list[pb.OutcomeResult] = list(response.results)
+        if len(results) != len(outcomes):
+            raise StoreUnavailableError(
+                f"store service at {self._conn.address} answered RecordOutcomes with "
+                f"{len(results)} results for {len(outcomes)} outcomes"
+            )
+        return results
+
+    async def _send_records(self, records: builtins.list[common_pb2.ExecutionRecord]) -> list[None]:
+        await self._unary(self._api.RecordExecutions(pb.RecordExecutionsRequest(records=records)))
+        return [None] * len(records)
 
     @property
     def _api(self) -> pb_grpc.ExecutionStoreServiceAsyncStub:
@@ -314,11 +478,18 @@ class RemoteExecutionStore:
     async def record(self, record: ExecutionRecord) -> None:
         """Upsert one attempt; durable on return (see `ExecutionStore.record`).
 
+        Concurrent calls (tasks finishing together) share one ``RecordExecutions`` call.
+
         Raises:
             ValueError: a field is invalid.
             StoreUnavailableError: the store service (or its backend) cannot be reached.
         """
-        await self.record_many([record])
+        import os  # TEMPORARY A/B SWITCH (perf measurement), to be removed
+
+        if os.environ.get("DAGWIRE_PERF_AB") == "base":
+            await self.record_many([record])
+            return
+        await self._records.submit(execution_record_to_proto(record), 512)
 
     async def record_many(self, records: Sequence[ExecutionRecord]) -> None:
         """Upsert several attempts in one call; durable on return.
@@ -470,11 +641,25 @@ async def _split(data: bytes, size: int) -> AsyncIterator[bytes]:
 
 
 async def _rechunk(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    """`chunks` with none larger than `size` (small ones pass through as they are)."""
+    """`chunks` re-cut into pieces of exactly `size` bytes (the last one may be shorter).
+
+    Whatever sizes the caller yields, the wire carries full messages (a 1 MiB chunk is not
+    sent as a nearly 1 MiB message plus a 4 KiB one); at most `size` bytes wait here.
+    """
+    pending = bytearray()
     async for chunk in chunks:
-        if len(chunk) <= size:
-            yield bytes(chunk)
-            continue
-        view = memoryview(chunk)
-        for start in range(0, len(chunk), size):
-            yield bytes(view[start : start + size])
+        view = memoryview(chunk).cast("B")
+        if pending:
+            take = min(size - len(pending), len(view))
+            pending += view[:take]
+            view = view[take:]
+            if len(pending) < size:
+                continue
+            yield bytes(pending)
+            pending.clear()
+        while len(view) >= size:
+            yield bytes(view[:size])
+            view = view[size:]
+        pending += view
+    if pending:
+        yield bytes(pending)

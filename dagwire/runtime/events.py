@@ -31,6 +31,8 @@ class RunEvent:
     the task `will_retry` and after how many seconds (`retry_delay`); `task_finished` the task's
     final `task_status`, `attempts`, `error` and `artifacts` (content not loaded); `run_finished`
     the `run_status` and the whole `summary`. It is always the last event of a run.
+    `duration` (seconds) is how long the failed attempt, or the finished task since its first
+    start, took; None when not known (the orchestrator service fills it on the wire).
     """
 
     sequence: int
@@ -48,6 +50,7 @@ class RunEvent:
     artifacts: tuple[Artifact, ...] = ()
     run_status: RunStatus | None = None
     summary: RunSummary | None = None
+    duration: float | None = None
 
 
 class EventLog:

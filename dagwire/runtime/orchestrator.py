@@ -16,6 +16,7 @@ import functools
 import logging
 import random
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,15 +50,29 @@ from dagwire.models import (
 )
 from dagwire.runtime.dispatcher import Dispatcher, TaskDispatcher
 from dagwire.runtime.events import EventLog, RunEvent, RunEventKind
-from dagwire.stores.base import ArtifactStore, ExecutionStore
+from dagwire.stores.base import ArtifactStore, ExecutionStore, OutcomeRecorder
 
-__all__ = ["Orchestrator", "backoff_delay"]
+__all__ = ["Orchestrator", "backoff_delay", "run_id_for_request"]
 
 _log = logging.getLogger("dagwire.orchestrator")
 _T = TypeVar("_T")
 
+#: Namespace of the run ids derived from request ids (`run_id_for_request`).
+_REQUEST_NAMESPACE = uuid.UUID("6f1d0c4e-3b1a-5e07-9a39-7c2f4b8d2a61")
 #: Finished runs kept in memory for `watch_run`/`wait_run` (older ones are read from the store).
 _FINISHED_RUNS_KEPT = 256
+#: Outputs of an attempt up to this many bytes in all are stored with its record in one write
+#: when the execution store can (`OutcomeRecorder`); larger ones are stored first, separately.
+_OUTCOME_INLINE_BYTES = 256 << 10
+
+
+def run_id_for_request(request_id: str) -> str:
+    """The run id of a run started with `request_id`: a UUID derived from it (version 5).
+
+    Deterministic, so a retried start finds the run in the store after a restart; runs started
+    without a request id get a time-ordered UUIDv7 (listings sort by `created_at` either way).
+    """
+    return str(uuid.uuid5(_REQUEST_NAMESPACE, request_id))
 
 
 def backoff_delay(
@@ -136,6 +151,9 @@ class Orchestrator:
             fails with "store unavailable".
         running_record_after: attempts still running after this many seconds get a `running`
             execution record (quick attempts are recorded once, with their outcome).
+        on_run_start: called with the run record first thing in each run's own asyncio task;
+            context variables it sets (a logging context with the run id) hold for every
+            dispatch and log line of that run.
     """
 
     def __init__(
@@ -148,6 +166,7 @@ class Orchestrator:
         lease_seconds: float = 30.0,
         store_retry_seconds: float = 30.0,
         running_record_after: float = 0.5,
+        on_run_start: Callable[[RunRecord], None] | None = None,
     ) -> None:
         self._artifact_store = artifact_store
         self._execution_store = execution_store
@@ -156,9 +175,19 @@ class Orchestrator:
         self._lease = timedelta(seconds=lease_seconds)
         self._store_retry_seconds = store_retry_seconds
         self._running_record_after = running_record_after
+        self._on_run_start = on_run_start
+        self._outcome_recorder: OutcomeRecorder | None = (
+            execution_store
+            if isinstance(execution_store, OutcomeRecorder)
+            and execution_store.records_outputs_for(artifact_store)
+            else None
+        )
+        import os  # TEMPORARY A/B SWITCH (perf measurement), to be removed
+
+        if os.environ.get("DAGWIRE_PERF_AB") == "base":
+            self._outcome_recorder = None
         self._active: dict[str, _RunState] = {}
         self._finished: OrderedDict[str, _RunState] = OrderedDict()
-        self._by_request_id: dict[str, str] = {}
         self._lease_renewer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -216,14 +245,15 @@ class Orchestrator:
     ) -> str:
         """Validate a workflow, record the run as `running` and start it; return its `run_id`.
 
-        A repeated `request_id` returns the run started by the first call instead of a new one.
+        A repeated `request_id` returns the run started by the first call instead of a new one,
+        also after a restart or from another orchestrator on the same store: the id of a run
+        started with a `request_id` is derived from it (`run_id_for_request`), so a retry finds
+        the run by its primary key.
 
         Raises:
             WorkflowValidationError: the spec or its variables are invalid; nothing was recorded.
             StoreUnavailableError: the run could not be recorded.
         """
-        if request_id and request_id in self._by_request_id:
-            return self._by_request_id[request_id]
         spec = (
             workflow
             if isinstance(workflow, WorkflowSpec)
@@ -231,7 +261,16 @@ class Orchestrator:
         )
         resolved = spec.resolve(dict(user_vars or {}))
         dag = DAG.from_workflow(resolved)
-        run_id = new_id()
+        run_id = run_id_for_request(request_id) if request_id else new_id()
+        if request_id:
+            if run_id in self._active or run_id in self._finished:
+                return run_id
+            existing = await self._durable(
+                functools.partial(self._execution_store.get_run, run_id),
+                f"looking up the run of request_id {request_id!r}",
+            )
+            if existing is not None or run_id in self._active or run_id in self._finished:
+                return run_id
         now = utc_now()
         record = RunRecord(
             run_id=run_id,
@@ -255,10 +294,14 @@ class Orchestrator:
             attempts=dict.fromkeys(dag.nodes, 0),
             errors={},
         )
-        await self._durable(lambda: self._execution_store.save_run(record), f"saving run {run_id}")
+        # active before it is saved: `recover_orphans` must never see it as an orphan
         self._active[run_id] = state
-        if request_id:
-            self._by_request_id[request_id] = run_id
+        try:
+            await self._save_run(state)
+        except BaseException:
+            self._active.pop(run_id, None)
+            state.done.set()  # releases `aclose()`, which waits for every active run
+            raise
         state.driver = asyncio.create_task(self._drive(state), name=f"dagwire-run-{run_id}")
         self._ensure_lease_renewer()
         _log.info(
@@ -480,6 +523,8 @@ class Orchestrator:
     # ------------------------------------------------------------------ the driver
 
     async def _drive(self, state: _RunState) -> None:
+        if self._on_run_start is not None:
+            self._on_run_start(state.record)
         try:
             await self._schedule(state)
         except StoreUnavailableError as exc:
@@ -685,9 +730,12 @@ class Orchestrator:
             error: str
             retry_after: float | None = None
             retryable = True
+            with_record = False
             try:
                 outputs = await self._call_adapter(state, task, inputs)
-                stored = await self._store_outputs(state, node.id, outputs)
+                with_record = self._records_with_outputs(outputs)
+                if not with_record:
+                    stored = await self._store_outputs(state, node.id, outputs)
             except asyncio.CancelledError:
                 if not state.cancel_requested:
                     raise
@@ -716,15 +764,24 @@ class Orchestrator:
                 error = _describe(exc)
             else:
                 await self._settle(running_write)
-                await self._record(
-                    state,
-                    task,
-                    started_at,
-                    TaskStatus.SUCCEEDED,
-                    input_ids,
-                    outputs=[a.artifact_id or "" for a in stored],
-                )
-                return _NodeOutcome(TaskStatus.SUCCEEDED, attempt, artifacts=stored)
+                if not with_record:
+                    await self._record(
+                        state,
+                        task,
+                        started_at,
+                        TaskStatus.SUCCEEDED,
+                        input_ids,
+                        outputs=[a.artifact_id or "" for a in stored],
+                    )
+                    return _NodeOutcome(TaskStatus.SUCCEEDED, attempt, artifacts=stored)
+                try:
+                    stored = await self._record_with_outputs(
+                        state, task, started_at, input_ids, outputs
+                    )
+                except ValueError as exc:  # an invalid output fails the attempt, as store() does
+                    error = _describe(exc)
+                else:
+                    return _NodeOutcome(TaskStatus.SUCCEEDED, attempt, artifacts=stored)
 
             await self._settle(running_write)
             await self._record(state, task, started_at, TaskStatus.FAILED, input_ids, error=error)
@@ -819,6 +876,47 @@ class Orchestrator:
         if len(outputs) == 1:
             return [await store_one(outputs[0])]
         return list(await asyncio.gather(*(store_one(a) for a in outputs)))
+
+    def _records_with_outputs(self, outputs: list[Artifact]) -> bool:
+        """Whether the outputs go to the store with the attempt's record, in one write."""
+        if self._outcome_recorder is None:
+            return False
+        total = 0
+        for artifact in outputs:
+            if artifact.content is None:
+                return False  # already in the store (streamed there by the adapter)
+            total += len(artifact.content)
+        return total <= _OUTCOME_INLINE_BYTES
+
+    async def _record_with_outputs(
+        self,
+        state: _RunState,
+        task: TaskNode,
+        started_at: datetime,
+        input_ids: list[str],
+        outputs: list[Artifact],
+    ) -> list[Artifact]:
+        """Store the outputs and record the succeeded attempt in one durable write."""
+        recorder = self._outcome_recorder
+        assert recorder is not None
+        stamped = [dataclasses.replace(a, run_id=state.run_id, node_id=task.id) for a in outputs]
+        record = ExecutionRecord(
+            run_id=state.run_id,
+            node_id=task.id,
+            attempt=task.attempt,
+            agent=task.agent,
+            status=TaskStatus.SUCCEEDED,
+            started_at=started_at,
+            finished_at=utc_now(),
+            error=None,
+            trace_id=state.trace_id,
+            input_artifact_ids=list(input_ids),
+            output_artifact_ids=[],
+        )
+        return await self._durable(
+            functools.partial(recorder.record_outcome, record, stamped),
+            f"recording task {task.id!r} attempt {task.attempt} with its outputs",
+        )
 
     def _schedule_running_record(
         self, state: _RunState, task: TaskNode, started_at: datetime, input_ids: list[str]

@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS artifacts (
 CREATE INDEX IF NOT EXISTS artifacts_by_run ON artifacts (run_id, seq);
 """
 
+#: Most bytes `open()` yields at once: just under 1 MiB, so that the store service sends each
+#: chunk as one gRPC message of at most 1 MiB (larger ones stream several times slower).
+READ_CHUNK_SIZE = (1 << 20) - 4096
+
 _ARTIFACT_COLUMNS = (
     "artifact_id, run_id, node_id, name, media_type, metadata, sha256, size, created_at"
 )
@@ -215,7 +219,8 @@ class LocalArtifactStore:
         """The artifact's content in chunks of at most 1 MiB, read on the store's threads.
 
         The lookup happens on the first iteration: an unknown id raises `NotFoundError` from
-        the first `__anext__()` (call `stat()` first to fail earlier).
+        the first `__anext__()` (call `stat()` first to fail earlier). One chunk is read ahead
+        while the caller handles the previous one, so at most two are in memory.
 
         Args:
             artifact_id: an id `store()` or `store_stream()` returned.
@@ -228,10 +233,15 @@ class LocalArtifactStore:
         """
         meta = await self.stat(artifact_id)
         file = await self._run_io(self._open_blob, meta)
+        io = self._get_io()
+        # One chunk read ahead: the next read runs on a thread while the caller uses this one.
+        pending = io.submit(file.read, READ_CHUNK_SIZE)
         try:
-            while chunk := await self._run_io(file.read, CHUNK_SIZE):
+            while chunk := await asyncio.wrap_future(pending):
+                pending = io.submit(file.read, READ_CHUNK_SIZE)
                 yield chunk
         finally:
+            await asyncio.wait([asyncio.wrap_future(pending)])  # never close under a read
             file.close()  # a read-only close does no I/O worth an executor hop
 
     async def list(self, run_id: str) -> builtins.list[Artifact]:

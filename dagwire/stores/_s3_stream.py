@@ -1,132 +1,212 @@
-"""A blocking file-like reader fed from the event loop, with bounded memory (for streamed uploads).
+"""Streamed multipart uploads with bounded memory: parts filled on the event loop, sent on threads.
 
-The event loop `feed()`s chunks; an SDK thread `read(n)`s them back as exactly `n` bytes (fewer
-only at the end). The loop side waits (`wait_for_room()`) while more than `limit` bytes are
-buffered, so memory stays near `limit` whatever the stream's size. The sha256 and size of what
-was read are computed on the reading thread, off the event loop.
+`MultipartWriter` copies incoming chunks into part buffers on the event loop and hands each
+full part to a thread of the store's pool, which uploads it (`PartTarget.upload_part`) while
+the loop fills the next one. Memory is bounded and flat: at most ``parallel + 1`` part
+buffers exist per upload (one being filled, at most `parallel` being hashed and uploaded),
+allocated once and reused, so a 1 GiB upload holds ``3 x 16 MiB`` with the defaults whatever
+its size; `write()` waits (back-pressure to the producer, e.g. gRPC flow control) while every
+buffer is busy. The content's sha256 is computed on the threads too, in part order (each
+part's hashing waits for the previous part's), overlapping the uploads.
+
+Why not the SDK's ``put_object(length=-1)``: it reads each part with ``bytes +=`` and slicing
+(three 16 MiB copies per part, each a fresh allocation the kernel must fault in), uploads
+serially when ``num_parallel_uploads=1``, and queues parts without bound when parallel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import threading
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Protocol, TypeVar
 
-__all__ = ["StreamAborted", "StreamReader"]
+__all__ = ["MultipartWriter", "PartTarget", "in_thread"]
+
+T = TypeVar("T")
 
 
-class StreamAborted(Exception):
-    """The producer gave up (its stream raised or the call was cancelled)."""
+async def in_thread(executor: Executor, fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` on `executor`; if the caller is cancelled, the call still ends first.
+
+    A thread cannot be interrupted: waiting for it before the cancellation propagates means
+    no caller reuses a buffer, or closes a response, that the thread is still using.
+    """
+    future = executor.submit(fn, *args)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        if not future.cancelled():
+            await asyncio.wait([asyncio.wrap_future(future)])
+        raise
 
 
-class StreamReader:
-    """Bytes handed from the event loop to one reading thread (see the module docstring)."""
+class PartTarget(Protocol):
+    """The blocking S3 calls of one object upload (called on the store's threads)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, limit: int) -> None:
-        """Create an empty reader.
+    def put_whole(self, data: memoryview) -> None:
+        """Upload content that fits in one part as a plain object (no multipart)."""
+
+    def create(self) -> str:
+        """Start a multipart upload; returns its upload id."""
+
+    def upload_part(self, upload_id: str, number: int, data: memoryview) -> str:
+        """Upload part `number` (1-based); returns its ETag."""
+
+    def complete(self, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        """Complete the upload from ``(number, etag)`` pairs in part order."""
+
+    def abort(self, upload_id: str) -> None:
+        """Abort the upload (S3 drops its parts)."""
+
+
+class MultipartWriter:
+    """One streamed upload (see the module docstring): `write()` chunks, then `finish()`.
+
+    On any failure (or cancellation) call `abort()`: it waits for parts still being sent and
+    aborts the multipart upload, so no object becomes visible.
+    """
+
+    def __init__(
+        self, target: PartTarget, executor: Executor, *, part_size: int, parallel: int = 2
+    ) -> None:
+        """Create an empty upload; does no I/O.
 
         Args:
-            loop: the event loop that feeds it (woken when the reader consumed data).
-            limit: most bytes buffered before `wait_for_room()` waits.
+            target: the blocking S3 calls for this object.
+            executor: the threads that hash and upload parts.
+            part_size: bytes per part (S3 needs at least 5 MiB for all but the last).
+            parallel: most parts hashed/uploaded at once; memory is ``parallel + 1`` parts.
         """
-        self._loop = loop
-        self._limit = limit
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._eof = False
-        self._error: BaseException | None = None
-        self._cond = threading.Condition()
-        self._room = asyncio.Event()
-        self._room.set()
+        if parallel < 1:
+            raise ValueError(f"parallel must be at least 1, got {parallel}")
+        self._target = target
+        self._executor = executor
+        self._part_size = part_size
+        self._max_buffers = parallel + 1
+        self._free: list[bytearray] = []
+        self._allocated = 0
+        self._current: bytearray | None = None
+        self._fill = 0
+        self._size = 0
         self._hash = hashlib.sha256()
-        self.size = 0
-
-    # ------------------------------------------------------------------ event-loop side
-
-    def feed(self, chunk: bytes) -> None:
-        """Append `chunk` (never blocks; call `wait_for_room()` between chunks)."""
-        if not chunk:
-            return
-        with self._cond:
-            self._chunks.append(chunk)
-            self._buffered += len(chunk)
-            if self._buffered >= self._limit:
-                self._room.clear()
-            self._cond.notify()
-
-    async def wait_for_room(self, upload: asyncio.Future[Any]) -> None:
-        """Wait until the buffer is below its limit, or until `upload` ended (then return)."""
-        while not self._room.is_set() and not upload.done():
-            waiter: asyncio.Future[Any] = asyncio.ensure_future(self._room.wait())
-            try:
-                await asyncio.wait([waiter, upload], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-
-    def finish(self) -> None:
-        """Mark the end of the stream."""
-        with self._cond:
-            self._eof = True
-            self._cond.notify()
-
-    def abort(self, error: BaseException | None = None) -> None:
-        """Make the reading thread fail (so the SDK aborts the upload) and drop the buffer."""
-        with self._cond:
-            self._error = error or StreamAborted("the upload was abandoned")
-            self._chunks.clear()
-            self._buffered = 0
-            self._cond.notify()
+        self._hashed: asyncio.Future[None] | None = None  # hashing of the last dispatched part
+        self._created: asyncio.Future[str] | None = None
+        self._in_flight: deque[asyncio.Task[tuple[int, str]]] = deque()
+        self._parts: list[tuple[int, str]] = []
+        self._next_number = 1
 
     @property
-    def sha256(self) -> str:
-        """Hex digest of everything read so far."""
-        return self._hash.hexdigest()
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
 
-    # ------------------------------------------------------------------ reading-thread side
+    async def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Copy `chunk` into the current part; send each part that fills up.
 
-    def read(self, n: int = -1) -> bytes:
-        """Block until `n` bytes (all, if `n` < 0) are buffered or the stream ended; return them.
+        Waits while `parallel` parts are in flight and no buffer is free.
 
         Raises:
-            StreamAborted: the producer gave up.
+            Exception: a part upload failed (its error, e.g. `StoreUnavailableError`).
         """
-        with self._cond:
-            while True:
-                if self._error is not None:
-                    raise StreamAborted(f"upload abandoned: {self._error!r}")
-                if self._eof or (0 <= n <= self._buffered):
-                    break
-                self._cond.wait()
-            data = self._take(n if n >= 0 else self._buffered)
-        self._hash.update(data)
-        self.size += len(data)
-        if data:
-            self._loop.call_soon_threadsafe(self._wake)
-        return data
+        view = memoryview(chunk).cast("B")
+        self._size += len(view)
+        while view:
+            buffer = self._current
+            if buffer is None:
+                buffer = self._current = await self._take_buffer()
+                self._fill = 0
+            n = min(len(view), self._part_size - self._fill)
+            buffer[self._fill : self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            if self._fill == self._part_size:
+                self._dispatch()
 
-    def _take(self, n: int) -> bytes:
-        parts: list[bytes] = []
-        wanted = n
-        while wanted and self._chunks:
-            chunk = self._chunks[0]
-            if len(chunk) <= wanted:
-                parts.append(self._chunks.popleft())
-                wanted -= len(chunk)
-            else:
-                view = memoryview(chunk)
-                parts.append(bytes(view[:wanted]))
-                self._chunks[0] = bytes(view[wanted:])
-                wanted = 0
-        taken = n - wanted
-        self._buffered -= taken
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+    async def finish(self) -> str:
+        """Send the last part and complete the upload; returns the content's sha256 (hex).
 
-    def _wake(self) -> None:
-        if self._buffered < self._limit:
-            self._room.set()
+        Content smaller than one part is uploaded as a plain object.
 
-    # file-like odds and ends the SDK may probe
-    def readable(self) -> bool:
-        return True
+        Raises:
+            Exception: an upload call failed.
+        """
+        if self._created is None:  # everything fits in one part (or is empty)
+            data = memoryview(self._current or b"")[: self._fill]
+            await in_thread(self._executor, self._hash.update, data)
+            await in_thread(self._executor, self._target.put_whole, data)
+            return self._hash.hexdigest()
+        if self._fill:
+            self._dispatch()
+        while self._in_flight:
+            self._parts.append(await self._in_flight.popleft())
+        assert self._hashed is not None
+        await self._hashed
+        upload_id = await self._created
+        self._parts.sort()
+        await in_thread(self._executor, self._target.complete, upload_id, self._parts)
+        return self._hash.hexdigest()
+
+    async def abort(self) -> None:
+        """Wait for parts in flight, then abort the multipart upload (best effort, no raise)."""
+        tasks = list(self._in_flight)
+        self._in_flight.clear()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._hashed is not None:
+            await asyncio.gather(self._hashed, return_exceptions=True)
+        created = self._created
+        if created is None:
+            return
+        with contextlib.suppress(Exception):
+            upload_id = await created
+            await in_thread(self._executor, self._target.abort, upload_id)
+
+    # ------------------------------------------------------------------ internals
+
+    async def _take_buffer(self) -> bytearray:
+        """A free part buffer, waiting for the oldest part in flight when none is free."""
+        while not self._free:
+            if self._allocated < self._max_buffers:
+                self._allocated += 1
+                return bytearray(self._part_size)
+            self._parts.append(await self._in_flight.popleft())  # raises a part's error
+        return self._free.pop()
+
+    def _dispatch(self) -> None:
+        """Hand the current buffer to the threads as the next part."""
+        buffer, length = self._current, self._fill
+        assert buffer is not None
+        self._current, self._fill = None, 0
+        if self._created is None:
+            self._created = asyncio.ensure_future(in_thread(self._executor, self._target.create))
+        data = memoryview(buffer)[:length]
+        self._hashed = asyncio.ensure_future(self._hash_after(self._hashed, data))
+        number, self._next_number = self._next_number, self._next_number + 1
+        task = asyncio.create_task(self._send(number, buffer, data, self._hashed))
+        self._in_flight.append(task)
+
+    async def _hash_after(self, previous: asyncio.Future[None] | None, data: memoryview) -> None:
+        if previous is not None:
+            await previous
+        await in_thread(self._executor, self._hash.update, data)
+
+    async def _send(
+        self, number: int, buffer: bytearray, data: memoryview, hashed: asyncio.Future[None]
+    ) -> tuple[int, str]:
+        assert self._created is not None
+        try:
+            upload_id = await self._created
+            etag = await in_thread(
+                self._executor, self._target.upload_part, upload_id, number, data
+            )
+            await hashed  # the buffer is free only once it is hashed too
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(hashed)  # never free a buffer a thread still reads
+            raise
+        self._free.append(buffer)
+        return number, etag

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 from dagwire.models import Artifact, ExecutionRecord, RunRecord, RunStatus
 
-__all__ = ["ArtifactStore", "ExecutionStore"]
+__all__ = ["ArtifactStore", "ExecutionStore", "OutcomeRecorder"]
 
 
 @runtime_checkable
@@ -149,4 +149,32 @@ class ExecutionStore(Protocol):
 
     async def aclose(self) -> None:
         """Flush pending writes and release connections and threads."""
+        ...
+
+
+@runtime_checkable
+class OutcomeRecorder(Protocol):
+    """An optional capability of an execution store: store an attempt's small outputs and
+    record the attempt in one write (one round trip for a remote store).
+
+    The orchestrator uses it, when `records_outputs_for` its artifact store, instead of
+    `ArtifactStore.store` followed by `ExecutionStore.record`; the result is the same.
+    """
+
+    def records_outputs_for(self, artifact_store: object) -> bool:
+        """Whether `record_outcome` stores outputs where `artifact_store` keeps them."""
+        ...
+
+    async def record_outcome(
+        self, record: ExecutionRecord, outputs: Sequence[Artifact]
+    ) -> builtins.list[Artifact]:
+        """Store `outputs` (with content), append their ids to the record's
+        `output_artifact_ids`, and record it; both durable on return.
+
+        Returns:
+            The stored outputs, filled as `ArtifactStore.store` fills them, content kept.
+
+        Raises:
+            ValueError: an output or the record is invalid; nothing of it was recorded.
+        """
         ...

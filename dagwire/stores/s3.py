@@ -12,14 +12,15 @@ import io
 import json
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
 import certifi
 import urllib3
 from minio import Minio
+from minio.datatypes import Part
 from minio.error import MinioException, S3Error, ServerError
 from urllib3.exceptions import HTTPError
 from urllib3.util import Retry, Timeout
@@ -27,7 +28,7 @@ from urllib3.util import Retry, Timeout
 from dagwire.errors import NotFoundError, StoreUnavailableError
 from dagwire.models import Artifact, utc_now
 from dagwire.stores._ids import new_id
-from dagwire.stores._s3_stream import StreamReader
+from dagwire.stores._s3_stream import MultipartWriter, in_thread
 from dagwire.stores._validate import check_artifact, check_lookup_id, from_micros, to_micros
 
 __all__ = ["S3ArtifactStore"]
@@ -36,10 +37,14 @@ T = TypeVar("T")
 
 #: Content up to this size is kept inline (base64) in the artifact's metadata object.
 INLINE_LIMIT = 64 * 1024
-#: Most bytes `open()` yields at once.
-CHUNK_SIZE = 1 << 20
+#: Most bytes `open()` yields at once: just under 1 MiB, so that a chunk plus its gRPC and
+#: protobuf framing stays within one 1 MiB message (grpcio streams messages above 1 MiB
+#: several times slower; see `bench/store_service.py`).
+CHUNK_SIZE = (1 << 20) - 4096
 #: S3's smallest multipart part (except the last).
 MIN_PART_SIZE = 5 * 1024 * 1024
+#: Multipart part size of uploads unless the constructor says otherwise.
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
 
 _BUCKET_EXISTS = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
 _MISSING = ("NoSuchKey", "NoSuchObject", "NotFound")
@@ -60,7 +65,9 @@ class S3ArtifactStore:
     - ``blobs/<sha256>``: content above 64 KiB stored with `store()` (the hash is known before
       upload), once per distinct content: an upload is skipped when the object exists;
     - ``uploads/<artifact_id>``: content of `store_stream()`, uploaded as it arrives
-      (multipart, `part_size` parts) and hashed on the way, never buffered whole.
+      (multipart, `part_size` parts, `parallel_parts` of them in flight while the next one
+      fills) and hashed on the way: at most ``(parallel_parts + 1) x part_size`` bytes of it
+      are in memory at once (48 MiB with the defaults), whatever its size.
 
     The metadata object is written after the bytes, and the run listing entry after the
     metadata, so nothing is visible before it is complete; a stream that fails aborts its
@@ -80,7 +87,8 @@ class S3ArtifactStore:
         bucket: str = "dagwire-artifacts",
         secure: bool = False,
         *,
-        part_size: int = 16 * 1024 * 1024,
+        part_size: int = DEFAULT_PART_SIZE,
+        parallel_parts: int = 2,
         io_threads: int = 16,
         connect_timeout: float = 3.0,
         read_timeout: float = 30.0,
@@ -95,20 +103,24 @@ class S3ArtifactStore:
             secret_key: the S3 secret key.
             bucket: the bucket (created on first use if missing).
             secure: use TLS when `endpoint` has no scheme.
-            part_size: multipart part size for uploads (at least 5 MiB); a streamed upload
-                holds about twice this in memory.
+            part_size: multipart part size for uploads (at least 5 MiB).
+            parallel_parts: parts of one streamed upload sent at once while the next one is
+                received; a streamed upload holds ``parallel_parts + 1`` parts in memory.
             io_threads: size of the store's thread pool (and of its HTTP connection pool).
             connect_timeout: seconds to establish a connection.
             read_timeout: seconds to wait for the server's answer to one request.
             retries: retries of a failed connection or a 5xx answer (with a short backoff).
 
         Raises:
-            ValueError: `endpoint` is not ``host:port`` or a URL without path and query, or
-                `part_size` is below 5 MiB.
+            ValueError: `endpoint` is not ``host:port`` or a URL without path and query,
+                `part_size` is below 5 MiB, or `parallel_parts` below 1.
         """
         self._host, self._secure = _parse_endpoint(endpoint, secure)
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least 5 MiB ({MIN_PART_SIZE}), not {part_size}")
+        if parallel_parts < 1:
+            raise ValueError(f"parallel_parts must be at least 1, not {parallel_parts}")
+        self._parallel_parts = parallel_parts
         self._access_key = access_key
         self._secret_key = secret_key
         self._bucket = bucket
@@ -172,11 +184,14 @@ class S3ArtifactStore:
         return stored
 
     async def store_stream(self, artifact: Artifact, chunks: AsyncIterable[bytes]) -> Artifact:
-        """Store an artifact from a stream of chunks, holding about 2 x `part_size` in memory.
+        """Store an artifact from a stream of chunks, holding at most 3 parts in memory.
 
-        The bytes go to ``uploads/<artifact_id>`` as they arrive (multipart), hashed on the way;
-        the metadata is written once the upload completed. If `chunks` raises (or the call is
-        cancelled), the upload is aborted and nothing becomes visible.
+        The bytes go to ``uploads/<artifact_id>`` as they arrive (multipart: each full part
+        is sent on the store's threads while the next one is received, at most
+        `parallel_parts` at once; content smaller than one part is one plain object), hashed
+        on the way; the metadata is written once the upload completed. Memory is at most
+        ``(parallel_parts + 1) x part_size`` (see `dagwire.stores._s3_stream`). If `chunks`
+        raises (or the call is cancelled), the upload is aborted and nothing becomes visible.
 
         Args:
             artifact: metadata; `content` must be None.
@@ -196,30 +211,26 @@ class S3ArtifactStore:
         await self._ensure_bucket()
         artifact_id = new_id()
         key = f"uploads/{artifact_id}"
-        loop = asyncio.get_running_loop()
-        reader = StreamReader(loop, limit=self._part_size + 1 + CHUNK_SIZE)
-        upload: asyncio.Future[Any] = loop.run_in_executor(
-            self._get_io(), self._put_stream, key, reader, checked.media_type
+        writer = MultipartWriter(
+            _ObjectUpload(self, key, checked.media_type),
+            self._get_io(),
+            part_size=self._part_size,
+            parallel=self._parallel_parts,
         )
         try:
             async for chunk in chunks:
-                if upload.done():
-                    break  # the upload failed: its error is raised below
-                reader.feed(chunk if isinstance(chunk, bytes) else bytes(chunk))
-                await reader.wait_for_room(upload)
-            reader.finish()
-            await asyncio.shield(upload)
+                await writer.write(chunk)
+            sha256 = await writer.finish()
             stored = dataclasses.replace(
                 checked,
                 artifact_id=artifact_id,
-                sha256=reader.sha256,
-                size=reader.size,
+                sha256=sha256,
+                size=writer.size,
                 created_at=utc_now(),
             )
             await asyncio.shield(self._run(self._put_metadata, stored, key, None))
-        except BaseException as exc:
-            reader.abort(exc)
-            await asyncio.shield(self._discard_upload(upload, key))
+        except BaseException:
+            await asyncio.shield(self._discard_upload(writer, key))
             raise
         return stored
 
@@ -281,11 +292,15 @@ class S3ArtifactStore:
                 yield data[start : start + CHUNK_SIZE]
             return
         response = await self._run(self._get_response, key, meta)
+        io = self._get_io()
+        # One chunk read ahead: the next read runs on a thread while the caller sends this one.
+        pending = io.submit(self._read_chunk, response)
         try:
-            while chunk := await self._run(self._read_chunk, response):
+            while chunk := await asyncio.wrap_future(pending):
+                pending = io.submit(self._read_chunk, response)
                 yield chunk
         finally:
-            await asyncio.shield(self._run(_release, response))
+            await asyncio.shield(_release_after(pending, io, response))
 
     async def list(self, run_id: str) -> builtins.list[Artifact]:
         """Every artifact stored for `run_id`, in store order, with `content=None`.
@@ -350,10 +365,9 @@ class S3ArtifactStore:
             None if inline is None else base64.b64decode(inline),
         )
 
-    async def _discard_upload(self, upload: asyncio.Future[Any], key: str) -> None:
-        """Wait for an abandoned upload to end (the SDK aborts it), then remove any object."""
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await upload  # its own failure: the caller raises the cause
+    async def _discard_upload(self, writer: MultipartWriter, key: str) -> None:
+        """Abort an abandoned upload (after its parts in flight), then remove any object."""
+        await writer.abort()
         with contextlib.suppress(Exception):  # best effort: an upload object is never listed
             await self._run(self._remove, key)
 
@@ -437,18 +451,40 @@ class S3ArtifactStore:
                 num_parallel_uploads=1,
             )
 
-    def _put_stream(self, key: str, reader: StreamReader, media_type: str) -> None:
-        client = self._minio()
+    # The streamed-upload calls below use the SDK's own (underscore) methods for the S3
+    # operations: its public put_object cannot send a part from a reused buffer nor overlap
+    # receiving the next part with sending this one (see dagwire.stores._s3_stream). A buffer
+    # is what the SDK hashes and urllib3 sends, so no bytes copy is made. The SDK is pinned.
+
+    def _put_view(self, key: str, data: memoryview, media_type: str) -> None:
         with self._errors(f"uploading {key}"):
-            client.put_object(
-                bucket_name=self._bucket,
-                object_name=key,
-                data=cast(BinaryIO, reader),
-                length=-1,
-                content_type=media_type,
-                part_size=self._part_size,
-                num_parallel_uploads=1,  # the SDK queues parts unboundedly when parallel
+            self._minio()._put_object(
+                self._bucket, key, cast(bytes, data), headers={"Content-Type": media_type}
             )
+
+    def _create_multipart(self, key: str, media_type: str) -> str:
+        with self._errors(f"starting the upload of {key}"):
+            return self._minio()._create_multipart_upload(
+                self._bucket, key, {"Content-Type": media_type}
+            )
+
+    def _upload_part(self, key: str, upload_id: str, number: int, data: memoryview) -> str:
+        with self._errors(f"uploading part {number} of {key}"):
+            return self._minio()._upload_part(
+                self._bucket, key, cast(bytes, data), None, upload_id, number
+            )
+
+    def _complete_multipart(
+        self, key: str, upload_id: str, parts: builtins.list[tuple[int, str]]
+    ) -> None:
+        with self._errors(f"completing the upload of {key}"):
+            self._minio()._complete_multipart_upload(
+                self._bucket, key, upload_id, [Part(number, etag) for number, etag in parts]
+            )
+
+    def _abort_multipart(self, key: str, upload_id: str) -> None:
+        with self._errors(f"aborting the upload of {key}"):
+            self._minio()._abort_multipart_upload(self._bucket, key, upload_id)
 
     def _put_metadata(self, artifact: Artifact, key: str | None, inline: bytes | None) -> None:
         assert artifact.artifact_id is not None
@@ -523,6 +559,36 @@ class S3ArtifactStore:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+class _ObjectUpload:
+    """The `PartTarget` of one streamed upload: `S3ArtifactStore`'s calls for one key."""
+
+    def __init__(self, store: S3ArtifactStore, key: str, media_type: str) -> None:
+        self._store = store
+        self._key = key
+        self._media_type = media_type
+
+    def put_whole(self, data: memoryview) -> None:
+        self._store._put_view(self._key, data, self._media_type)
+
+    def create(self) -> str:
+        return self._store._create_multipart(self._key, self._media_type)
+
+    def upload_part(self, upload_id: str, number: int, data: memoryview) -> str:
+        return self._store._upload_part(self._key, upload_id, number, data)
+
+    def complete(self, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        self._store._complete_multipart(self._key, upload_id, parts)
+
+    def abort(self, upload_id: str) -> None:
+        self._store._abort_multipart(self._key, upload_id)
+
+
+async def _release_after(pending: Future[bytes], io: ThreadPoolExecutor, response: Any) -> None:
+    """Close a download once its read-ahead (on a thread) is over."""
+    await asyncio.wait([asyncio.wrap_future(pending)])
+    await in_thread(io, _release, response)
 
 
 def _parse_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:

@@ -459,6 +459,7 @@ class RunEvent(google.protobuf.message.Message):
         ERROR_FIELD_NUMBER: builtins.int
         WILL_RETRY_FIELD_NUMBER: builtins.int
         RETRY_DELAY_FIELD_NUMBER: builtins.int
+        DURATION_FIELD_NUMBER: builtins.int
         node_id: builtins.str
         """Id of the task."""
         attempt: builtins.int
@@ -471,6 +472,10 @@ class RunEvent(google.protobuf.message.Message):
         def retry_delay(self) -> google.protobuf.duration_pb2.Duration:
             """How long the orchestrator waits before the next attempt; unset when will_retry is false."""
 
+        @property
+        def duration(self) -> google.protobuf.duration_pb2.Duration:
+            """How long the failed attempt took, from its dispatch to its failure."""
+
         def __init__(
             self,
             *,
@@ -479,9 +484,10 @@ class RunEvent(google.protobuf.message.Message):
             error: builtins.str = ...,
             will_retry: builtins.bool = ...,
             retry_delay: google.protobuf.duration_pb2.Duration | None = ...,
+            duration: google.protobuf.duration_pb2.Duration | None = ...,
         ) -> None: ...
-        def HasField(self, field_name: typing.Literal["retry_delay", b"retry_delay"]) -> builtins.bool: ...
-        def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "error", b"error", "node_id", b"node_id", "retry_delay", b"retry_delay", "will_retry", b"will_retry"]) -> None: ...
+        def HasField(self, field_name: typing.Literal["duration", b"duration", "retry_delay", b"retry_delay"]) -> builtins.bool: ...
+        def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "duration", b"duration", "error", b"error", "node_id", b"node_id", "retry_delay", b"retry_delay", "will_retry", b"will_retry"]) -> None: ...
 
     @typing.final
     class TaskFinished(google.protobuf.message.Message):
@@ -494,6 +500,7 @@ class RunEvent(google.protobuf.message.Message):
         ATTEMPTS_FIELD_NUMBER: builtins.int
         ERROR_FIELD_NUMBER: builtins.int
         ARTIFACTS_FIELD_NUMBER: builtins.int
+        DURATION_FIELD_NUMBER: builtins.int
         node_id: builtins.str
         """Id of the task."""
         status: Global___TaskStatus.ValueType
@@ -506,6 +513,12 @@ class RunEvent(google.protobuf.message.Message):
         def artifacts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Artifact]:
             """Artifacts the task produced, metadata only (no content)."""
 
+        @property
+        def duration(self) -> google.protobuf.duration_pb2.Duration:
+            """How long the task took, from its first attempt's dispatch to its end (retries and the
+            waits between them included); unset for a task that never ran.
+            """
+
         def __init__(
             self,
             *,
@@ -514,8 +527,10 @@ class RunEvent(google.protobuf.message.Message):
             attempts: builtins.int = ...,
             error: builtins.str = ...,
             artifacts: collections.abc.Iterable[Global___Artifact] | None = ...,
+            duration: google.protobuf.duration_pb2.Duration | None = ...,
         ) -> None: ...
-        def ClearField(self, field_name: typing.Literal["artifacts", b"artifacts", "attempts", b"attempts", "error", b"error", "node_id", b"node_id", "status", b"status"]) -> None: ...
+        def HasField(self, field_name: typing.Literal["duration", b"duration"]) -> builtins.bool: ...
+        def ClearField(self, field_name: typing.Literal["artifacts", b"artifacts", "attempts", b"attempts", "duration", b"duration", "error", b"error", "node_id", b"node_id", "status", b"status"]) -> None: ...
 
     @typing.final
     class RunFinished(google.protobuf.message.Message):
@@ -526,10 +541,16 @@ class RunEvent(google.protobuf.message.Message):
         STATUS_FIELD_NUMBER: builtins.int
         ERROR_FIELD_NUMBER: builtins.int
         NODES_FIELD_NUMBER: builtins.int
+        NAME_FIELD_NUMBER: builtins.int
+        TRACE_ID_FIELD_NUMBER: builtins.int
         status: Global___RunStatus.ValueType
         """Final state of the run."""
         error: builtins.str
         """Why the run failed as a whole; empty otherwise."""
+        name: builtins.str
+        """Name of the workflow, from the spec."""
+        trace_id: builtins.str
+        """Trace id shared by every dispatch of the run."""
         @property
         def nodes(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___NodeSummary]:
             """Outcome of every task, in spec order."""
@@ -540,8 +561,10 @@ class RunEvent(google.protobuf.message.Message):
             status: Global___RunStatus.ValueType = ...,
             error: builtins.str = ...,
             nodes: collections.abc.Iterable[Global___NodeSummary] | None = ...,
+            name: builtins.str = ...,
+            trace_id: builtins.str = ...,
         ) -> None: ...
-        def ClearField(self, field_name: typing.Literal["error", b"error", "nodes", b"nodes", "status", b"status"]) -> None: ...
+        def ClearField(self, field_name: typing.Literal["error", b"error", "name", b"name", "nodes", b"nodes", "status", b"status", "trace_id", b"trace_id"]) -> None: ...
 
     SEQUENCE_FIELD_NUMBER: builtins.int
     RUN_ID_FIELD_NUMBER: builtins.int

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dagwire.v1 import common_pb2 as dagwire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64\x61gwire/v1/store_service.proto\x12\ndagwire.v1\x1a\x17\x64\x61gwire/v1/common.proto\"\xec\x01\n\x0e\x41rtifactHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12:\n\x08metadata\x18\x03 \x03(\x0b\x32(.dagwire.v1.ArtifactHeader.MetadataEntry\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x11\n\x04size\x18\x07 \x01(\x03H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_size\"[\n\x12PutArtifactRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.dagwire.v1.ArtifactHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"=\n\x13PutArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.Artifact\")\n\x12GetArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\"X\n\x13GetArtifactResponse\x12(\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"*\n\x13StatArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\">\n\x14StatArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.Artifact\"M\n\x14ListArtifactsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x15ListArtifactsResponse\x12\'\n\tartifacts\x18\x01 \x03(\x0b\x32\x14.dagwire.v1.Artifact\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x17RecordExecutionsRequest\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.dagwire.v1.ExecutionRecord\"\x1a\n\x18RecordExecutionsResponse\"T\n\x1bListExecutionRecordsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"e\n\x1cListExecutionRecordsResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.dagwire.v1.ExecutionRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x14SaveRunRecordRequest\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"\x17\n\x15SaveRunRecordResponse\"%\n\x13GetRunRecordRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"4\n\x14GetRunRecordResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"e\n\x15ListRunRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.dagwire.v1.RunStatus\"P\n\x16ListRunRecordsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.dagwire.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe3\x02\n\x14\x41rtifactStoreService\x12P\n\x0bPutArtifact\x12\x1e.dagwire.v1.PutArtifactRequest\x1a\x1f.dagwire.v1.PutArtifactResponse(\x01\x12P\n\x0bGetArtifact\x12\x1e.dagwire.v1.GetArtifactRequest\x1a\x1f.dagwire.v1.GetArtifactResponse0\x01\x12Q\n\x0cStatArtifact\x12\x1f.dagwire.v1.StatArtifactRequest\x1a .dagwire.v1.StatArtifactResponse\x12T\n\rListArtifacts\x12 .dagwire.v1.ListArtifactsRequest\x1a!.dagwire.v1.ListArtifactsResponse2\xe3\x03\n\x15\x45xecutionStoreService\x12]\n\x10RecordExecutions\x12#.dagwire.v1.RecordExecutionsRequest\x1a$.dagwire.v1.RecordExecutionsResponse\x12i\n\x14ListExecutionRecords\x12\'.dagwire.v1.ListExecutionRecordsRequest\x1a(.dagwire.v1.ListExecutionRecordsResponse\x12T\n\rSaveRunRecord\x12 .dagwire.v1.SaveRunRecordRequest\x1a!.dagwire.v1.SaveRunRecordResponse\x12Q\n\x0cGetRunRecord\x12\x1f.dagwire.v1.GetRunRecordRequest\x1a .dagwire.v1.GetRunRecordResponse\x12W\n\x0eListRunRecords\x12!.dagwire.v1.ListRunRecordsRequest\x1a\".dagwire.v1.ListRunRecordsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64\x61gwire/v1/store_service.proto\x12\ndagwire.v1\x1a\x17\x64\x61gwire/v1/common.proto\"\xec\x01\n\x0e\x41rtifactHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12:\n\x08metadata\x18\x03 \x03(\x0b\x32(.dagwire.v1.ArtifactHeader.MetadataEntry\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x11\n\x04size\x18\x07 \x01(\x03H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_size\"[\n\x12PutArtifactRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.dagwire.v1.ArtifactHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"=\n\x13PutArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.Artifact\")\n\x12GetArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\"X\n\x13GetArtifactResponse\x12(\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"*\n\x13StatArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\">\n\x14StatArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.Artifact\"M\n\x14ListArtifactsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x15ListArtifactsResponse\x12\'\n\tartifacts\x18\x01 \x03(\x0b\x32\x14.dagwire.v1.Artifact\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x17RecordExecutionsRequest\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.dagwire.v1.ExecutionRecord\"\x1a\n\x18RecordExecutionsResponse\"d\n\x0e\x41ttemptOutcome\x12+\n\x06record\x18\x01 \x01(\x0b\x32\x1b.dagwire.v1.ExecutionRecord\x12%\n\x07outputs\x18\x02 \x03(\x0b\x32\x14.dagwire.v1.Artifact\"E\n\x15RecordOutcomesRequest\x12,\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1a.dagwire.v1.AttemptOutcome\"E\n\rOutcomeResult\x12%\n\x07outputs\x18\x01 \x03(\x0b\x32\x14.dagwire.v1.Artifact\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"D\n\x16RecordOutcomesResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.dagwire.v1.OutcomeResult\"T\n\x1bListExecutionRecordsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"e\n\x1cListExecutionRecordsResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.dagwire.v1.ExecutionRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x14SaveRunRecordRequest\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"\x17\n\x15SaveRunRecordResponse\"%\n\x13GetRunRecordRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"4\n\x14GetRunRecordResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"e\n\x15ListRunRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.dagwire.v1.RunStatus\"P\n\x16ListRunRecordsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.dagwire.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe3\x02\n\x14\x41rtifactStoreService\x12P\n\x0bPutArtifact\x12\x1e.dagwire.v1.PutArtifactRequest\x1a\x1f.dagwire.v1.PutArtifactResponse(\x01\x12P\n\x0bGetArtifact\x12\x1e.dagwire.v1.GetArtifactRequest\x1a\x1f.dagwire.v1.GetArtifactResponse0\x01\x12Q\n\x0cStatArtifact\x12\x1f.dagwire.v1.StatArtifactRequest\x1a .dagwire.v1.StatArtifactResponse\x12T\n\rListArtifacts\x12 .dagwire.v1.ListArtifactsRequest\x1a!.dagwire.v1.ListArtifactsResponse2\xbc\x04\n\x15\x45xecutionStoreService\x12]\n\x10RecordExecutions\x12#.dagwire.v1.RecordExecutionsRequest\x1a$.dagwire.v1.RecordExecutionsResponse\x12W\n\x0eRecordOutcomes\x12!.dagwire.v1.RecordOutcomesRequest\x1a\".dagwire.v1.RecordOutcomesResponse\x12i\n\x14ListExecutionRecords\x12\'.dagwire.v1.ListExecutionRecordsRequest\x1a(.dagwire.v1.ListExecutionRecordsResponse\x12T\n\rSaveRunRecord\x12 .dagwire.v1.SaveRunRecordRequest\x1a!.dagwire.v1.SaveRunRecordResponse\x12Q\n\x0cGetRunRecord\x12\x1f.dagwire.v1.GetRunRecordRequest\x1a .dagwire.v1.GetRunRecordResponse\x12W\n\x0eListRunRecords\x12!.dagwire.v1.ListRunRecordsRequest\x1a\".dagwire.v1.ListRunRecordsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,24 +58,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORDEXECUTIONSREQUEST']._serialized_end=948
   _globals['_RECORDEXECUTIONSRESPONSE']._serialized_start=950
   _globals['_RECORDEXECUTIONSRESPONSE']._serialized_end=976
-  _globals['_LISTEXECUTIONRECORDSREQUEST']._serialized_start=978
-  _globals['_LISTEXECUTIONRECORDSREQUEST']._serialized_end=1062
-  _globals['_LISTEXECUTIONRECORDSRESPONSE']._serialized_start=1064
-  _globals['_LISTEXECUTIONRECORDSRESPONSE']._serialized_end=1165
-  _globals['_SAVERUNRECORDREQUEST']._serialized_start=1167
-  _globals['_SAVERUNRECORDREQUEST']._serialized_end=1219
-  _globals['_SAVERUNRECORDRESPONSE']._serialized_start=1221
-  _globals['_SAVERUNRECORDRESPONSE']._serialized_end=1244
-  _globals['_GETRUNRECORDREQUEST']._serialized_start=1246
-  _globals['_GETRUNRECORDREQUEST']._serialized_end=1283
-  _globals['_GETRUNRECORDRESPONSE']._serialized_start=1285
-  _globals['_GETRUNRECORDRESPONSE']._serialized_end=1337
-  _globals['_LISTRUNRECORDSREQUEST']._serialized_start=1339
-  _globals['_LISTRUNRECORDSREQUEST']._serialized_end=1440
-  _globals['_LISTRUNRECORDSRESPONSE']._serialized_start=1442
-  _globals['_LISTRUNRECORDSRESPONSE']._serialized_end=1522
-  _globals['_ARTIFACTSTORESERVICE']._serialized_start=1525
-  _globals['_ARTIFACTSTORESERVICE']._serialized_end=1880
-  _globals['_EXECUTIONSTORESERVICE']._serialized_start=1883
-  _globals['_EXECUTIONSTORESERVICE']._serialized_end=2366
+  _globals['_ATTEMPTOUTCOME']._serialized_start=978
+  _globals['_ATTEMPTOUTCOME']._serialized_end=1078
+  _globals['_RECORDOUTCOMESREQUEST']._serialized_start=1080
+  _globals['_RECORDOUTCOMESREQUEST']._serialized_end=1149
+  _globals['_OUTCOMERESULT']._serialized_start=1151
+  _globals['_OUTCOMERESULT']._serialized_end=1220
+  _globals['_RECORDOUTCOMESRESPONSE']._serialized_start=1222
+  _globals['_RECORDOUTCOMESRESPONSE']._serialized_end=1290
+  _globals['_LISTEXECUTIONRECORDSREQUEST']._serialized_start=1292
+  _globals['_LISTEXECUTIONRECORDSREQUEST']._serialized_end=1376
+  _globals['_LISTEXECUTIONRECORDSRESPONSE']._serialized_start=1378
+  _globals['_LISTEXECUTIONRECORDSRESPONSE']._serialized_end=1479
+  _globals['_SAVERUNRECORDREQUEST']._serialized_start=1481
+  _globals['_SAVERUNRECORDREQUEST']._serialized_end=1533
+  _globals['_SAVERUNRECORDRESPONSE']._serialized_start=1535
+  _globals['_SAVERUNRECORDRESPONSE']._serialized_end=1558
+  _globals['_GETRUNRECORDREQUEST']._serialized_start=1560
+  _globals['_GETRUNRECORDREQUEST']._serialized_end=1597
+  _globals['_GETRUNRECORDRESPONSE']._serialized_start=1599
+  _globals['_GETRUNRECORDRESPONSE']._serialized_end=1651
+  _globals['_LISTRUNRECORDSREQUEST']._serialized_start=1653
+  _globals['_LISTRUNRECORDSREQUEST']._serialized_end=1754
+  _globals['_LISTRUNRECORDSRESPONSE']._serialized_start=1756
+  _globals['_LISTRUNRECORDSRESPONSE']._serialized_end=1836
+  _globals['_ARTIFACTSTORESERVICE']._serialized_start=1839
+  _globals['_ARTIFACTSTORESERVICE']._serialized_end=2194
+  _globals['_EXECUTIONSTORESERVICE']._serialized_start=2197
+  _globals['_EXECUTIONSTORESERVICE']._serialized_end=2769
 # @@protoc_insertion_point(module_scope)

@@ -298,6 +298,101 @@ class RecordExecutionsResponse(google.protobuf.message.Message):
 Global___RecordExecutionsResponse: typing_extensions.TypeAlias = RecordExecutionsResponse
 
 @typing.final
+class AttemptOutcome(google.protobuf.message.Message):
+    """AttemptOutcome is one finished attempt: its record and the outputs to store with it."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: builtins.int
+    OUTPUTS_FIELD_NUMBER: builtins.int
+    @property
+    def record(self) -> dagwire.v1.common_pb2.ExecutionRecord:
+        """The attempt's record; the stored outputs' ids are appended to output_artifact_ids."""
+
+    @property
+    def outputs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[dagwire.v1.common_pb2.Artifact]:
+        """Outputs to store, each with its content inline (run_id and node_id as they should be
+        stored); artifact_id, sha256, size and created_at are filled by the store.
+        """
+
+    def __init__(
+        self,
+        *,
+        record: dagwire.v1.common_pb2.ExecutionRecord | None = ...,
+        outputs: collections.abc.Iterable[dagwire.v1.common_pb2.Artifact] | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["record", b"record"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["outputs", b"outputs", "record", b"record"]) -> None: ...
+
+Global___AttemptOutcome: typing_extensions.TypeAlias = AttemptOutcome
+
+@typing.final
+class RecordOutcomesRequest(google.protobuf.message.Message):
+    """RecordOutcomesRequest holds finished attempts to store and record."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: builtins.int
+    @property
+    def outcomes(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AttemptOutcome]:
+        """The outcomes; an empty batch is allowed and does nothing."""
+
+    def __init__(
+        self,
+        *,
+        outcomes: collections.abc.Iterable[Global___AttemptOutcome] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["outcomes", b"outcomes"]) -> None: ...
+
+Global___RecordOutcomesRequest: typing_extensions.TypeAlias = RecordOutcomesRequest
+
+@typing.final
+class OutcomeResult(google.protobuf.message.Message):
+    """OutcomeResult is what became of one AttemptOutcome, in request order."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    OUTPUTS_FIELD_NUMBER: builtins.int
+    ERROR_FIELD_NUMBER: builtins.int
+    error: builtins.str
+    """Why the outcome was refused (an invalid artifact, naming the field); its record was not
+    written. Empty when it was stored and recorded.
+    """
+    @property
+    def outputs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[dagwire.v1.common_pb2.Artifact]:
+        """The stored outputs, in request order, without content; empty when error is set."""
+
+    def __init__(
+        self,
+        *,
+        outputs: collections.abc.Iterable[dagwire.v1.common_pb2.Artifact] | None = ...,
+        error: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["error", b"error", "outputs", b"outputs"]) -> None: ...
+
+Global___OutcomeResult: typing_extensions.TypeAlias = OutcomeResult
+
+@typing.final
+class RecordOutcomesResponse(google.protobuf.message.Message):
+    """RecordOutcomesResponse acknowledges that the stored outputs and the records are durable."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: builtins.int
+    @property
+    def results(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___OutcomeResult]:
+        """One result per outcome, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: collections.abc.Iterable[Global___OutcomeResult] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["results", b"results"]) -> None: ...
+
+Global___RecordOutcomesResponse: typing_extensions.TypeAlias = RecordOutcomesResponse
+
+@typing.final
 class ListExecutionRecordsRequest(google.protobuf.message.Message):
     """ListExecutionRecordsRequest asks for the execution records of one run."""
 

@@ -265,6 +265,11 @@ class ExecutionStoreServiceStub:
                 request_serializer=dagwire_dot_v1_dot_store__service__pb2.RecordExecutionsRequest.SerializeToString,
                 response_deserializer=dagwire_dot_v1_dot_store__service__pb2.RecordExecutionsResponse.FromString,
                 _registered_method=True)
+        self.RecordOutcomes = channel.unary_unary(
+                '/dagwire.v1.ExecutionStoreService/RecordOutcomes',
+                request_serializer=dagwire_dot_v1_dot_store__service__pb2.RecordOutcomesRequest.SerializeToString,
+                response_deserializer=dagwire_dot_v1_dot_store__service__pb2.RecordOutcomesResponse.FromString,
+                _registered_method=True)
         self.ListExecutionRecords = channel.unary_unary(
                 '/dagwire.v1.ExecutionStoreService/ListExecutionRecords',
                 request_serializer=dagwire_dot_v1_dot_store__service__pb2.ListExecutionRecordsRequest.SerializeToString,
@@ -295,6 +300,19 @@ class ExecutionStoreServiceServicer:
         """RecordExecutions upserts a batch of execution records, each keyed by
         (run_id, node_id, attempt): repeating a record never duplicates it, and a final status
         is never overwritten by TASK_STATUS_RUNNING. The batch is durable when the call returns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordOutcomes(self, request, context):
+        """RecordOutcomes stores the small outputs of finished attempts and records the attempts,
+        in one round trip: for each outcome, its artifacts are stored (as PutArtifact would),
+        their ids are appended to the record's output_artifact_ids, then every record is upserted
+        (as RecordExecutions would). Outcomes are independent: one whose artifacts are invalid
+        gets an error in its result and is not recorded, the others are. Everything is durable
+        when the call returns. The orchestrator uses it on its hot path; artifacts too large for
+        one message go through PutArtifact instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -335,6 +353,11 @@ def add_ExecutionStoreServiceServicer_to_server(servicer, server):
                     servicer.RecordExecutions,
                     request_deserializer=dagwire_dot_v1_dot_store__service__pb2.RecordExecutionsRequest.FromString,
                     response_serializer=dagwire_dot_v1_dot_store__service__pb2.RecordExecutionsResponse.SerializeToString,
+            ),
+            'RecordOutcomes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcomes,
+                    request_deserializer=dagwire_dot_v1_dot_store__service__pb2.RecordOutcomesRequest.FromString,
+                    response_serializer=dagwire_dot_v1_dot_store__service__pb2.RecordOutcomesResponse.SerializeToString,
             ),
             'ListExecutionRecords': grpc.unary_unary_rpc_method_handler(
                     servicer.ListExecutionRecords,
@@ -385,6 +408,33 @@ class ExecutionStoreService:
             '/dagwire.v1.ExecutionStoreService/RecordExecutions',
             dagwire_dot_v1_dot_store__service__pb2.RecordExecutionsRequest.SerializeToString,
             dagwire_dot_v1_dot_store__service__pb2.RecordExecutionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcomes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagwire.v1.ExecutionStoreService/RecordOutcomes',
+            dagwire_dot_v1_dot_store__service__pb2.RecordOutcomesRequest.SerializeToString,
+            dagwire_dot_v1_dot_store__service__pb2.RecordOutcomesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -246,6 +246,22 @@ _ExecutionStoreServiceRecordExecutionsType = typing_extensions.TypeVar(
     ],
 )
 
+_ExecutionStoreServiceRecordOutcomesType = typing_extensions.TypeVar(
+    '_ExecutionStoreServiceRecordOutcomesType',
+    grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.RecordOutcomesRequest,
+        dagwire.v1.store_service_pb2.RecordOutcomesResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.RecordOutcomesRequest,
+        dagwire.v1.store_service_pb2.RecordOutcomesResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.RecordOutcomesRequest,
+        dagwire.v1.store_service_pb2.RecordOutcomesResponse,
+    ],
+)
+
 _ExecutionStoreServiceListExecutionRecordsType = typing_extensions.TypeVar(
     '_ExecutionStoreServiceListExecutionRecordsType',
     grpc.UnaryUnaryMultiCallable[
@@ -310,7 +326,7 @@ _ExecutionStoreServiceListRunRecordsType = typing_extensions.TypeVar(
     ],
 )
 
-class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecutionsType, _ExecutionStoreServiceListExecutionRecordsType, _ExecutionStoreServiceSaveRunRecordType, _ExecutionStoreServiceGetRunRecordType, _ExecutionStoreServiceListRunRecordsType]):
+class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecutionsType, _ExecutionStoreServiceRecordOutcomesType, _ExecutionStoreServiceListExecutionRecordsType, _ExecutionStoreServiceSaveRunRecordType, _ExecutionStoreServiceGetRunRecordType, _ExecutionStoreServiceListRunRecordsType]):
     """ExecutionStoreService keeps the records of runs and of each task attempt."""
 
     @typing.overload
@@ -318,6 +334,10 @@ class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecu
         grpc.UnaryUnaryMultiCallable[
             dagwire.v1.store_service_pb2.RecordExecutionsRequest,
             dagwire.v1.store_service_pb2.RecordExecutionsResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.RecordOutcomesRequest,
+            dagwire.v1.store_service_pb2.RecordOutcomesResponse,
         ],
         grpc.UnaryUnaryMultiCallable[
             dagwire.v1.store_service_pb2.ListExecutionRecordsRequest,
@@ -344,6 +364,10 @@ class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecu
             dagwire.v1.store_service_pb2.RecordExecutionsResponse,
         ],
         grpc.aio.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.RecordOutcomesRequest,
+            dagwire.v1.store_service_pb2.RecordOutcomesResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
             dagwire.v1.store_service_pb2.ListExecutionRecordsRequest,
             dagwire.v1.store_service_pb2.ListExecutionRecordsResponse,
         ],
@@ -367,6 +391,16 @@ class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecu
     is never overwritten by TASK_STATUS_RUNNING. The batch is durable when the call returns.
     """
 
+    RecordOutcomes: _ExecutionStoreServiceRecordOutcomesType
+    """RecordOutcomes stores the small outputs of finished attempts and records the attempts,
+    in one round trip: for each outcome, its artifacts are stored (as PutArtifact would),
+    their ids are appended to the record's output_artifact_ids, then every record is upserted
+    (as RecordExecutions would). Outcomes are independent: one whose artifacts are invalid
+    gets an error in its result and is not recorded, the others are. Everything is durable
+    when the call returns. The orchestrator uses it on its hot path; artifacts too large for
+    one message go through PutArtifact instead.
+    """
+
     ListExecutionRecords: _ExecutionStoreServiceListExecutionRecordsType
     """ListExecutionRecords returns a run's execution records, ordered by start time."""
 
@@ -383,6 +417,10 @@ ExecutionStoreServiceAsyncStub: typing_extensions.TypeAlias = ExecutionStoreServ
     grpc.aio.UnaryUnaryMultiCallable[
         dagwire.v1.store_service_pb2.RecordExecutionsRequest,
         dagwire.v1.store_service_pb2.RecordExecutionsResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.RecordOutcomesRequest,
+        dagwire.v1.store_service_pb2.RecordOutcomesResponse,
     ],
     grpc.aio.UnaryUnaryMultiCallable[
         dagwire.v1.store_service_pb2.ListExecutionRecordsRequest,
@@ -414,6 +452,21 @@ class ExecutionStoreServiceServicer(metaclass=abc.ABCMeta):
         """RecordExecutions upserts a batch of execution records, each keyed by
         (run_id, node_id, attempt): repeating a record never duplicates it, and a final status
         is never overwritten by TASK_STATUS_RUNNING. The batch is durable when the call returns.
+        """
+
+    @abc.abstractmethod
+    def RecordOutcomes(
+        self,
+        request: dagwire.v1.store_service_pb2.RecordOutcomesRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dagwire.v1.store_service_pb2.RecordOutcomesResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.RecordOutcomesResponse]]:
+        """RecordOutcomes stores the small outputs of finished attempts and records the attempts,
+        in one round trip: for each outcome, its artifacts are stored (as PutArtifact would),
+        their ids are appended to the record's output_artifact_ids, then every record is upserted
+        (as RecordExecutions would). Outcomes are independent: one whose artifacts are invalid
+        gets an error in its result and is not recorded, the others are. Everything is durable
+        when the call returns. The orchestrator uses it on its hot path; artifacts too large for
+        one message go through PutArtifact instead.
         """
 
     @abc.abstractmethod

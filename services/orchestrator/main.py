@@ -9,13 +9,12 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import grpc.aio
-from pydantic import Field
 
 from dagwire.errors import StoreUnavailableError
-from dagwire.rpc.logs import setup_logging
+from dagwire.models import RunRecord
+from dagwire.rpc.logs import bind, setup_logging
 from dagwire.rpc.serve import RunningServer, channel_options, serve_main, start_server
 from dagwire.rpc.settings import OrchestratorSettings, SettingsError, load_settings
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
@@ -23,7 +22,7 @@ from dagwire.runtime.dispatcher import TaskDispatcher
 from dagwire.runtime.orchestrator import Orchestrator
 from dagwire_services.orchestrator.servicer import orchestrator_services
 
-__all__ = ["OrchestratorService", "OrchestratorServiceSettings", "main", "serve"]
+__all__ = ["OrchestratorService", "main", "serve"]
 
 log = logging.getLogger("dagwire.orchestrator.service")
 
@@ -44,39 +43,6 @@ _PEER_RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
-class OrchestratorServiceSettings(OrchestratorSettings):
-    """The orchestrator process: `OrchestratorSettings` plus run ownership and shutdown."""
-
-    lease_seconds: float = Field(
-        10.0,
-        gt=0,
-        description="how long this orchestrator's claim on a run lasts unless renewed (renewed "
-        "every third of it); runs whose owner's lease expired are failed at start-up",
-    )
-    store_retry_seconds: float = Field(
-        30.0,
-        gt=0,
-        description="how long writes to an unavailable store are retried before a run fails "
-        "with 'store unavailable'",
-    )
-    grace_seconds: float = Field(
-        10.0,
-        ge=0,
-        description="on SIGTERM, how long running workflows get to finish before they are "
-        "cancelled",
-    )
-    instance_id: str | None = Field(
-        None,
-        min_length=1,
-        description="this orchestrator's identity as the owner of its runs (default: a fresh "
-        "one at each start); with a stable id, its own runs left running are failed at once "
-        "after a restart",
-    )
-    profile_file: Path | None = Field(
-        None, description="write a cProfile of the event loop thread here on exit (measurement)"
-    )
-
-
 class OrchestratorService:
     """One orchestrator service: the core `Orchestrator` over remote stores, served over gRPC.
 
@@ -90,7 +56,7 @@ class OrchestratorService:
     """
 
     def __init__(
-        self, settings: OrchestratorServiceSettings, *, dispatcher: TaskDispatcher | None = None
+        self, settings: OrchestratorSettings, *, dispatcher: TaskDispatcher | None = None
     ) -> None:
         self.settings = settings
         self._store_channel = grpc.aio.insecure_channel(
@@ -116,6 +82,7 @@ class OrchestratorService:
             instance_id=settings.instance_id,
             lease_seconds=settings.lease_seconds,
             store_retry_seconds=settings.store_retry_seconds,
+            on_run_start=_bind_run,
         )
         self.running: RunningServer | None = None
         self._closed = False
@@ -213,7 +180,13 @@ class OrchestratorService:
         await self._store_channel.close()
 
 
-def _remote_dispatcher(settings: OrchestratorServiceSettings) -> TaskDispatcher:
+def _bind_run(run: RunRecord) -> None:
+    """Bind the run's ids into the logging context of its task (and so of its dispatches): every
+    log line of the run carries them, and `RemoteDispatcher` sends the run id with each task."""
+    bind(run_id=run.run_id, trace_id=run.trace_id)
+
+
+def _remote_dispatcher(settings: OrchestratorSettings) -> TaskDispatcher:
     """A `RemoteDispatcher` of the dispatcher service (imported only when needed)."""
     from dagwire.rpc.dispatcher_client import RemoteDispatcher
 
@@ -221,7 +194,7 @@ def _remote_dispatcher(settings: OrchestratorServiceSettings) -> TaskDispatcher:
 
 
 async def serve(
-    settings: OrchestratorServiceSettings, *, dispatcher: TaskDispatcher | None = None
+    settings: OrchestratorSettings, *, dispatcher: TaskDispatcher | None = None
 ) -> None:
     """Recover orphaned runs, then serve until SIGTERM/SIGINT, then stop gracefully.
 
@@ -277,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         settings = load_settings(
-            OrchestratorServiceSettings,
+            OrchestratorSettings,
             sys.argv[1:] if argv is None else argv,
             prog=PROG,
             description=DESCRIPTION,

@@ -12,7 +12,7 @@ import grpc.aio
 from dagwire.errors import StoreUnavailableError, WorkflowValidationError
 from dagwire.models import RunRecord, WorkflowSpec
 from dagwire.rpc.convert import (
-    run_event_to_proto,
+    RunEventEncoder,
     run_status_from_proto,
     run_status_to_proto,
     run_summary_to_proto,
@@ -120,10 +120,12 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
                 f"got {request.after_sequence}",
                 field="after_sequence",
             )
-        async for event in self._orchestrator.watch_run(
-            run_id, after_sequence=request.after_sequence
-        ):
-            yield WatchRunResponse(event=run_event_to_proto(event))
+        # encoded from the first event, so durations of tasks started earlier are known
+        encoder = RunEventEncoder()
+        async for event in self._orchestrator.watch_run(run_id):
+            message = encoder.encode(event)
+            if event.sequence > request.after_sequence:
+                yield WatchRunResponse(event=message)
 
     async def _start(self, spec: str, user_vars: dict[str, str], request_id: str) -> str:
         return await self._orchestrator.start_run(

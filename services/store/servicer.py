@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import AsyncIterable, AsyncIterator
 from functools import partial
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import grpc.aio
 
 from dagwire.errors import NotFoundError
+from dagwire.models import Artifact
 from dagwire.rpc.convert import (
     artifact_from_proto,
     artifact_to_proto,
@@ -40,10 +43,13 @@ from dagwire.v1.store_service_pb2 import (
     ListExecutionRecordsResponse,
     ListRunRecordsRequest,
     ListRunRecordsResponse,
+    OutcomeResult,
     PutArtifactRequest,
     PutArtifactResponse,
     RecordExecutionsRequest,
     RecordExecutionsResponse,
+    RecordOutcomesRequest,
+    RecordOutcomesResponse,
     SaveRunRecordRequest,
     SaveRunRecordResponse,
     StatArtifactRequest,
@@ -52,7 +58,10 @@ from dagwire.v1.store_service_pb2 import (
 
 __all__ = ["ArtifactStoreServicer", "ExecutionStoreServicer", "store_services"]
 
-MAX_CHUNK_BYTES = 1 << 20
+#: Most content bytes per GetArtifact message: just under 1 MiB so that a message with its
+#: protobuf and gRPC framing stays within 1 MiB (grpcio streams larger messages several times
+#: slower on loopback; measured in bench/store_service.py). The stores yield chunks this size.
+MAX_CHUNK_BYTES = (1 << 20) - 4096
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -99,8 +108,12 @@ class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer)
         chunks = self._store.open(artifact_id)
         try:
             async for chunk in chunks:
+                if len(chunk) <= MAX_CHUNK_BYTES:
+                    yield GetArtifactResponse(chunk=chunk)
+                    continue
+                view = memoryview(chunk)
                 for start in range(0, len(chunk), MAX_CHUNK_BYTES):
-                    yield GetArtifactResponse(chunk=chunk[start : start + MAX_CHUNK_BYTES])
+                    yield GetArtifactResponse(chunk=bytes(view[start : start + MAX_CHUNK_BYTES]))
         finally:
             close = getattr(chunks, "aclose", None)
             if close is not None:
@@ -127,10 +140,12 @@ class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer)
 
 
 class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceServicer):
-    """`ExecutionStoreService` over any `ExecutionStore`."""
+    """`ExecutionStoreService` over any `ExecutionStore` (and the artifact store beside it,
+    for `RecordOutcomes`)."""
 
-    def __init__(self, store: ExecutionStore) -> None:
+    def __init__(self, store: ExecutionStore, artifacts: ArtifactStore | None = None) -> None:
         self._store = store
+        self._artifacts = artifacts
 
     async def RecordExecutions(
         self, request: RecordExecutionsRequest, context: Context
@@ -139,6 +154,54 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
         if records:
             await self._store.record_many(records)
         return RecordExecutionsResponse()
+
+    async def RecordOutcomes(
+        self, request: RecordOutcomesRequest, context: Context
+    ) -> RecordOutcomesResponse:
+        records = [execution_record_from_proto(o.record) for o in request.outcomes]
+        stored = await asyncio.gather(*(self._store_outputs(o.outputs) for o in request.outcomes))
+        results: list[OutcomeResult] = []
+        durable = []
+        for record, outputs in zip(records, stored, strict=True):
+            if isinstance(outputs, str):
+                results.append(OutcomeResult(error=outputs))
+                continue
+            ids = [a.artifact_id or "" for a in outputs]
+            durable.append(
+                dataclasses.replace(record, output_artifact_ids=[*record.output_artifact_ids, *ids])
+            )
+            results.append(
+                OutcomeResult(outputs=[artifact_to_proto(a, with_content=False) for a in outputs])
+            )
+        if durable:
+            await self._store.record_many(durable)
+        return RecordOutcomesResponse(results=results)
+
+    async def _store_outputs(self, outputs: Any) -> list[Artifact] | str:
+        """Store one outcome's outputs; the message of the first invalid one instead."""
+        if not outputs:
+            return []
+        if self._artifacts is None:
+            raise InvalidArgumentError(
+                "RecordOutcomes: this store service has no artifact store", field="outcomes"
+            )
+        try:
+            artifacts = []
+            for i, message in enumerate(outputs):
+                check_artifact_name(message.name, f"outputs[{i}].name")
+                if message.WhichOneof("body") != "content":
+                    raise InvalidArgumentError(
+                        f"outputs[{i}] ({message.name!r}) has no inline content: upload it "
+                        "with PutArtifact",
+                        field=f"outputs[{i}].content",
+                    )
+                artifacts.append(artifact_from_proto(message))
+            store = self._artifacts.store
+            if len(artifacts) == 1:
+                return [await store(artifacts[0])]
+            return list(await asyncio.gather(*(store(a) for a in artifacts)))
+        except ValueError as exc:
+            return str(exc)
 
     async def ListExecutionRecords(
         self, request: ListExecutionRecordsRequest, context: Context
@@ -233,7 +296,7 @@ def store_services(artifacts: ArtifactStore, executions: ExecutionStore) -> list
             names["ExecutionStoreService"].full_name,
             partial(
                 store_service_pb2_grpc.add_ExecutionStoreServiceServicer_to_server,
-                ExecutionStoreServicer(executions),
+                ExecutionStoreServicer(executions, artifacts),
             ),
         ),
     ]

@@ -20,34 +20,53 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, ClassVar
 
 import grpc
 import grpc.aio
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dagwire.errors import (
     NotFoundError,
     RunAlreadyFinishedError,
     WorkflowValidationError,
 )
-from dagwire.models import Artifact, RunRecord, RunStatus, TaskNode, TaskStatus, utc_now
+from dagwire.models import (
+    Artifact,
+    RunRecord,
+    RunStatus,
+    TaskNode,
+    TaskStatus,
+    WorkflowSpec,
+    utc_now,
+)
 from dagwire.rpc.orchestrator_client import OrchestratorClient
+from dagwire.rpc.settings import OrchestratorSettings
 from dagwire.rpc.status import InvalidArgumentError
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
-from dagwire.runtime import Dispatcher, RunEvent, RunEventKind
+from dagwire.runtime import Dispatcher, Orchestrator, RunEventKind
+from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
 from dagwire.toolbox import SleepAgent, toolbox_adapters
 from dagwire.v1 import orchestrator_service_pb2 as pb
 from dagwire.v1 import orchestrator_service_pb2_grpc as pb_grpc
-from dagwire_services.orchestrator.main import OrchestratorService, OrchestratorServiceSettings
-from tests.servers import REPO_ROOT, find_free_port
+from dagwire_services.orchestrator.main import OrchestratorService
+from tests.servers import REPO_ROOT
+from tests.stack import (
+    Proc,
+    collect_events,
+    first_event,
+    free_address,
+    start_dispatcher,
+    start_toolbox,
+    started,
+    until,
+    wait_adapters,
+)
 
 STACKS = ("in-process-dispatcher", "cross-process")
 CROSS_PROCESS_MODULES = (
@@ -94,73 +113,6 @@ def _spec(name: str, *tasks: dict[str, Any], **top: Any) -> str:
 # ---------------------------------------------------------------------- processes
 
 
-@dataclass
-class Proc:
-    """A dagwire service subprocess on a fixed loopback address, logging to a file."""
-
-    name: str
-    args: list[str]
-    address: str
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-    popen: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self._log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", *self.args],
-            cwd=REPO_ROOT,
-            env={**os.environ, "DAGWIRE_LOG_FORMAT": "json", **self.env},
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-
-    async def wait_serving(self, within: float = 30.0) -> None:
-        async with grpc.aio.insecure_channel(self.address) as chan:
-            health = health_pb2_grpc.HealthStub(chan)
-            deadline = time.monotonic() + within
-            while True:
-                assert self.popen is not None
-                assert self.popen.poll() is None, f"{self.name} exited:\n{self.log_tail()}"
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                assert time.monotonic() < deadline, f"{self.name} not SERVING:\n{self.log_tail()}"
-                await asyncio.sleep(0.05)
-
-    def stop(self, sig: int = signal.SIGTERM, wait: float = 20.0) -> int | None:
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(wait)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self.popen.returncode
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
-
-
-def _address() -> str:
-    return f"127.0.0.1:{find_free_port()}"
-
-
 class SleepProbe:
     """The toolbox's `sleep` agent, counting calls that were cancelled in flight."""
 
@@ -203,7 +155,7 @@ class Stack:
     ) -> OrchestratorClient:
         """Start one more orchestrator service on this stack; returns a client of it."""
         if self.cross_process:
-            address = _address()
+            address = free_address()
             proc = Proc(
                 f"orchestrator-{len(self.procs)}",
                 [
@@ -231,7 +183,7 @@ class Stack:
                 dispatcher.register_adapter(key, adapter)
             assert self.probe is not None
             dispatcher.register_adapter("sleep", self.probe)
-            settings = OrchestratorServiceSettings(
+            settings = OrchestratorSettings(
                 store_addr=self.store.address,
                 lease_seconds=lease_seconds,
                 store_retry_seconds=store_retry_seconds,
@@ -245,6 +197,18 @@ class Stack:
         client = OrchestratorClient(address)
         self.clients.append(client)
         return client
+
+    async def stop_orchestrators(self) -> None:
+        """Stop every orchestrator of this stack (their runs' memory goes with them)."""
+        for client in self.clients:
+            await client.aclose()
+        self.clients.clear()
+        for service in self.services:
+            await service.aclose()
+        self.services.clear()
+        for proc in [p for p in self.procs if p.name.startswith("orchestrator")]:
+            proc.stop()
+            self.procs.remove(proc)
 
     async def restart_store(self, *, down_for: float) -> None:
         """Kill the store service (SIGKILL) and start it again on its data dir and port."""
@@ -269,7 +233,7 @@ class Stack:
 async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
     if request.param == "cross-process" and (missing := _missing_modules()):
         pytest.skip(f"cross-process stack needs {', '.join(missing)} (not there yet)")
-    store_addr = _address()
+    store_addr = free_address()
     store = Proc(
         "store",
         [
@@ -302,70 +266,15 @@ async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 async def _start_dispatcher_and_toolbox(stack: Stack) -> None:
-    from dagwire.v1 import dispatcher_service_pb2 as dpb
-    from dagwire.v1 import dispatcher_service_pb2_grpc as dpb_grpc
-
-    stack.dispatcher_addr = _address()
-    dispatcher = Proc(
-        "dispatcher",
-        ["dagwire_services.dispatcher", "--listen-addr", stack.dispatcher_addr],
-        stack.dispatcher_addr,
-        stack.tmp / "dispatcher.log",
-    )
-    toolbox_addr = _address()
-    toolbox = Proc(
-        "toolbox",
-        [
-            "dagwire_services.adapters.toolbox",
-            "--listen-addr",
-            toolbox_addr,
-            "--dispatcher-addr",
-            stack.dispatcher_addr,
-            "--store-addr",
-            stack.store.address,
-        ],
-        toolbox_addr,
-        stack.tmp / "toolbox.log",
-    )
-    stack.procs += [dispatcher, toolbox]
-    dispatcher.start()
-    await dispatcher.wait_serving()
-    toolbox.start()
-    await toolbox.wait_serving()
-    async with grpc.aio.insecure_channel(stack.dispatcher_addr) as chan:
-        api = dpb_grpc.DispatcherServiceStub(chan)
-        deadline = time.monotonic() + 20
-        while not (await api.ListAdapters(dpb.ListAdaptersRequest())).adapters:
-            assert time.monotonic() < deadline, f"toolbox never registered:\n{toolbox.log_tail()}"
-            await asyncio.sleep(0.1)
+    dispatcher = await start_dispatcher(stack.tmp)
+    stack.procs.append(dispatcher)
+    stack.dispatcher_addr = dispatcher.address
+    toolbox = await start_toolbox(stack.tmp, dispatcher.address, stack.store.address)
+    stack.procs.append(toolbox)
+    await wait_adapters(dispatcher.address, {toolbox.address})
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-async def _events(client: OrchestratorClient, run_id: str, after: int = 0) -> list[RunEvent]:
-    return [e async for e in client.watch_run(run_id, after_sequence=after)]
-
-
-async def _first_event(
-    client: OrchestratorClient, run_id: str, predicate: Callable[[RunEvent], bool]
-) -> RunEvent:
-    async with asyncio.timeout(20):
-        async for event in client.watch_run(run_id):
-            if predicate(event):
-                return event
-    raise AssertionError(f"run {run_id} finished without the awaited event")
-
-
-def _started(node_id: str) -> Callable[[RunEvent], bool]:
-    return lambda e: e.kind is RunEventKind.TASK_STARTED and e.node_id == node_id
-
-
-async def _until(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
 
 
 def _error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
@@ -387,7 +296,7 @@ async def test_seed_workflow_flows_data_end_to_end_and_artifacts_read_back_from_
 ) -> None:
     client = await stack.orchestrator()
     run_id = await client.start_run(HELLO, user_vars={"topic": "wire"})
-    events = await _events(client, run_id)
+    events = await collect_events(client, run_id)
     summary = events[-1].summary
     assert summary is not None and summary.status is RunStatus.SUCCEEDED, summary
     (out,) = summary.nodes["both"].artifacts
@@ -434,6 +343,51 @@ async def test_start_run_is_idempotent_on_request_id(stack: Stack) -> None:
     assert (await client.get_run(first)).request_id == "req-42"
 
 
+async def test_a_run_being_started_is_never_taken_for_an_orphan(tmp_path: Path) -> None:
+    """Orphan recovery that runs right after the run's first save (the store has it, the
+    start has not returned yet) leaves it alone: it is already among the active runs."""
+
+    class RecoveringStore(SqliteExecutionStore):
+        orchestrator: Orchestrator | None = None
+        recovered: ClassVar[list[str]] = []
+
+        async def save_run(self, run: RunRecord) -> None:
+            await super().save_run(run)
+            if self.orchestrator is not None and run.status == RunStatus.RUNNING:
+                self.recovered += await self.orchestrator.recover_orphans()
+
+    store = RecoveringStore(tmp_path / "executions.sqlite3")
+    dispatcher = Dispatcher()
+    for key, adapter in toolbox_adapters().items():
+        dispatcher.register_adapter(key, adapter)
+    orchestrator = Orchestrator(
+        LocalArtifactStore(tmp_path / "artifacts"), store, dispatcher=dispatcher
+    )
+    store.orchestrator = orchestrator
+    try:
+        summary = await orchestrator.run_workflow(WorkflowSpec.from_yaml(HELLO))
+    finally:
+        await orchestrator.aclose()
+        await store.aclose()
+    assert summary.status is RunStatus.SUCCEEDED, summary
+    assert store.recovered == []
+
+
+async def test_start_run_retried_after_an_orchestrator_restart_returns_the_same_run(
+    stack: Stack,
+) -> None:
+    first = await stack.orchestrator()
+    run_id = await first.start_run(HELLO, request_id="req-before-restart")
+    await collect_events(first, run_id)
+    await stack.stop_orchestrators()
+
+    second = await stack.orchestrator()  # a fresh process: nothing of the run in memory
+    assert await second.start_run(HELLO, request_id="req-before-restart") == run_id
+    summary = await second.run_workflow(HELLO, request_id="req-before-restart")
+    assert (summary.run_id, summary.status) == (run_id, RunStatus.SUCCEEDED)
+    assert [r.run_id for r in (await second.list_runs()).runs] == [run_id]  # no second run
+
+
 # ---------------------------------------------------------------------- events
 
 
@@ -448,8 +402,8 @@ async def test_watch_run_replays_from_zero_and_from_a_middle_sequence_then_live_
         {"id": "c", "agent": "echo", "depends_on": ["b"]},
     )
     run_id = await client.start_run(spec)
-    await _first_event(client, run_id, _started("a"))
-    live = await _events(client, run_id)  # attached while `a` sleeps: replay, then live
+    await first_event(client, run_id, started("a"))
+    live = await collect_events(client, run_id)  # attached while `a` sleeps: replay, then live
     sequences = [e.sequence for e in live]
     assert sequences == list(range(1, len(live) + 1))
     assert live[-1].kind is RunEventKind.RUN_FINISHED
@@ -462,11 +416,11 @@ async def test_watch_run_replays_from_zero_and_from_a_middle_sequence_then_live_
         (RunEventKind.TASK_STARTED, "c"),
         (RunEventKind.TASK_FINISHED, "c"),
     ]
-    replay = await _events(client, run_id)
+    replay = await collect_events(client, run_id)
     assert [(e.sequence, e.kind, e.node_id) for e in replay] == [
         (e.sequence, e.kind, e.node_id) for e in live
     ]
-    middle = await _events(client, run_id, after=3)
+    middle = await collect_events(client, run_id, after=3)
     assert [e.sequence for e in middle] == sequences[3:]
     assert middle[-1].kind is RunEventKind.RUN_FINISHED
     finished = [e for e in live if e.kind is RunEventKind.TASK_FINISHED and e.node_id == "c"]
@@ -488,7 +442,7 @@ async def test_fail_with_times_is_retried_over_the_wire_until_it_succeeds(stack:
         },
     )
     run_id = await client.start_run(spec)
-    events = await _events(client, run_id)
+    events = await collect_events(client, run_id)
     failed = [e for e in events if e.kind is RunEventKind.ATTEMPT_FAILED]
     assert [(e.attempt, e.will_retry) for e in failed] == [(1, True), (2, True)]
     assert all("boom" in (e.error or "") for e in failed)
@@ -567,7 +521,7 @@ async def test_cancel_run_cancels_the_in_flight_call_and_records_say_so(stack: S
         {"id": "next", "agent": "echo", "depends_on": ["nap"]},
     )
     run_id = await client.start_run(spec)
-    await _first_event(client, run_id, _started("nap"))
+    await first_event(client, run_id, started("nap"))
     async with asyncio.timeout(20):  # far below the 60 s nap: the call was cancelled
         assert await client.cancel_run(run_id) is RunStatus.CANCELLED
     run = await client.get_run(run_id)
@@ -578,7 +532,7 @@ async def test_cancel_run_cancels_the_in_flight_call_and_records_say_so(stack: S
     }
     (record,) = await stack.executions.list_records(run_id)
     assert (record.node_id, record.status) == ("nap", TaskStatus.CANCELLED)
-    events = await _events(client, run_id)
+    events = await collect_events(client, run_id)
     assert events[-1].run_status is RunStatus.CANCELLED
     if stack.probe is not None:
         assert stack.probe.cancelled == 1
@@ -628,7 +582,7 @@ async def test_unknown_run_ids_are_not_found(stack: Stack) -> None:
     with pytest.raises(NotFoundError, match="no-such-run"):
         await client.cancel_run("no-such-run")
     with pytest.raises(NotFoundError, match="no-such-run"):
-        await _events(client, "no-such-run")
+        await collect_events(client, "no-such-run")
     async with grpc.aio.insecure_channel(client.address) as chan:
         api = pb_grpc.OrchestratorServiceStub(chan)
         with pytest.raises(grpc.aio.AioRpcError) as raw:
@@ -703,9 +657,9 @@ async def test_store_restart_within_the_retry_window_is_ridden_out(stack: Stack)
         {"id": "b", "agent": "upper", "depends_on": ["a"]},
     )
     run_id = await client.start_run(spec)
-    await _first_event(client, run_id, _started("a"))
+    await first_event(client, run_id, started("a"))
     await stack.restart_store(down_for=1.5)  # `a` finishes while the store is down
-    events = await _events(client, run_id)
+    events = await collect_events(client, run_id)
     summary = events[-1].summary
     assert summary is not None and summary.status is RunStatus.SUCCEEDED, summary
     records = await stack.executions.list_records(run_id)
@@ -715,7 +669,7 @@ async def test_store_restart_within_the_retry_window_is_ridden_out(stack: Stack)
     ]
     out = await stack.artifacts.load(records[-1].output_artifact_ids[0])
     assert out.content == b"KEPT"
-    await _until(lambda: _status_is(stack.executions, run_id, RunStatus.SUCCEEDED), within=20)
+    await until(lambda: _status_is(stack.executions, run_id, RunStatus.SUCCEEDED), within=20)
     assert len(await stack.executions.list_records(before.run_id)) == 3  # nothing lost
 
 
@@ -730,16 +684,16 @@ async def test_store_down_past_the_retry_window_fails_the_run_and_keeps_what_was
         {"id": "b", "agent": "echo", "depends_on": ["a"]},
     )
     run_id = await client.start_run(spec)
-    await _first_event(client, run_id, _started("a"))
+    await first_event(client, run_id, started("a"))
     stack.store.stop(signal.SIGKILL)
     async with asyncio.timeout(30):
-        events = await _events(client, run_id)  # served from memory: the store is down
+        events = await collect_events(client, run_id)  # served from memory: the store is down
     assert events[-1].run_status is RunStatus.FAILED
     assert "store unavailable" in (events[-1].error or "")
     stack.store.start()
     await stack.store.wait_serving()
     # the final status is written once the store answers again
-    await _until(lambda: _status_is(stack.executions, run_id, RunStatus.FAILED), within=30)
+    await until(lambda: _status_is(stack.executions, run_id, RunStatus.FAILED), within=30)
     stored = await stack.executions.get_run(run_id)
     assert stored is not None and "store unavailable" in (stored.error or "")
     assert len(await stack.executions.list_records(before.run_id)) == 3  # nothing lost
@@ -759,7 +713,7 @@ async def _status_is(executions: RemoteExecutionStore, run_id: str, status: RunS
 @pytest.fixture
 async def store_only(tmp_path: Path) -> AsyncIterator[Stack]:
     """The in-process-dispatcher stack alone (shutdown tests drive the service directly)."""
-    address = _address()
+    address = free_address()
     store = Proc(
         "store",
         ["dagwire_services.store", "--listen-addr", address, "--data-dir", str(tmp_path / "d")],
@@ -793,8 +747,8 @@ async def test_graceful_stop_lets_runs_finish_within_grace_then_cancels_the_rest
     long = await client.start_run(
         _spec("long", {"id": "a", "agent": "sleep", "params": {"seconds": 60}})
     )
-    await _first_event(client, long, _started("a"))
-    watcher = asyncio.ensure_future(_events(client, long))
+    await first_event(client, long, started("a"))
+    watcher = asyncio.ensure_future(collect_events(client, long))
     await asyncio.sleep(0.1)
     stopping = asyncio.ensure_future(service.stop(grace=1.5))
     await asyncio.sleep(0.2)
@@ -818,7 +772,7 @@ async def test_orchestrator_process_logs_its_instance_and_recovered_runs_and_sto
 ) -> None:
     if "dagwire.rpc.dispatcher_client" in _missing_modules():
         pytest.skip("the process needs dagwire.rpc.dispatcher_client (not there yet)")
-    address = _address()
+    address = free_address()
     proc = Proc(
         "orchestrator",
         [

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from dagwire.models import Artifact, NodeSummary, RunStatus, RunSummary, TaskStatus
 from dagwire.rpc.convert import (
+    RunEventEncoder,
     run_event_from_proto,
     run_event_to_proto,
     run_summary_from_proto,
@@ -83,6 +84,52 @@ def test_run_finished_event_carries_every_node_outcome() -> None:
     assert back.run_status is RunStatus.FAILED and back.error == SUMMARY.error
     assert back.summary is not None and back.summary.nodes == SUMMARY.nodes
     assert list(back.summary.nodes) == ["a", "b", "c"]  # spec order kept
+    assert (back.summary.name, back.summary.trace_id) == ("wf", "t" * 32)  # for a CLI header
+
+
+def test_encoder_adds_attempt_and_task_durations_from_the_event_times() -> None:
+    at = [WHEN + timedelta(seconds=s) for s in (0.0, 0.25, 0.5, 1.75, 2.0)]
+    events = [
+        RunEvent(1, "r-1", RunEventKind.TASK_STARTED, at[0], node_id="b", attempt=1),
+        RunEvent(
+            2,
+            "r-1",
+            RunEventKind.ATTEMPT_FAILED,
+            at[1],
+            node_id="b",
+            attempt=1,
+            error="boom",
+            will_retry=True,
+            retry_delay=0.2,
+        ),
+        RunEvent(3, "r-1", RunEventKind.TASK_STARTED, at[2], node_id="b", attempt=2),
+        RunEvent(
+            4, "r-1", RunEventKind.ATTEMPT_FAILED, at[3], node_id="b", attempt=2, error="boom"
+        ),
+        RunEvent(
+            5,
+            "r-1",
+            RunEventKind.TASK_FINISHED,
+            at[4],
+            node_id="b",
+            task_status=TaskStatus.FAILED,
+            attempts=2,
+            error="boom",
+        ),
+        RunEvent(
+            6,
+            "r-1",
+            RunEventKind.TASK_FINISHED,
+            at[4],
+            node_id="c",
+            task_status=TaskStatus.SKIPPED,
+            error="skipped: upstream task 'b' failed",
+        ),
+    ]
+    encoder = RunEventEncoder()
+    back = [run_event_from_proto(encoder.encode(e)) for e in events]
+    assert [e.duration for e in back] == [None, 0.25, None, 1.25, 2.0, None]
+    assert back[4].error == "boom" and back[4].attempts == 2  # state, attempts and error too
 
 
 def test_run_summary_round_trips_without_a_run_record() -> None:

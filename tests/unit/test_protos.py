@@ -57,6 +57,7 @@ EXPECTED_RPCS: dict[str, dict[str, tuple[bool, bool]]] = {
     },
     "ExecutionStoreService": {
         "RecordExecutions": (False, False),
+        "RecordOutcomes": (False, False),
         "ListExecutionRecords": (False, False),
         "SaveRunRecord": (False, False),
         "GetRunRecord": (False, False),

@@ -1,0 +1,70 @@
+/** Where the services are and how channels to them are set up (`DAGWIRE_*` defaults). */
+
+import type { ChannelOptions } from "@grpc/grpc-js";
+
+import { CliError, ExitCode } from "./errors";
+
+export const DEFAULT_ORCHESTRATOR_ADDR = "127.0.0.1:50051";
+export const DEFAULT_STORE_ADDR = "127.0.0.1:50053";
+export const DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+
+/** The orchestrator address: the flag, else `DAGWIRE_ORCHESTRATOR_ADDR`, else the default. */
+export function orchestratorAddress(flag: string | undefined): string {
+  return checkAddress(
+    flag ?? env("DAGWIRE_ORCHESTRATOR_ADDR") ?? DEFAULT_ORCHESTRATOR_ADDR,
+    flag === undefined ? "DAGWIRE_ORCHESTRATOR_ADDR" : "--server",
+  );
+}
+
+/** The store address: the flag, else `DAGWIRE_STORE_ADDR`, else the default. */
+export function storeAddress(flag: string | undefined): string {
+  return checkAddress(
+    flag ?? env("DAGWIRE_STORE_ADDR") ?? DEFAULT_STORE_ADDR,
+    flag === undefined ? "DAGWIRE_STORE_ADDR" : "--store",
+  );
+}
+
+/** Channel options every dagwire client uses: message limits and keepalive on long streams. */
+export function channelOptions(): ChannelOptions {
+  const limit = maxMessageBytes();
+  return {
+    "grpc.max_send_message_length": limit,
+    "grpc.max_receive_message_length": limit,
+    // WatchRun can stay quiet for long: ping so that dead connections are noticed.
+    "grpc.keepalive_time_ms": 30_000,
+    "grpc.keepalive_timeout_ms": 10_000,
+    "grpc.keepalive_permit_without_calls": 1,
+  };
+}
+
+function maxMessageBytes(): number {
+  const raw = env("DAGWIRE_MAX_MESSAGE_BYTES");
+  if (raw === undefined) {
+    return DEFAULT_MAX_MESSAGE_BYTES;
+  }
+  const value = Number(raw);
+  if (!Number.isSafeInteger(value) || value < 1024) {
+    throw new CliError(
+      `DAGWIRE_MAX_MESSAGE_BYTES=${JSON.stringify(raw)} is not a whole number of bytes of ` +
+        "at least 1024; unset it for the default of 16 MiB",
+      ExitCode.BAD_INPUT,
+    );
+  }
+  return value;
+}
+
+function env(name: string): string | undefined {
+  const value = process.env[name];
+  return value === undefined || value.trim() === "" ? undefined : value.trim();
+}
+
+function checkAddress(address: string, source: string): string {
+  const port = address.slice(address.lastIndexOf(":") + 1);
+  if (!address.includes(":") || !/^\d{1,5}$/.test(port) || address.startsWith(":")) {
+    throw new CliError(
+      `${source}=${JSON.stringify(address)} is not a host:port address (for example 127.0.0.1:50051)`,
+      ExitCode.BAD_INPUT,
+    );
+  }
+  return address;
+}

@@ -1,0 +1,130 @@
+"""RecordOutcomes through a real store service on loopback: the orchestrator's one-round-trip
+write of an attempt's small outputs and its record (embedded backends)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from dagwire.models import Artifact, ExecutionRecord, TaskStatus, utc_now
+from dagwire.rpc.serve import RunningServer, start_server
+from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
+from dagwire.stores.base import OutcomeRecorder
+from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
+from dagwire_services.store.servicer import store_services
+
+
+@pytest.fixture
+async def clients(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[RemoteArtifactStore, RemoteExecutionStore]]:
+    artifacts = LocalArtifactStore(tmp_path / "artifacts")
+    executions = SqliteExecutionStore(tmp_path / "executions.sqlite3")
+    running: RunningServer = await start_server(
+        "127.0.0.1:0", store_services(artifacts, executions)
+    )
+    address = f"127.0.0.1:{running.port}"
+    remote_artifacts = RemoteArtifactStore(address)
+    remote_executions = RemoteExecutionStore(address)
+    try:
+        yield remote_artifacts, remote_executions
+    finally:
+        await remote_artifacts.aclose()
+        await remote_executions.aclose()
+        await running.stop(None)
+        await artifacts.aclose()
+        await executions.aclose()
+
+
+def _record(run_id: str, node_id: str) -> ExecutionRecord:
+    now = utc_now()
+    return ExecutionRecord(
+        run_id=run_id,
+        node_id=node_id,
+        attempt=1,
+        agent="echo",
+        status=TaskStatus.SUCCEEDED,
+        started_at=now,
+        finished_at=now,
+        trace_id="0" * 32,
+        input_artifact_ids=["in-1"],
+    )
+
+
+def _output(run_id: str, node_id: str, text: str) -> Artifact:
+    return Artifact(
+        name="out",
+        content=text.encode(),
+        media_type="text/plain",
+        metadata={"k.e$y": "v"},
+        run_id=run_id,
+        node_id=node_id,
+    )
+
+
+async def test_outcomes_of_many_tasks_finishing_together_are_stored_and_recorded(
+    clients: tuple[RemoteArtifactStore, RemoteExecutionStore],
+) -> None:
+    artifacts, executions = clients
+    assert isinstance(executions, OutcomeRecorder)
+    assert executions.records_outputs_for(artifacts)
+    run_id = "run-outcomes"
+    stored = await asyncio.gather(
+        *(
+            executions.record_outcome(
+                _record(run_id, f"t{i}"), [_output(run_id, f"t{i}", f"hello {i}")]
+            )
+            for i in range(60)
+        )
+    )
+    records = {r.node_id: r for r in await executions.list_records(run_id)}
+    assert len(records) == 60
+    for i, (artifact,) in enumerate(stored):
+        assert artifact.artifact_id is not None and artifact.content == f"hello {i}".encode()
+        assert records[f"t{i}"].output_artifact_ids == [artifact.artifact_id]
+        assert records[f"t{i}"].input_artifact_ids == ["in-1"]
+        loaded = await artifacts.load(artifact.artifact_id)
+        assert loaded.content == f"hello {i}".encode()
+        assert (loaded.run_id, loaded.node_id, loaded.metadata) == (
+            run_id,
+            f"t{i}",
+            {"k.e$y": "v"},
+        )
+    assert len({a.artifact_id for (a,) in stored}) == 60  # identical bytes still get own ids
+
+
+async def test_an_invalid_output_fails_only_its_own_outcome_and_names_it(
+    clients: tuple[RemoteArtifactStore, RemoteExecutionStore],
+) -> None:
+    _, executions = clients
+    run_id = "run-invalid"
+    bad = Artifact(name="../escape", content=b"x", run_id=run_id, node_id="bad")
+    results = await asyncio.gather(
+        executions.record_outcome(_record(run_id, "bad"), [bad]),
+        executions.record_outcome(_record(run_id, "good"), [_output(run_id, "good", "ok")]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], ValueError) and "'../escape'" in str(results[0]), results[0]
+    assert isinstance(results[1], list) and results[1][0].artifact_id
+    assert [r.node_id for r in await executions.list_records(run_id)] == ["good"]
+
+
+async def test_an_attempt_without_outputs_is_recorded_with_no_artifact_ids(
+    clients: tuple[RemoteArtifactStore, RemoteExecutionStore],
+) -> None:
+    _, executions = clients
+    assert await executions.record_outcome(_record("run-empty", "t"), []) == []
+    (record,) = await executions.list_records("run-empty")
+    assert record.status is TaskStatus.SUCCEEDED and record.output_artifact_ids == []
+
+
+async def test_a_remote_execution_store_of_another_service_does_not_take_the_outputs(
+    clients: tuple[RemoteArtifactStore, RemoteExecutionStore], tmp_path: Path
+) -> None:
+    _, executions = clients
+    elsewhere = RemoteArtifactStore("127.0.0.1:1")
+    assert not executions.records_outputs_for(elsewhere)
+    assert not executions.records_outputs_for(LocalArtifactStore(tmp_path / "other"))
