@@ -131,14 +131,17 @@ def print_summary(console: Console, summary: RunSummary, progress: RunProgress |
         markup=False,
         soft_wrap=True,
     )
-    listing = Table(box=None, pad_edge=False, show_edge=False, show_header=False)
-    for _ in range(4):
-        listing.add_column(no_wrap=True)
-    for node_id, artifact in artifacts:
-        listing.add_row(
-            f"  {artifact.artifact_id}",
+    # Plain aligned lines, never a table: ids must stay whole (copyable) on a narrow terminal.
+    rows = [
+        (
+            artifact.artifact_id,
             f"{node_id}/{artifact.name}",
             format_size(artifact.size),
             f"sha256 {artifact.sha256}" if artifact.sha256 else "",
         )
-    console.print(listing)
+        for node_id, artifact in artifacts
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        line = "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        console.print(f"{line}  {row[3]}".rstrip(), markup=False, soft_wrap=True, highlight=False)

@@ -288,25 +288,28 @@ async def _follow(
     command: str, client: OrchestratorClient, state: RunProgress, output: OutputFormat
 ) -> int:
     """Show the run's events until it ends, then its summary; Ctrl-C stops following."""
-    console = stderr_console()
-
-    async def consume() -> None:
-        with make_progress(console, state) as progress:
-            async for event in client.watch_run(state.run_id):
-                progress.update(event)
-                if event.kind is RunEventKind.RUN_FINISHED:
-                    return
-
     interrupt = _Interrupt()
-    follower = asyncio.create_task(consume())
-    with interrupt.catching(follower):
+    current = asyncio.current_task()
+    assert current is not None
+    with interrupt.catching(current):
         try:
-            await follower
+            return await _follow_events(client, state, output)
         except asyncio.CancelledError:
             if not interrupt.hit:
                 raise
+            current.uncancel()
             _say_reattach(command, state.run_id)
             return EXIT_INTERRUPTED
+
+
+async def _follow_events(
+    client: OrchestratorClient, state: RunProgress, output: OutputFormat
+) -> int:
+    with make_progress(stderr_console(), state) as progress:
+        async for event in client.watch_run(state.run_id):
+            progress.update(event)
+            if event.kind is RunEventKind.RUN_FINISHED:
+                break
     summary = state.summary
     if summary is None:  # the stream ended without run_finished: ask for the outcome
         summary = (await client.get_run(state.run_id)).summary()
@@ -337,21 +340,32 @@ async def _run(
     user_vars = parse_vars(var_items)
     loaded = load_spec(file, user_vars)
     request_id = str(uuid.uuid4())
-    starting = asyncio.create_task(
-        client.start_run(loaded.text, user_vars=user_vars, request_id=request_id)
-    )
     interrupt = _Interrupt()
-    with interrupt.catching(starting):
+    current = asyncio.current_task()
+    assert current is not None
+    # One Ctrl-C handler from the StartRun call to the end, so that no moment between starting
+    # and following can end in a bare KeyboardInterrupt.
+    run_id = ""
+    with interrupt.catching(current):
         try:
-            run_id = await starting
+            run_id = await client.start_run(loaded.text, user_vars=user_vars, request_id=request_id)
+            say("run", f"started run {run_id} ({loaded.spec.name}); Ctrl-C stops following")
+            state = RunProgress(
+                run_id, name=loaded.spec.name, task_ids=[t.id for t in loaded.spec.tasks]
+            )
+            return await _follow_events(client, state, output)
         except asyncio.CancelledError:
             if not interrupt.hit:
                 raise
-            say("run", "interrupted while starting; the run may have started: see `dagwire runs`")
+            current.uncancel()
+            if run_id:
+                _say_reattach("run", run_id)
+            else:
+                say(
+                    "run",
+                    "interrupted while starting; the run may have started: see `dagwire runs`",
+                )
             return EXIT_INTERRUPTED
-    say("run", f"started run {run_id} ({loaded.spec.name}); Ctrl-C stops following")
-    state = RunProgress(run_id, name=loaded.spec.name, task_ids=[t.id for t in loaded.spec.tasks])
-    return await _follow("run", client, state, output)
 
 
 async def _watch(client: OrchestratorClient, run_id: str, output: OutputFormat) -> int:
