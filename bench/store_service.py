@@ -14,7 +14,8 @@ to the same client (`RemoteArtifactStore`) with the service's message size, and 
 service's download ratio. Messages of at most 1 MiB (payload plus framing) stream several
 times faster than larger ones with grpcio, which is why the service uses 1 MiB - 4 KiB.
 ``DAGWIRE_BENCH_STORE_ONLY`` (comma-separated: ``embedded``, ``minio``, ``ceiling``) limits
-the groups run.
+the groups run; each figure is the median of ``DAGWIRE_BENCH_STORE_REPS`` runs (default 3),
+and a store's RSS peak is the highest over all of them (one store process per size).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import contextlib
 import io
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -331,30 +333,55 @@ async def _bare_ceiling(size: int, chunk: int) -> dict[str, Any]:
     }
 
 
+def _reps() -> int:
+    try:
+        reps = int(os.environ.get("DAGWIRE_BENCH_STORE_REPS", "3"))
+    except ValueError:
+        raise SystemExit("DAGWIRE_BENCH_STORE_REPS must be a whole number") from None
+    return max(1, reps)
+
+
+def _median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median MB/s over repeated runs; RSS baseline of the first run and peak over all."""
+    out: dict[str, Any] = {}
+    for key in ("upload_MB_s", "download_MB_s"):
+        out[key] = round(statistics.median(r[key] for r in results))
+    if "store_rss_peak_MiB" in results[0]:
+        out["store_rss_baseline_MiB"] = results[0]["store_rss_baseline_MiB"]
+        out["store_rss_peak_MiB"] = max(r["store_rss_peak_MiB"] for r in results)
+    out["load_1m"] = round(statistics.median(r["load_1m"] for r in results), 1)
+    return out
+
+
 async def _run() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    groups = _groups()
+    groups, reps = _groups(), _reps()
     if "embedded" in groups:
         with tempfile.TemporaryDirectory(prefix="dagwire-bench-store-service-") as tmp:
             for size in _sizes():
                 data_dir = Path(tmp) / f"embedded-{size}"
                 with _store_process(data_dir, {}) as (process, address):
                     await _wait_serving(address)
-                    result = await _through_service(address, process, size)
-                rows.append({"backend": "store service, embedded", "MiB": size // MIB, **result})
+                    results = [await _through_service(address, process, size) for _ in range(reps)]
+                rows.append(
+                    {
+                        "backend": "store service, embedded",
+                        "MiB": size // MIB,
+                        **_median_of(results),
+                    }
+                )
     if "minio" in groups:
-        rows += await _minio_rows()
+        rows += await _minio_rows(reps)
     if "ceiling" in groups:
         for chunk in (CHUNK_BYTES, MIB):
             label = f"bare grpc.aio from memory ({chunk // 1024} KiB messages)"
             for size in _sizes():
-                rows.append(
-                    {"backend": label, "MiB": size // MIB, **await _bare_ceiling(size, chunk)}
-                )
+                results = [await _bare_ceiling(size, chunk) for _ in range(reps)]
+                rows.append({"backend": label, "MiB": size // MIB, **_median_of(results)})
     return rows
 
 
-async def _minio_rows() -> list[dict[str, Any]]:
+async def _minio_rows(reps: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     part_size = DEFAULT_PART_SIZE
     with MinioServer() as minio, tempfile.TemporaryDirectory(prefix="dagwire-bench-s3-") as tmp:
@@ -365,19 +392,24 @@ async def _minio_rows() -> list[dict[str, Any]]:
             "DAGWIRE_S3_BUCKET": "dagwire-bench-service",
         }
         for size in _sizes():
-            # Direct and service back to back, so both see about the same machine load.
-            direct = await asyncio.to_thread(_direct_minio, minio, size, part_size)
+            # Direct and service alternate (the store process stays up, so its RSS peak covers
+            # every repetition): both see about the same machine load; medians are reported.
+            direct: list[dict[str, Any]] = []
+            service: list[dict[str, Any]] = []
             with _store_process(Path(tmp), env) as (process, address):
                 await _wait_serving(address)
-                result = await _through_service(address, process, size)
+                for _ in range(reps):
+                    direct.append(await asyncio.to_thread(_direct_minio, minio, size, part_size))
+                    service.append(await _through_service(address, process, size))
+            result, base = _median_of(service), _median_of(direct)
             rows.append({"backend": "store service, MinIO", "MiB": size // MIB, **result})
             rows.append(
                 {
                     "backend": f"direct minio SDK (part {part_size // MIB} MiB)",
                     "MiB": size // MIB,
-                    **direct,
-                    "ratio_up": round(result["upload_MB_s"] / direct["upload_MB_s"], 2),
-                    "ratio_down": round(result["download_MB_s"] / direct["download_MB_s"], 2),
+                    **base,
+                    "ratio_up": round(result["upload_MB_s"] / base["upload_MB_s"], 2),
+                    "ratio_down": round(result["download_MB_s"] / base["download_MB_s"], 2),
                 }
             )
     return rows

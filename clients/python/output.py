@@ -132,16 +132,18 @@ def print_summary(console: Console, summary: RunSummary, progress: RunProgress |
         soft_wrap=True,
     )
     # Plain aligned lines, never a table: ids must stay whole (copyable) on a narrow terminal.
-    rows = [
+    lines = [
         (
-            artifact.artifact_id,
+            artifact.artifact_id or "",
             f"{node_id}/{artifact.name}",
             format_size(artifact.size),
             f"sha256 {artifact.sha256}" if artifact.sha256 else "",
         )
         for node_id, artifact in artifacts
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        line = "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-        console.print(f"{line}  {row[3]}".rstrip(), markup=False, soft_wrap=True, highlight=False)
+    widths = [max(len(cells[i]) for cells in lines) for i in range(3)]
+    for cells in lines:
+        text = "  ".join(cell.ljust(width) for cell, width in zip(cells[:3], widths, strict=True))
+        console.print(
+            f"  {text}  {cells[3]}".rstrip(), markup=False, soft_wrap=True, highlight=False
+        )

@@ -484,11 +484,6 @@ class RemoteExecutionStore:
             ValueError: a field is invalid.
             StoreUnavailableError: the store service (or its backend) cannot be reached.
         """
-        import os  # TEMPORARY A/B SWITCH (perf measurement), to be removed
-
-        if os.environ.get("DAGWIRE_PERF_AB") == "base":
-            await self.record_many([record])
-            return
         await self._records.submit(execution_record_to_proto(record), 512)
 
     async def record_many(self, records: Sequence[ExecutionRecord]) -> None:

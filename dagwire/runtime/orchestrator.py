@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from dagwire.errors import (
     AdapterNotFoundError,
     AttemptTimeoutError,
+    DagwireError,
     NonRetryableError,
     NotFoundError,
     ResourceExhaustedError,
@@ -182,10 +183,6 @@ class Orchestrator:
             and execution_store.records_outputs_for(artifact_store)
             else None
         )
-        import os  # TEMPORARY A/B SWITCH (perf measurement), to be removed
-
-        if os.environ.get("DAGWIRE_PERF_AB") == "base":
-            self._outcome_recorder = None
         self._active: dict[str, _RunState] = {}
         self._finished: OrderedDict[str, _RunState] = OrderedDict()
         self._lease_renewer: asyncio.Task[None] | None = None
@@ -1082,6 +1079,8 @@ async def _wait_or_cancelled(cancelled: asyncio.Event, delay: float) -> bool:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
-    if isinstance(exc, (NonRetryableError, ResourceExhaustedError, AttemptTimeoutError)) and text:
+    # dagwire's own errors (and an adapter's status relayed over gRPC) already read as a
+    # sentence; a class-name prefix helps only for an in-process adapter's plain exception.
+    if isinstance(exc, DagwireError) and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

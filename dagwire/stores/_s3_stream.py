@@ -4,10 +4,15 @@
 full part to a thread of the store's pool, which uploads it (`PartTarget.upload_part`) while
 the loop fills the next one. Memory is bounded and flat: at most ``parallel + 1`` part
 buffers exist per upload (one being filled, at most `parallel` being hashed and uploaded),
-allocated once and reused, so a 1 GiB upload holds ``3 x 16 MiB`` with the defaults whatever
-its size; `write()` waits (back-pressure to the producer, e.g. gRPC flow control) while every
-buffer is busy. The content's sha256 is computed on the threads too, in part order (each
-part's hashing waits for the previous part's), overlapping the uploads.
+reused from part to part, so a 1 GiB upload holds ``3 x 16 MiB`` with the defaults whatever
+its size. The buffers are anonymous memory maps, not heap objects: pages exist only once
+written (a small upload costs its own size), and they go back to the system as soon as the
+upload ends, so a long-running store does not keep part-sized holes in its heap (with
+``bytearray`` buffers, glibc's adaptive mmap threshold moved them onto the heap after the
+first upload and the RSS grew with each repeated upload); `write()` waits
+(back-pressure to the producer, e.g. gRPC flow control) while every buffer is busy. The
+content's sha256 is computed on the threads too, in part order (each part's hashing waits
+for the previous part's), overlapping the uploads.
 
 Why not the SDK's ``put_object(length=-1)``: it reads each part with ``bytes +=`` and slicing
 (three 16 MiB copies per part, each a fresh allocation the kernel must fault in), uploads
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import mmap
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -86,10 +92,11 @@ class MultipartWriter:
         self._target = target
         self._executor = executor
         self._part_size = part_size
+        self._parallel = parallel
         self._max_buffers = parallel + 1
-        self._free: list[bytearray] = []
+        self._free: list[mmap.mmap] = []
         self._allocated = 0
-        self._current: bytearray | None = None
+        self._current: mmap.mmap | None = None
         self._fill = 0
         self._size = 0
         self._hash = hashlib.sha256()
@@ -124,7 +131,7 @@ class MultipartWriter:
             self._fill += n
             view = view[n:]
             if self._fill == self._part_size:
-                self._dispatch()
+                await self._dispatch()
 
     async def finish(self) -> str:
         """Send the last part and complete the upload; returns the content's sha256 (hex).
@@ -135,12 +142,12 @@ class MultipartWriter:
             Exception: an upload call failed.
         """
         if self._created is None:  # everything fits in one part (or is empty)
-            data = memoryview(self._current or b"")[: self._fill]
+            data = memoryview(self._current or b"")[: self._fill]  # no buffer when empty
             await in_thread(self._executor, self._hash.update, data)
             await in_thread(self._executor, self._target.put_whole, data)
             return self._hash.hexdigest()
         if self._fill:
-            self._dispatch()
+            await self._dispatch()
         while self._in_flight:
             self._parts.append(await self._in_flight.popleft())
         assert self._hashed is not None
@@ -167,17 +174,20 @@ class MultipartWriter:
 
     # ------------------------------------------------------------------ internals
 
-    async def _take_buffer(self) -> bytearray:
+    async def _take_buffer(self) -> mmap.mmap:
         """A free part buffer, waiting for the oldest part in flight when none is free."""
         while not self._free:
             if self._allocated < self._max_buffers:
                 self._allocated += 1
-                return bytearray(self._part_size)
+                return mmap.mmap(-1, self._part_size)
             self._parts.append(await self._in_flight.popleft())  # raises a part's error
         return self._free.pop()
 
-    def _dispatch(self) -> None:
-        """Hand the current buffer to the threads as the next part."""
+    async def _dispatch(self) -> None:
+        """Hand the current buffer to the threads as the next part, once fewer than `parallel`
+        parts are in flight."""
+        while len(self._in_flight) >= self._parallel:
+            self._parts.append(await self._in_flight.popleft())  # raises a part's error
         buffer, length = self._current, self._fill
         assert buffer is not None
         self._current, self._fill = None, 0
@@ -195,7 +205,7 @@ class MultipartWriter:
         await in_thread(self._executor, self._hash.update, data)
 
     async def _send(
-        self, number: int, buffer: bytearray, data: memoryview, hashed: asyncio.Future[None]
+        self, number: int, buffer: mmap.mmap, data: memoryview, hashed: asyncio.Future[None]
     ) -> tuple[int, str]:
         assert self._created is not None
         try:

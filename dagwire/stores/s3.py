@@ -184,7 +184,7 @@ class S3ArtifactStore:
         return stored
 
     async def store_stream(self, artifact: Artifact, chunks: AsyncIterable[bytes]) -> Artifact:
-        """Store an artifact from a stream of chunks, holding at most 3 parts in memory.
+        """Store an artifact from a stream of chunks, holding at most `parallel_parts` + 1 parts.
 
         The bytes go to ``uploads/<artifact_id>`` as they arrive (multipart: each full part
         is sent on the store's threads while the next one is received, at most

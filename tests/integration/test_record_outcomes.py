@@ -1,5 +1,5 @@
 """RecordOutcomes through a real store service on loopback: the orchestrator's one-round-trip
-write of an attempt's small outputs and its record (embedded backends)."""
+write of an attempt's small outputs and its record (embedded backends behind the service)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dagwire.models import Artifact, ExecutionRecord, TaskStatus, utc_now
+from dagwire.models import Artifact, ExecutionRecord, RunStatus, TaskNode, TaskStatus, utc_now
 from dagwire.rpc.serve import RunningServer, start_server
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
+from dagwire.runtime import Dispatcher, FunctionAdapter, Orchestrator
 from dagwire.stores.base import OutcomeRecorder
 from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
 from dagwire_services.store.servicer import store_services
@@ -128,3 +129,46 @@ async def test_a_remote_execution_store_of_another_service_does_not_take_the_out
     elsewhere = RemoteArtifactStore("127.0.0.1:1")
     assert not executions.records_outputs_for(elsewhere)
     assert not executions.records_outputs_for(LocalArtifactStore(tmp_path / "other"))
+
+
+async def test_orchestrator_over_the_store_service_records_outputs_with_each_attempt(
+    clients: tuple[RemoteArtifactStore, RemoteExecutionStore],
+) -> None:
+    artifacts, executions = clients
+
+    async def shout(task: TaskNode, inputs: list[Artifact], trace_id: str) -> list[Artifact]:
+        text = b"".join(a.content or b"" for a in inputs) or b"hi"
+        return [Artifact(name="out", content=text.upper(), media_type="text/plain")]
+
+    async def bad_name(task: TaskNode, inputs: list[Artifact], trace_id: str) -> list[Artifact]:
+        return [Artifact(name="a/b", content=b"x")]
+
+    dispatcher = Dispatcher()
+    dispatcher.register_adapter("shout", FunctionAdapter(shout))
+    dispatcher.register_adapter("bad", FunctionAdapter(bad_name))
+    orchestrator = Orchestrator(artifacts, executions, dispatcher=dispatcher)
+    try:
+        summary = await orchestrator.run_workflow(
+            {
+                "name": "outcomes",
+                "tasks": [
+                    {"id": "first", "agent": "shout"},
+                    {"id": "second", "agent": "shout", "depends_on": ["first"]},
+                    {"id": "broken", "agent": "bad", "retry": {"max_attempts": 2}},
+                ],
+            }
+        )
+    finally:
+        await orchestrator.aclose()
+    assert summary.status is RunStatus.FAILED
+    (out,) = summary.nodes["second"].artifacts
+    assert out.artifact_id is not None
+    assert (await artifacts.load(out.artifact_id)).content == b"HI"
+    broken = summary.nodes["broken"]
+    assert broken.status is TaskStatus.FAILED and broken.attempts == 2
+    assert broken.error is not None and "'a/b'" in broken.error
+    records = {(r.node_id, r.attempt): r for r in await executions.list_records(summary.run_id)}
+    assert records[("second", 1)].output_artifact_ids == [out.artifact_id]
+    assert records[("second", 1)].input_artifact_ids == (records[("first", 1)].output_artifact_ids)
+    assert [records[("broken", n)].status for n in (1, 2)] == [TaskStatus.FAILED] * 2
+    assert records[("broken", 1)].output_artifact_ids == []
