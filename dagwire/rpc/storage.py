@@ -2,7 +2,9 @@
 
 Embedded by default (`LocalArtifactStore` + `SqliteExecutionStore` under ``DAGWIRE_DATA_DIR``);
 `MongoExecutionStore` when ``DAGWIRE_MONGODB_URI`` is set; `S3ArtifactStore` when
-``DAGWIRE_S3_ENDPOINT`` is set. Backend modules are imported only when selected.
+``DAGWIRE_S3_ENDPOINT`` is set, wrapped in `TieredArtifactStore` (artifacts of at most 64 KiB
+inline in MongoDB, the rest in S3) when both are set. Backend modules are imported only when
+selected.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ def build_artifact_store(settings: StorageSettings) -> ArtifactStore:
         settings: storage settings.
 
     Returns:
-        `S3ArtifactStore` when ``s3_endpoint`` is set, else `LocalArtifactStore` under
-        ``data_dir/artifacts``.
+        `TieredArtifactStore` (small artifacts inline in the ``artifacts`` collection of the
+        execution store's database, the rest in S3) when ``mongodb_uri`` and ``s3_endpoint``
+        are both set; `S3ArtifactStore` when only ``s3_endpoint`` is; else
+        `LocalArtifactStore` under ``data_dir/artifacts``.
 
     Raises:
         SettingsError: S3 is selected without both keys (the message names the variables).
@@ -45,7 +49,7 @@ def build_artifact_store(settings: StorageSettings) -> ArtifactStore:
             )
         assert settings.s3_secret_key is not None
         s3 = _backend("dagwire.stores.s3", "S3ArtifactStore")
-        return cast(
+        large = cast(
             ArtifactStore,
             s3(
                 settings.s3_endpoint,
@@ -54,6 +58,13 @@ def build_artifact_store(settings: StorageSettings) -> ArtifactStore:
                 settings.s3_bucket,
                 secure=settings.s3_endpoint.startswith("https://"),
             ),
+        )
+        if not settings.mongodb_uri:
+            return large
+        tiered = _backend("dagwire.stores.tiered", "TieredArtifactStore")
+        return cast(
+            ArtifactStore,
+            tiered(settings.mongodb_uri, large, database=_database_name(settings.mongodb_uri)),
         )
     from dagwire.stores.local import LocalArtifactStore
 
@@ -72,10 +83,8 @@ def build_execution_store(settings: StorageSettings) -> ExecutionStore:
         ``data_dir/executions.sqlite3``.
     """
     if settings.mongodb_uri:
-        from pymongo.uri_parser import parse_uri
-
         mongo = _backend("dagwire.stores.mongo", "MongoExecutionStore")
-        database = parse_uri(settings.mongodb_uri).get("database") or "dagwire"
+        database = _database_name(settings.mongodb_uri)
         return cast(ExecutionStore, mongo(settings.mongodb_uri, database=database))
     from dagwire.stores.local import SqliteExecutionStore
 
@@ -92,17 +101,30 @@ def describe_storage(settings: StorageSettings) -> dict[str, str]:
         ``{"artifact_store": ..., "execution_store": ...}``.
     """
     safe = settings.safe_dict()
-    artifacts = (
-        f"s3 {safe['s3_endpoint']} bucket {settings.s3_bucket}"
-        if settings.s3_endpoint
-        else f"local {settings.data_dir / 'artifacts'}"
-    )
+    if settings.s3_endpoint and settings.mongodb_uri:
+        artifacts = (
+            f"tiered: up to 64 KiB inline in mongodb {safe['mongodb_uri']} database "
+            f"{_database_name(settings.mongodb_uri)} collection artifacts, larger in s3 "
+            f"{safe['s3_endpoint']} bucket {settings.s3_bucket}"
+        )
+    elif settings.s3_endpoint:
+        artifacts = f"s3 {safe['s3_endpoint']} bucket {settings.s3_bucket}"
+    else:
+        artifacts = f"local {settings.data_dir / 'artifacts'}"
     executions = (
         f"mongodb {safe['mongodb_uri']}"
         if settings.mongodb_uri
         else f"sqlite {settings.data_dir / 'executions.sqlite3'}"
     )
     return {"artifact_store": artifacts, "execution_store": executions}
+
+
+def _database_name(mongodb_uri: str) -> str:
+    """The database the URI names, ``dagwire`` when it names none."""
+    from pymongo.uri_parser import parse_uri
+
+    database: str | None = parse_uri(mongodb_uri).get("database")
+    return database or "dagwire"
 
 
 def _backend(module: str, name: str) -> Any:

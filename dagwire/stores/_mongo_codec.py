@@ -9,6 +9,9 @@ Two things FerretDB 1.x (and MongoDB) cannot keep as given are encoded, reversib
   as ``{"%nul": [the parts between NULs]}``. No escaped user key can be ``%nul`` (its ``%``
   would be ``%25``), so the marker is unambiguous.
 
+Artifacts kept inline (`TieredArtifactStore`) are one ``artifacts`` document each, with their
+content as BSON binary and their `metadata` keys escaped as above.
+
 Timestamps are kept twice: ``<name>_us`` (integer microseconds since the epoch, exact, used
 for sorting and for reading back) and ``<name>`` (a BSON date, milliseconds, for people).
 """
@@ -20,7 +23,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
-from dagwire.models import ExecutionRecord, RunRecord
+from dagwire.models import Artifact, ExecutionRecord, RunRecord
 from dagwire.stores._validate import (
     check_run_status,
     check_task_status,
@@ -32,6 +35,8 @@ from dagwire.stores._validate import (
 
 __all__ = [
     "Doc",
+    "artifact_doc",
+    "artifact_from_doc",
     "decode_value",
     "encode_value",
     "execution_doc",
@@ -181,3 +186,40 @@ def run_from_doc(doc: Doc) -> RunRecord:
         micros = doc.get(f"{name}_us")
         body[name] = None if micros is None else from_micros(micros)
     return RunRecord.from_json(body)
+
+
+def artifact_doc(artifact: Artifact, content: bytes) -> Doc:
+    """The ``artifacts`` document of a stored artifact (`artifact_id`, `sha256`, `size` and
+    `created_at` filled, fields already checked), with `content` inline as BSON binary."""
+    if artifact.artifact_id is None or artifact.created_at is None:
+        raise ValueError("artifact_doc needs a stored artifact (artifact_id and created_at set)")
+    return {
+        "_id": artifact.artifact_id,
+        "run_id": artifact.run_id,
+        "node_id": artifact.node_id,
+        "name": artifact.name,
+        "media_type": artifact.media_type,
+        "metadata": encode_value(artifact.metadata),
+        "sha256": artifact.sha256,
+        "size": artifact.size,
+        **_time_fields("created_at", artifact.created_at),
+        "content": content,
+    }
+
+
+def artifact_from_doc(doc: Doc) -> Artifact:
+    """The `Artifact` an ``artifacts`` document holds; `content` is None when the read left
+    it out (a projection without ``content``)."""
+    content = doc.get("content")
+    return Artifact(
+        name=doc["name"],
+        content=None if content is None else bytes(content),
+        media_type=doc["media_type"],
+        metadata=decode_value(doc["metadata"]),
+        artifact_id=doc["_id"],
+        run_id=doc["run_id"],
+        node_id=doc["node_id"],
+        sha256=doc["sha256"],
+        size=doc["size"],
+        created_at=from_micros(doc["created_at_us"]),
+    )

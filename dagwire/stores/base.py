@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 from dagwire.models import Artifact, ExecutionRecord, RunRecord, RunStatus
 
-__all__ = ["ArtifactStore", "ExecutionStore", "OutcomeRecorder"]
+__all__ = ["ArtifactStore", "BatchArtifactStore", "ExecutionStore", "OutcomeRecorder"]
 
 
 @runtime_checkable
@@ -89,6 +89,23 @@ class ArtifactStore(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and threads."""
+        ...
+
+
+@runtime_checkable
+class BatchArtifactStore(Protocol):
+    """An optional capability of an artifact store: store several in-memory artifacts in one
+    write (the store service uses it for the outputs of a `RecordOutcomes` batch)."""
+
+    async def store_many(self, artifacts: Sequence[Artifact]) -> builtins.list[Artifact]:
+        """`ArtifactStore.store` for each artifact, in one write where the backend allows.
+
+        Returns:
+            The filled copies, in the order given.
+
+        Raises:
+            ValueError: an artifact is invalid (the message names which); nothing was stored.
+        """
         ...
 
 

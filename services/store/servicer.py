@@ -30,7 +30,7 @@ from dagwire.rpc.uploads import (
     check_required,
     verified_chunks,
 )
-from dagwire.stores.base import ArtifactStore, ExecutionStore
+from dagwire.stores.base import ArtifactStore, BatchArtifactStore, ExecutionStore
 from dagwire.v1 import common_pb2, store_service_pb2, store_service_pb2_grpc
 from dagwire.v1.store_service_pb2 import (
     GetArtifactRequest,
@@ -159,7 +159,7 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
         self, request: RecordOutcomesRequest, context: Context
     ) -> RecordOutcomesResponse:
         records = [execution_record_from_proto(o.record) for o in request.outcomes]
-        stored = await asyncio.gather(*(self._store_outputs(o.outputs) for o in request.outcomes))
+        stored = await self._store_all_outputs([o.outputs for o in request.outcomes])
         results: list[OutcomeResult] = []
         durable = []
         for record, outputs in zip(records, stored, strict=True):
@@ -177,6 +177,35 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
             await self._store.record_many(durable)
         return RecordOutcomesResponse(results=results)
 
+    async def _store_all_outputs(self, batches: list[Any]) -> list[list[Artifact] | str]:
+        """Store the outputs of every outcome: in one write when the artifact store can
+        (`BatchArtifactStore`), else outcome by outcome. An outcome with an invalid output gets
+        that output's message instead of its stored outputs."""
+        store = self._artifacts
+        if isinstance(store, BatchArtifactStore) and sum(map(len, batches)) > 1:
+            decoded: list[list[Artifact] | str] = []
+            for outputs in batches:
+                try:
+                    decoded.append(_decode_outputs(outputs))
+                except ValueError as exc:
+                    decoded.append(str(exc))
+            flat = [a for artifacts in decoded if not isinstance(artifacts, str) for a in artifacts]
+            try:
+                stored = await store.store_many(flat)
+            except ValueError:
+                pass  # an output the store refuses: outcome by outcome, so only its outcome fails
+            else:
+                results: list[list[Artifact] | str] = []
+                start = 0
+                for artifacts in decoded:
+                    if isinstance(artifacts, str):
+                        results.append(artifacts)
+                        continue
+                    results.append(stored[start : start + len(artifacts)])
+                    start += len(artifacts)
+                return results
+        return list(await asyncio.gather(*(self._store_outputs(o) for o in batches)))
+
     async def _store_outputs(self, outputs: Any) -> list[Artifact] | str:
         """Store one outcome's outputs; the message of the first invalid one instead."""
         if not outputs:
@@ -186,16 +215,7 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
                 "RecordOutcomes: this store service has no artifact store", field="outcomes"
             )
         try:
-            artifacts = []
-            for i, message in enumerate(outputs):
-                check_artifact_name(message.name, f"outputs[{i}].name")
-                if message.WhichOneof("body") != "content":
-                    raise InvalidArgumentError(
-                        f"outputs[{i}] ({message.name!r}) has no inline content: upload it "
-                        "with PutArtifact",
-                        field=f"outputs[{i}].content",
-                    )
-                artifacts.append(artifact_from_proto(message))
+            artifacts = _decode_outputs(outputs)
             store = self._artifacts.store
             if len(artifacts) == 1:
                 return [await store(artifacts[0])]
@@ -248,6 +268,26 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
         page = runs[:size]
         token = encode_page_token("runs", scope, page[-1].run_id) if len(runs) > size else ""
         return ListRunRecordsResponse(runs=[run_to_proto(r) for r in page], next_page_token=token)
+
+
+def _decode_outputs(outputs: Any) -> list[Artifact]:
+    """One outcome's outputs as artifacts (each must carry its content inline).
+
+    Raises:
+        InvalidArgumentError: an output has no name or no inline content (the message says
+            which).
+    """
+    artifacts = []
+    for i, message in enumerate(outputs):
+        check_artifact_name(message.name, f"outputs[{i}].name")
+        if message.WhichOneof("body") != "content":
+            raise InvalidArgumentError(
+                f"outputs[{i}] ({message.name!r}) has no inline content: upload it "
+                "with PutArtifact",
+                field=f"outputs[{i}].content",
+            )
+        artifacts.append(artifact_from_proto(message))
+    return artifacts
 
 
 async def _chunks_of(requests: AsyncIterator[PutArtifactRequest]) -> AsyncIterator[bytes]:

@@ -1,8 +1,9 @@
-"""The store contract suite against the server stores: `MongoExecutionStore`, `S3ArtifactStore`.
+"""The store contract suite against the server stores: `MongoExecutionStore`, and as artifact
+stores `S3ArtifactStore` and `TieredArtifactStore` (small artifacts in MongoDB, the rest in S3).
 
-Each test runs twice: on the development servers (FerretDB 1.24 on PostgreSQL, MinIO), and on
-the real ``mongo`` and ``minio`` images through testcontainers where a Docker engine answers
-(skipped otherwise, with the reason).
+Each test runs on the development servers (FerretDB 1.24 on PostgreSQL, MinIO), and on the real
+``mongo`` and ``minio`` images through testcontainers where a Docker engine answers (skipped
+otherwise, with the reason); each artifact test runs once per artifact store.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from dagwire.stores.base import ArtifactStore
 from dagwire.stores.mongo import MongoExecutionStore
 from dagwire.stores.s3 import S3ArtifactStore
+from dagwire.stores.tiered import TieredArtifactStore
 from tests.conftest import docker_available
 from tests.servers import S3Endpoint
 from tests.store_contract import *  # noqa: F403  (the contract's test functions)
@@ -88,21 +91,48 @@ def _s3_store(servers: Servers, bucket: str) -> S3ArtifactStore:
     return S3ArtifactStore(s3.endpoint, s3.access_key, s3.secret_key, bucket=bucket)
 
 
+@dataclass(frozen=True)
+class ArtifactBackend:
+    """How to open one kind of artifact store on one backend's servers."""
+
+    kind: str  # "s3" or "tiered"
+    servers: Servers
+    bucket: str
+    database: str
+
+    def open(self) -> ArtifactStore:
+        s3 = _s3_store(self.servers, self.bucket)
+        if self.kind == "s3":
+            return s3
+        return TieredArtifactStore(self.servers.mongodb_uri, s3, database=self.database)
+
+
+@pytest.fixture(params=["s3", "tiered"])
+def artifact_backend(
+    request: pytest.FixtureRequest, servers: Servers, bucket_name: str
+) -> ArtifactBackend:
+    """The artifact store under test: S3 alone, or tiered (MongoDB inline + S3)."""
+    database = ""
+    if request.param == "tiered":
+        database = request.getfixturevalue("database_name")
+    return ArtifactBackend(request.param, servers, bucket_name, database)
+
+
 @pytest.fixture
-async def artifact_store(servers: Servers, bucket_name: str) -> AsyncIterator[S3ArtifactStore]:
-    store = _s3_store(servers, bucket_name)
+async def artifact_store(artifact_backend: ArtifactBackend) -> AsyncIterator[ArtifactStore]:
+    store = artifact_backend.open()
     yield store
     await store.aclose()
 
 
 @pytest.fixture
 async def reopen_artifact_store(
-    servers: Servers, bucket_name: str
-) -> AsyncIterator[Callable[[], S3ArtifactStore]]:
-    opened: list[S3ArtifactStore] = []
+    artifact_backend: ArtifactBackend,
+) -> AsyncIterator[Callable[[], ArtifactStore]]:
+    opened: list[ArtifactStore] = []
 
-    def reopen() -> S3ArtifactStore:
-        opened.append(_s3_store(servers, bucket_name))
+    def reopen() -> ArtifactStore:
+        opened.append(artifact_backend.open())
         return opened[-1]
 
     yield reopen
