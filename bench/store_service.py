@@ -13,6 +13,12 @@ to the same client (`RemoteArtifactStore`) with the service's message size, and 
 1 MiB messages: what a Python gRPC stream can carry on this machine, which bounds the
 service's download ratio. Messages of at most 1 MiB (payload plus framing) stream several
 times faster than larger ones with grpcio, which is why the service uses 1 MiB - 4 KiB.
+The ``cpu_*_s_per_GiB`` columns give CPU seconds per GiB moved by each process taking part,
+``+``-separated: store + client (embedded), store + MinIO + client (service on MinIO),
+MinIO + client (direct SDK), server + client (bare gRPC); the client is the bench process.
+On a 2-core machine their sum bounds the rate: the service path runs three processes where
+the direct one runs two.
+
 ``DAGWIRE_BENCH_STORE_ONLY`` (comma-separated: ``embedded``, ``minio``, ``ceiling``) limits
 the groups run; each figure is the median of ``DAGWIRE_BENCH_STORE_REPS`` runs (default 3),
 and a store's RSS peak is the highest over all of them (one store process per size).
@@ -44,6 +50,11 @@ from dagwire.stores.s3 import DEFAULT_PART_SIZE
 from tests.servers import REPO_ROOT, MinioServer, find_free_port
 
 MIB = 1 << 20
+GIB = 1 << 30
+#: Columns: CPU seconds per GiB moved, per process ("+"-separated, in the order the
+#: docstring gives for each kind of row).
+CPU_UP = "cpu_up_s_per_GiB"
+CPU_DOWN = "cpu_down_s_per_GiB"
 #: What the bench's producer yields to `store_stream()` (the client re-chunks for the wire).
 CHUNK = MIB
 GROUPS = ("embedded", "minio", "ceiling")
@@ -147,8 +158,25 @@ class _RssSampler:
             await self._task
 
 
-async def _through_service(address: str, process: psutil.Process, size: int) -> dict[str, Any]:
+def _cpu(processes: list[psutil.Process]) -> list[float]:
+    """CPU seconds (user + system) each process has used so far."""
+    return [sum(p.cpu_times()[:2]) for p in processes]
+
+
+def _per_gib(before: list[float], after: list[float], size: int) -> list[float]:
+    return [(b - a) * GIB / size for a, b in zip(before, after, strict=True)]
+
+
+async def _through_service(
+    address: str, process: psutil.Process, size: int, others: list[psutil.Process] | None = None
+) -> dict[str, Any]:
+    """Upload then download `size` bytes through the store service at `address`.
+
+    CPU seconds per GiB are counted for the store, then `others` (MinIO), then this process
+    (the client).
+    """
     block = _block(size // MIB)
+    processes = [process, *(others or []), psutil.Process()]
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(size // CHUNK):
@@ -158,14 +186,15 @@ async def _through_service(address: str, process: psutil.Process, size: int) -> 
     sampler = _RssSampler(process)
     try:
         with sampler:
-            started = time.perf_counter()
+            cpu, started = _cpu(processes), time.perf_counter()
             stored = await client.store_stream(Artifact(name="big.bin", run_id="bench"), chunks())
             upload_s = time.perf_counter() - started
-            started = time.perf_counter()
+            cpu_mid, started = _cpu(processes), time.perf_counter()
             received = 0
             async for chunk in client.open(stored.artifact_id or ""):
                 received += len(chunk)
             download_s = time.perf_counter() - started
+            cpu_end = _cpu(processes)
         await sampler.wait()
     finally:
         await client.aclose()
@@ -177,6 +206,8 @@ async def _through_service(address: str, process: psutil.Process, size: int) -> 
         "store_rss_baseline_MiB": round(sampler.baseline / MIB),
         "store_rss_peak_MiB": round(sampler.peak / MIB),
         "load_1m": _load(),
+        CPU_UP: _per_gib(cpu, cpu_mid, size),
+        CPU_DOWN: _per_gib(cpu_mid, cpu_end, size),
     }
 
 
@@ -217,7 +248,9 @@ def _direct_minio(minio: MinioServer, size: int, part_size: int) -> dict[str, An
     if not client.bucket_exists(bucket_name=bucket):
         client.make_bucket(bucket_name=bucket)
     block = _block(size // MIB + 1)
-    started = time.perf_counter()
+    assert minio.process is not None
+    processes = [psutil.Process(minio.process.pid), psutil.Process()]
+    cpu, started = _cpu(processes), time.perf_counter()
     client.put_object(
         bucket_name=bucket,
         object_name=f"direct-{size}",
@@ -226,7 +259,7 @@ def _direct_minio(minio: MinioServer, size: int, part_size: int) -> dict[str, An
         part_size=part_size,
     )
     upload_s = time.perf_counter() - started
-    started = time.perf_counter()
+    cpu_mid, started = _cpu(processes), time.perf_counter()
     response = client.get_object(bucket_name=bucket, object_name=f"direct-{size}")
     received = 0
     try:
@@ -236,12 +269,15 @@ def _direct_minio(minio: MinioServer, size: int, part_size: int) -> dict[str, An
         response.close()
         response.release_conn()
     download_s = time.perf_counter() - started
+    cpu_end = _cpu(processes)
     if received != size:
         raise RuntimeError(f"direct download got {received} bytes of {size}")
     return {
         "upload_MB_s": round(size / 1e6 / upload_s),
         "download_MB_s": round(size / 1e6 / download_s),
         "load_1m": _load(),
+        CPU_UP: _per_gib(cpu, cpu_mid, size),
+        CPU_DOWN: _per_gib(cpu_mid, cpu_end, size),
     }
 
 
@@ -286,7 +322,7 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 
 
 @contextlib.contextmanager
-def _bare_process(chunk: int) -> Iterator[str]:
+def _bare_process(chunk: int) -> Iterator[tuple[str, psutil.Process]]:
     address = f"127.0.0.1:{find_free_port()}"
     proc = subprocess.Popen(
         [sys.executable, "-c", _BARE_SERVER, address, str(chunk)],
@@ -295,7 +331,7 @@ def _bare_process(chunk: int) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
     )
     try:
-        yield address
+        yield address, psutil.Process(proc.pid)
     finally:
         proc.kill()
         proc.wait()
@@ -309,19 +345,21 @@ async def _bare_ceiling(size: int, chunk: int) -> dict[str, Any]:
         for _ in range(size // CHUNK):
             yield block
 
-    with _bare_process(chunk) as address:
+    with _bare_process(chunk) as (address, server):
         async with grpc.aio.insecure_channel(address) as channel:
             await asyncio.wait_for(channel.channel_ready(), 60)
         client = RemoteArtifactStore(address, chunk_bytes=chunk)
+        processes = [server, psutil.Process()]
         try:
-            started = time.perf_counter()
+            cpu, started = _cpu(processes), time.perf_counter()
             stored = await client.store_stream(Artifact(name="big.bin"), chunks())
             upload_s = time.perf_counter() - started
-            started = time.perf_counter()
+            cpu_mid, started = _cpu(processes), time.perf_counter()
             received = 0
             async for piece in client.open(stored.artifact_id or ""):
                 received += len(piece)
             download_s = time.perf_counter() - started
+            cpu_end = _cpu(processes)
         finally:
             await client.aclose()
     if stored.size != size or received != size:
@@ -330,6 +368,8 @@ async def _bare_ceiling(size: int, chunk: int) -> dict[str, Any]:
         "upload_MB_s": round(size / 1e6 / upload_s),
         "download_MB_s": round(size / 1e6 / download_s),
         "load_1m": _load(),
+        CPU_UP: _per_gib(cpu, cpu_mid, size),
+        CPU_DOWN: _per_gib(cpu_mid, cpu_end, size),
     }
 
 
@@ -350,6 +390,9 @@ def _median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
         out["store_rss_baseline_MiB"] = results[0]["store_rss_baseline_MiB"]
         out["store_rss_peak_MiB"] = max(r["store_rss_peak_MiB"] for r in results)
     out["load_1m"] = round(statistics.median(r["load_1m"] for r in results), 1)
+    for key in (CPU_UP, CPU_DOWN):  # mean CPU seconds per GiB of each process, in order
+        per_process = zip(*(r[key] for r in results), strict=True)
+        out[key] = "+".join(f"{statistics.mean(v):.1f}" for v in per_process)
     return out
 
 
@@ -396,11 +439,13 @@ async def _minio_rows(reps: int) -> list[dict[str, Any]]:
             # every repetition): both see about the same machine load; medians are reported.
             direct: list[dict[str, Any]] = []
             service: list[dict[str, Any]] = []
+            assert minio.process is not None
+            minio_process = psutil.Process(minio.process.pid)
             with _store_process(Path(tmp), env) as (process, address):
                 await _wait_serving(address)
                 for _ in range(reps):
                     direct.append(await asyncio.to_thread(_direct_minio, minio, size, part_size))
-                    service.append(await _through_service(address, process, size))
+                    service.append(await _through_service(address, process, size, [minio_process]))
             result, base = _median_of(service), _median_of(direct)
             rows.append({"backend": "store service, MinIO", "MiB": size // MIB, **result})
             rows.append(

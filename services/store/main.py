@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from dagwire.rpc.logs import setup_logging
+from dagwire.rpc.memory import tune_allocator
 from dagwire.rpc.serve import run_server, serve_main
 from dagwire.rpc.settings import SettingsError, StoreSettings, load_settings
 from dagwire.rpc.storage import build_artifact_store, build_execution_store, describe_storage
@@ -62,4 +63,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 2
     setup_logging("store", level=settings.log_level, log_format=settings.log_format)
+    tune_allocator()  # before any thread starts: see dagwire.rpc.memory
     return serve_main(PROG, lambda: serve(settings))
