@@ -26,6 +26,7 @@ __all__ = [
     "StorageSettings",
     "StoreSettings",
     "load_settings",
+    "process_settings",
     "settings_parser",
 ]
 
@@ -327,6 +328,25 @@ def load_settings(
         return cls(**given)
     except ValidationError as exc:
         raise _settings_error(exc, given) from None
+
+
+def process_settings(
+    cls: type[S], argv: Sequence[str] | None, *, prog: str, description: str
+) -> S | None:
+    """A server process's settings from its command line (`sys.argv` when `argv` is None).
+
+    An invalid value is reported as one line on stderr (``prog: error: ...``) and gives None,
+    so every ``main()`` exits 2 the same way.
+    """
+    import sys
+
+    try:
+        return load_settings(
+            cls, sys.argv[1:] if argv is None else argv, prog=prog, description=description
+        )
+    except SettingsError as exc:
+        sys.stderr.write(f"{prog}: error: {exc}\n")
+        return None
 
 
 def _settings_error(exc: ValidationError, given: dict[str, Any]) -> SettingsError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -21,7 +20,7 @@ from dagwire.rpc.serve import (
     serve_main,
     start_server,
 )
-from dagwire.rpc.settings import AdapterSettings, SettingsError, load_settings
+from dagwire.rpc.settings import AdapterSettings, process_settings
 from dagwire.sdk.artifacts import Agent
 from dagwire.sdk.registration import Registration, advertised_address
 from dagwire.sdk.servicer import INLINE_LIMIT, AgentAdapterServicer
@@ -197,15 +196,9 @@ def serve(
         The exit status: 0 after a clean stop, 2 for invalid settings or a busy address.
     """
     if settings is None:
-        try:
-            settings = load_settings(
-                AdapterSettings,
-                sys.argv[1:] if argv is None else argv,
-                prog=prog,
-                description=f"dagwire adapter serving: {', '.join(sorted(agents))}",
-            )
-        except SettingsError as exc:
-            sys.stderr.write(f"{prog}: error: {exc}\n")
+        description = f"dagwire adapter serving: {', '.join(sorted(agents))}"
+        settings = process_settings(AdapterSettings, argv, prog=prog, description=description)
+        if settings is None:
             return 2
     setup_logging(service, level=settings.log_level, log_format=settings.log_format)
     chosen = settings

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from dagwire.rpc.adapter_client import AdapterPool
 from dagwire.rpc.logs import setup_logging
 from dagwire.rpc.serve import run_server, serve_main
-from dagwire.rpc.settings import DispatcherSettings, SettingsError, load_settings
+from dagwire.rpc.settings import DispatcherSettings, process_settings
 from dagwire.runtime.routing import AdapterRegistry
 from dagwire_services.dispatcher.servicer import dispatcher_services
 
@@ -66,15 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 after a clean stop, 2 for invalid settings or a busy address.
     """
-    try:
-        settings = load_settings(
-            DispatcherSettings,
-            sys.argv[1:] if argv is None else argv,
-            prog=PROG,
-            description=DESCRIPTION,
-        )
-    except SettingsError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+    settings = process_settings(DispatcherSettings, argv, prog=PROG, description=DESCRIPTION)
+    if settings is None:
         return 2
     setup_logging("dispatcher", level=settings.log_level, log_format=settings.log_format)
     return serve_main(PROG, lambda: serve(settings))

@@ -7,7 +7,6 @@ import contextlib
 import cProfile
 import logging
 import signal
-import sys
 from collections.abc import Sequence
 
 import grpc.aio
@@ -16,7 +15,7 @@ from dagwire.errors import StoreUnavailableError
 from dagwire.models import RunRecord
 from dagwire.rpc.logs import bind, setup_logging
 from dagwire.rpc.serve import RunningServer, channel_options, serve_main, start_server
-from dagwire.rpc.settings import OrchestratorSettings, SettingsError, load_settings
+from dagwire.rpc.settings import OrchestratorSettings, process_settings
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
 from dagwire.runtime.dispatcher import TaskDispatcher
 from dagwire.runtime.orchestrator import Orchestrator
@@ -248,15 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 after a clean stop, 2 for invalid settings or a busy address.
     """
-    try:
-        settings = load_settings(
-            OrchestratorSettings,
-            sys.argv[1:] if argv is None else argv,
-            prog=PROG,
-            description=DESCRIPTION,
-        )
-    except SettingsError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+    settings = process_settings(OrchestratorSettings, argv, prog=PROG, description=DESCRIPTION)
+    if settings is None:
         return 2
     setup_logging("orchestrator", level=settings.log_level, log_format=settings.log_format)
     profile = cProfile.Profile() if settings.profile_file is not None else None

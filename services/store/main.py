@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from dagwire.rpc.logs import setup_logging
 from dagwire.rpc.memory import tune_allocator
 from dagwire.rpc.serve import run_server, serve_main
-from dagwire.rpc.settings import SettingsError, StoreSettings, load_settings
+from dagwire.rpc.settings import StoreSettings, process_settings
 from dagwire.rpc.storage import build_artifact_store, build_execution_store, describe_storage
 from dagwire_services.store.servicer import store_services
 
@@ -52,15 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 after a clean stop, 2 for invalid settings or a busy address.
     """
-    try:
-        settings = load_settings(
-            StoreSettings,
-            sys.argv[1:] if argv is None else argv,
-            prog=PROG,
-            description=DESCRIPTION,
-        )
-    except SettingsError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+    settings = process_settings(StoreSettings, argv, prog=PROG, description=DESCRIPTION)
+    if settings is None:
         return 2
     setup_logging("store", level=settings.log_level, log_format=settings.log_format)
     tune_allocator()  # before any thread starts: see dagwire.rpc.memory
