@@ -42,9 +42,8 @@ def docker_available() -> bool:
     return proc.returncode == 0
 
 
-# TODO(testcontainers): where docker_available() is true, the fixtures below could
-# start the real `mongo` and `minio` images instead of FerretDB and MinIO binaries.
-# No Docker engine runs on the development machines, so this is not wired up yet.
+# Where docker_available() is true, tests/integration/test_store_contract_servers.py also runs
+# the store contract on the real `mongo` and `minio` images through testcontainers.
 
 
 @pytest.fixture(scope="session")

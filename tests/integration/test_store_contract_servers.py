@@ -24,6 +24,8 @@ from tests.servers import S3Endpoint
 from tests.store_contract import *  # noqa: F403  (the contract's test functions)
 
 NO_DOCKER = "no Docker engine: testcontainers needs one"
+MONGO_IMAGE = "mongo:8.0.4"
+MINIO_IMAGE = "minio/minio:RELEASE.2025-04-22T22-12-26Z"
 
 
 @dataclass(frozen=True)
@@ -40,14 +42,13 @@ def container_servers() -> Iterator[Servers]:
     """Real ``mongo`` and ``minio`` images via testcontainers (skipped without Docker)."""
     if not docker_available():
         pytest.skip(NO_DOCKER)
-    try:
-        from testcontainers.minio import MinioContainer  # type: ignore[import-not-found]
-        from testcontainers.mongodb import MongoDbContainer  # type: ignore[import-not-found]
-    except ImportError:
-        pytest.skip("testcontainers is not installed (pip install 'testcontainers[mongodb,minio]')")
+    from testcontainers.community.minio import MinioContainer
+    from testcontainers.community.mongodb import MongoDbContainer
+
     with ExitStack() as stack:
-        mongo = stack.enter_context(MongoDbContainer("mongo:7"))
-        minio = stack.enter_context(MinioContainer())
+        # The same pinned images as docker-compose.yml.
+        mongo = stack.enter_context(MongoDbContainer(MONGO_IMAGE))
+        minio = stack.enter_context(MinioContainer(MINIO_IMAGE))
         config = minio.get_config()
         yield Servers(
             mongodb_uri=mongo.get_connection_url(),
