@@ -6,8 +6,6 @@ import asyncio
 import builtins
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
-from urllib.parse import urlsplit
 
 from bson import encode as bson_encode
 from bson.errors import InvalidDocument
@@ -16,8 +14,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure
 
-from dagwire.errors import NotFoundError, StoreUnavailableError
+from dagwire.errors import NotFoundError
 from dagwire.models import ExecutionRecord, RunRecord, RunStatus
+from dagwire.stores._mongo_client import client_options, server_name, unavailable
 from dagwire.stores._mongo_codec import (
     Doc,
     execution_doc,
@@ -108,15 +107,12 @@ class MongoExecutionStore:
         """
         self._uri = uri
         self._database_name = database
-        self._client_options: dict[str, Any] = {
-            "serverSelectionTimeoutMS": server_selection_timeout_ms,
-            "connectTimeoutMS": min(server_selection_timeout_ms, 10_000),
-            "socketTimeoutMS": socket_timeout_ms,
-            "tz_aware": True,
-            "connect": False,
-            "appname": "dagwire",
-        }
-        self._server = _server_name(uri)
+        self._client_options = client_options(
+            server_selection_timeout_ms=server_selection_timeout_ms,
+            socket_timeout_ms=socket_timeout_ms,
+            appname="dagwire",
+        )
+        self._server = server_name(uri)
         self._client: AsyncMongoClient[Doc] | None = None
         self._ready: asyncio.Task[AsyncDatabase[Doc]] | None = None
         self._executions = GroupWriter(
@@ -303,14 +299,7 @@ class MongoExecutionStore:
             raise self._translate(exc) from exc
 
     def _translate(self, exc: BaseException) -> BaseException:
-        if isinstance(exc, ConnectionFailure):
-            error = StoreUnavailableError(
-                f"MongoDB at {self._server} is unavailable ({type(exc).__name__}: "
-                f"{_first_line(exc)}); check that the server runs and the URI is right"
-            )
-            error.__cause__ = exc
-            return error
-        return exc
+        return unavailable(exc, self._server)
 
 
 def _check_encodable(doc: Doc, what: str) -> None:
@@ -318,20 +307,6 @@ def _check_encodable(doc: Doc, what: str) -> None:
         bson_encode(doc)
     except (InvalidDocument, OverflowError, TypeError) as exc:
         raise ValueError(f"{what} cannot be stored in MongoDB: {exc}") from exc
-
-
-def _server_name(uri: str) -> str:
-    """The host part of `uri`, without credentials (for error messages)."""
-    try:
-        netloc = urlsplit(uri).netloc
-    except ValueError:
-        return "<invalid URI>"
-    return netloc.rpartition("@")[2] or uri
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0][:300] if text else "no details"
 
 
 def _run_not_found(run_id: str) -> NotFoundError:

@@ -7,16 +7,14 @@ import builtins
 import dataclasses
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from typing import Any
-from urllib.parse import urlsplit
 
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure
 
-from dagwire.errors import StoreUnavailableError
 from dagwire.models import Artifact, utc_now
 from dagwire.stores._ids import new_id
+from dagwire.stores._mongo_client import client_options, server_name, unavailable
 from dagwire.stores._mongo_codec import Doc, artifact_doc, artifact_from_doc
 from dagwire.stores._mongo_writer import GroupWriter, Write
 from dagwire.stores._validate import check_artifact, check_lookup_id
@@ -100,15 +98,12 @@ class TieredArtifactStore:
         self._database_name = database
         self._large = large
         self._inline_limit = inline_limit
-        self._client_options: dict[str, Any] = {
-            "serverSelectionTimeoutMS": server_selection_timeout_ms,
-            "connectTimeoutMS": min(server_selection_timeout_ms, 10_000),
-            "socketTimeoutMS": socket_timeout_ms,
-            "tz_aware": True,
-            "connect": False,
-            "appname": "dagwire-artifacts",
-        }
-        self._server = _server_name(mongodb_uri)
+        self._client_options = client_options(
+            server_selection_timeout_ms=server_selection_timeout_ms,
+            socket_timeout_ms=socket_timeout_ms,
+            appname="dagwire-artifacts",
+        )
+        self._server = server_name(mongodb_uri)
         self._client: AsyncMongoClient[Doc] | None = None
         self._ready: asyncio.Task[AsyncCollection[Doc]] | None = None
         # known_keys=0: artifact ids are always new, so no insert is ever skipped.
@@ -327,15 +322,7 @@ class TieredArtifactStore:
         return collection
 
     def _translate(self, exc: BaseException) -> BaseException:
-        if isinstance(exc, ConnectionFailure):
-            error = StoreUnavailableError(
-                f"MongoDB at {self._server} is unavailable for artifacts "
-                f"({type(exc).__name__}: {_first_line(exc)}); check that the server runs and "
-                "the URI is right"
-            )
-            error.__cause__ = exc
-            return error
-        return exc
+        return unavailable(exc, self._server, what="for artifacts")
 
 
 def _checked(artifact: Artifact, index: int, count: int) -> tuple[Artifact, bytes]:
@@ -355,17 +342,3 @@ def _checked(artifact: Artifact, index: int, count: int) -> tuple[Artifact, byte
             raise
         raise ValueError(f"{where}{exc}") from None
     return checked, bytes(content)
-
-
-def _server_name(uri: str) -> str:
-    """The host part of `uri`, without credentials (for error messages)."""
-    try:
-        netloc = urlsplit(uri).netloc
-    except ValueError:
-        return "<invalid URI>"
-    return netloc.rpartition("@")[2] or uri
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0][:300] if text else "no details"
