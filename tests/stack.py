@@ -29,6 +29,7 @@ from dagwire.runtime import RunEvent, RunEventKind
 from tests.servers import REPO_ROOT, find_free_port
 
 __all__ = [
+    "HELLO",
     "Proc",
     "collect_events",
     "dispatcher_proc",
@@ -46,12 +47,33 @@ __all__ = [
 ]
 
 
+# The seed's data flow: a variable, a chain and a fan-in (DESIGN §2).
+HELLO = """\
+name: hello
+vars:
+  topic: gRPC
+tasks:
+  - id: greet
+    agent: echo
+    params:
+      text: "hello ${user.topic}"
+  - id: shout
+    agent: upper
+    depends_on: [greet]
+  - id: both
+    agent: concat
+    depends_on: [shout, greet]
+    params: {sep: " / "}
+"""
+
+
 @dataclass
 class Proc:
     """A dagwire service subprocess on a fixed loopback address, logging to a file.
 
     `args` follow ``python``: ``["-m", "dagwire_services.store", ...]`` or a script path; a
     first argument that is neither a flag nor a ``.py`` file is taken as a module name.
+    `command`, when given, is run instead (an adapter or client in another language).
     """
 
     name: str
@@ -59,6 +81,7 @@ class Proc:
     address: str
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    command: list[str] | None = None
     popen: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -68,11 +91,11 @@ class Proc:
         if args and not args[0].startswith("-") and not args[0].endswith(".py"):
             args = ["-m", *args]
         self.popen = subprocess.Popen(
-            [sys.executable, *args],
+            self.command or [sys.executable, *args],
             cwd=REPO_ROOT,
             env={**os.environ, "DAGWIRE_LOG_FORMAT": "json", **self.env},
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     async def wait_serving(self, within: float = 30.0) -> None:
@@ -89,6 +112,10 @@ class Proc:
                         return
                 assert time.monotonic() < deadline, f"{self.name} not SERVING:\n{self.log_tail()}"
                 await asyncio.sleep(0.05)
+
+    def wait_serving_blocking(self, within: float = 30.0) -> None:
+        """`wait_serving` for synchronous fixtures (outside an event loop)."""
+        asyncio.run(self.wait_serving(within))
 
     def stop(self, sig: int = signal.SIGTERM, wait: float = 20.0) -> int | None:
         """Send `sig` (SIGKILL to crash it) and wait; returns the exit status."""

@@ -34,6 +34,7 @@ from dagwire.runtime import RunEvent, RunEventKind
 from dagwire.v1 import store_service_pb2, store_service_pb2_grpc
 from tests.servers import S3Endpoint
 from tests.stack import (
+    HELLO,
     Proc,
     collect_events,
     dispatcher_proc,
@@ -56,29 +57,17 @@ BACKENDS = ("embedded", "ferretdb-minio")
 GARBAGE_ADAPTER = Path(__file__).parent / "adapters" / "garbage_adapter.py"
 BLOB_SIZE = 2_500_000  # above the 1 MiB inline limit: streamed to the store, passed by reference
 
-SEED = """\
-name: hello
-vars:
-  topic: gRPC
-tasks:
-  - id: greet
-    agent: echo
-    params:
-      text: "hello ${user.topic}"
-  - id: shout
-    agent: upper
-    depends_on: [greet]
-  - id: both
-    agent: concat
-    depends_on: [shout, greet]
-    params: {sep: " / "}
+SEED = (
+    HELLO
+    + f"""\
   - id: big
     agent: blob
-    params: {size: BLOB_SIZE, seed: 7}
+    params: {{size: {BLOB_SIZE}, seed: 7}}
   - id: loud
     agent: upper
     depends_on: [big]
-""".replace("BLOB_SIZE", str(BLOB_SIZE))
+"""
+)
 
 
 def _spec(name: str, *tasks: dict[str, Any], **top: Any) -> str:

@@ -57,6 +57,7 @@ from dagwire.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from dagwire_services.orchestrator.main import OrchestratorService
 from tests.servers import REPO_ROOT
 from tests.stack import (
+    HELLO,
     Proc,
     collect_events,
     first_event,
@@ -74,24 +75,6 @@ CROSS_PROCESS_MODULES = (
     "dagwire_services.dispatcher.__main__",
     "dagwire_services.adapters.toolbox.__main__",
 )
-
-HELLO = """\
-name: hello
-vars:
-  topic: gRPC
-tasks:
-  - id: greet
-    agent: echo
-    params:
-      text: "hello ${user.topic}"
-  - id: shout
-    agent: upper
-    depends_on: [greet]
-  - id: both
-    agent: concat
-    depends_on: [shout, greet]
-    params: {sep: " / "}
-"""
 
 
 def _missing_modules() -> list[str]:

@@ -7,90 +7,23 @@ their tails are shown when something does not come up.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dagwire.v1 import dispatcher_service_pb2 as dpb
 from dagwire.v1 import dispatcher_service_pb2_grpc as dpb_grpc
 from tests.servers import REPO_ROOT, S3Endpoint, find_free_port
+from tests.stack import Proc
 
 BUILD_TIMEOUT_SECONDS = 1800
 START_TIMEOUT_SECONDS = 30.0
-
-
-@dataclass
-class Process:
-    """One server process of the stack, logging to a file."""
-
-    name: str
-    argv: list[str]
-    address: str
-    log_path: Path
-    env: dict[str, str]
-    popen: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self._log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(
-            self.argv,
-            cwd=REPO_ROOT,
-            env={**os.environ, "DAGWIRE_LOG_FORMAT": "json", **self.env},
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_serving(self, within: float = START_TIMEOUT_SECONDS) -> None:
-        """Until the gRPC health check says SERVING (fails with the log tail otherwise)."""
-        deadline = time.monotonic() + within
-        with grpc.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                assert self.popen is not None
-                if self.popen.poll() is not None:
-                    raise AssertionError(f"{self.name} exited early:\n{self.log_tail()}")
-                with contextlib.suppress(grpc.RpcError):
-                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"{self.name} not SERVING in {within} s:\n{self.log_tail()}"
-                    )
-                time.sleep(0.05)
-
-    def stop(self, sig: int = signal.SIGTERM, wait: float = 20.0) -> int | None:
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(wait)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self.popen.returncode
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @dataclass
@@ -101,7 +34,7 @@ class InteropStack:
     store_addr: str
     dispatcher_addr: str
     orchestrator_addr: str
-    processes: list[Process] = field(default_factory=list)
+    processes: list[Proc] = field(default_factory=list)
 
     @property
     def client_env(self) -> dict[str, str]:
@@ -114,24 +47,25 @@ class InteropStack:
 
     def start(
         self, name: str, argv: list[str], *, env: dict[str, str] | None = None, address: str = ""
-    ) -> Process:
+    ) -> Proc:
         """Start one more server process and wait until its health check is SERVING."""
         address = address or f"127.0.0.1:{find_free_port()}"
-        process = Process(
+        process = Proc(
             name,
-            argv,
+            [],
             address,
             self.tmp / f"{name}.log",
             {**self.client_env, "DAGWIRE_LISTEN_ADDR": address, **(env or {})},
+            command=argv,
         )
         self.processes.append(process)
         process.start()
-        process.wait_serving()
+        process.wait_serving_blocking(START_TIMEOUT_SECONDS)
         return process
 
     def start_adapter(
         self, name: str, argv: list[str], agents: set[str], *, env: dict[str, str] | None = None
-    ) -> Process:
+    ) -> Proc:
         """Start an adapter and wait until the dispatcher routes every one of `agents` to it."""
         process = self.start(name, argv, env=env)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

@@ -21,8 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dagwire.v1 import adapter_service_pb2 as apb
 from dagwire.v1 import adapter_service_pb2_grpc as apb_grpc
-from tests.interop.conftest import GO_CLIENT, GO_WORDCOUNT_ADAPTER, InteropStack, Process
+from tests.interop.conftest import GO_CLIENT, GO_WORDCOUNT_ADAPTER, InteropStack
 from tests.servers import find_free_port
+from tests.stack import Proc
 
 BLOB_SIZE = 2 * 1024 * 1024 + 5  # above the inline limit: wordcount streams it from the store
 BLOB_SEED = 11
@@ -232,9 +233,7 @@ def _health(address: str) -> int:
 
 
 def test_go_adapter_describes_itself_and_deregisters_on_sigterm(go_stack: InteropStack) -> None:
-    extra: Process = go_stack.start_adapter(
-        "go-wordcount-extra", GO_WORDCOUNT_ADAPTER, {"wordcount"}
-    )
+    extra: Proc = go_stack.start_adapter("go-wordcount-extra", GO_WORDCOUNT_ADAPTER, {"wordcount"})
     described = _describe(extra.address)
     assert list(described.agents) == ["wordcount"]
     assert described.language == "go"

@@ -24,7 +24,8 @@ import pytest
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
 from dagwire.v1 import dispatcher_service_pb2 as dpb
 from dagwire.v1 import dispatcher_service_pb2_grpc as dpb_grpc
-from tests.interop.conftest import NODE_CLIENT, TS_REVERSE_ADAPTER, InteropStack, Process
+from tests.interop.conftest import NODE_CLIENT, TS_REVERSE_ADAPTER, InteropStack
+from tests.stack import Proc
 
 BLOB_SIZE = 3 * 1024 * 1024 + 5  # held by reference in the store, and not a multiple of 32
 BLOB_SEED = 11
@@ -65,7 +66,7 @@ def ts_stack(interop_stack: InteropStack, node_built: None) -> Iterator[InteropS
     adapter.stop()
 
 
-def _ts_adapter(stack: InteropStack) -> Process:
+def _ts_adapter(stack: InteropStack) -> Proc:
     return next(p for p in reversed(stack.processes) if p.name == "ts-reverse-node")
 
 
