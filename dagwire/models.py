@@ -20,6 +20,7 @@ __all__ = [
     "ExecutionRecord",
     "NodeSummary",
     "RetryPolicy",
+    "RunEventRecord",
     "RunRecord",
     "RunStatus",
     "RunSummary",
@@ -107,6 +108,15 @@ class TaskNode:
     attempt: int = 1
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float | None = None
+    #: The run this attempt belongs to; set by the orchestrator on every dispatch ("" outside a
+    #: run). With `id` and `attempt` it makes the attempt's idempotency key.
+    run_id: str = ""
+
+    @property
+    def idempotency_key(self) -> str:
+        """``run_id/node_id/attempt``: the same for every call of one attempt (re-sends after a
+        lost dispatcher included), different for every other attempt."""
+        return f"{self.run_id}/{self.id}/{self.attempt}"
 
     @classmethod
     def from_spec(cls, task: TaskSpec) -> TaskNode:
@@ -225,6 +235,20 @@ class RunSummary:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class RunEventRecord:
+    """One run event as the execution store keeps it: numbered, opaque to the store.
+
+    `data` is the event's JSON form (`dagwire.runtime.events.RunEvent.to_json`); `epoch` is
+    the lease epoch of the orchestrator that wrote it (docs/durability.md).
+    """
+
+    run_id: str
+    sequence: int
+    epoch: int
+    data: dict[str, Any]
+
+
 @dataclass(slots=True)
 class RunRecord:
     """A run as the execution store keeps it (upserted by `run_id`)."""
@@ -242,6 +266,9 @@ class RunRecord:
     nodes: dict[str, NodeSummary] = field(default_factory=dict)
     owner: str = ""
     lease_expires_at: datetime | None = None
+    #: The owner's lease epoch: 1 for the orchestrator that started the run, one more for each
+    #: adoption (docs/durability.md). 0 for records written before epochs existed.
+    lease_epoch: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -258,6 +285,7 @@ class RunRecord:
             "nodes": {node_id: node.to_json() for node_id, node in self.nodes.items()},
             "owner": self.owner,
             "lease_expires_at": iso(self.lease_expires_at),
+            "lease_epoch": self.lease_epoch,
         }
 
     @classmethod
@@ -278,6 +306,7 @@ class RunRecord:
             nodes={k: NodeSummary.from_json(v) for k, v in (data.get("nodes") or {}).items()},
             owner=data.get("owner") or "",
             lease_expires_at=parse_iso(data.get("lease_expires_at")),
+            lease_epoch=int(data.get("lease_epoch") or 0),
         )
 
     def summary(self) -> RunSummary:

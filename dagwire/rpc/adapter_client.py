@@ -226,7 +226,7 @@ class AdapterClient:
             AttemptTimeoutError: the call passed `task.timeout`.
             DagwireError: any other failure (retryable), with the adapter's message.
         """
-        run_id = current_run_id(input_artifacts)
+        run_id = task.run_id or current_run_id(input_artifacts)
         request = apb.ExecuteRequest(
             agent=task.agent,
             params_json=json.dumps(task.params, ensure_ascii=False),

@@ -305,6 +305,7 @@ def run_to_proto(run: RunRecord) -> common_pb2.Run:
         error=run.error or "",
         nodes=[node_summary_to_proto(node_id, node) for node_id, node in run.nodes.items()],
         owner=run.owner,
+        lease_epoch=run.lease_epoch,
     )
     message.created_at.CopyFrom(datetime_to_proto(run.created_at, "created_at"))
     if run.finished_at is not None:
@@ -346,6 +347,7 @@ def run_from_proto(message: common_pb2.Run) -> RunRecord:
         error=message.error or None,
         nodes=dict(node_summary_from_proto(n) for n in message.nodes),
         owner=message.owner,
+        lease_epoch=message.lease_epoch,
         lease_expires_at=_optional_time(message, "owner_lease_expire_time"),
     )
 

@@ -142,7 +142,7 @@ class RemoteDispatcher:
                 )
                 for a in input_artifacts
             ],
-            run_id=current_run_id(input_artifacts),
+            run_id=task.run_id or current_run_id(input_artifacts),
             node_id=task.id,
             attempt=task.attempt,
             trace_id=trace_id,

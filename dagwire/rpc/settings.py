@@ -196,10 +196,11 @@ class OrchestratorSettings(CommonSettings):
         10.0,
         gt=0,
         description="how long this orchestrator's claim on a run lasts unless renewed (renewed "
-        "every third of it); runs whose owner's lease expired are failed at start-up",
+        "every third of it); a live orchestrator adopts and resumes the runs whose owner's "
+        "lease lapsed",
     )
     store_retry_seconds: float = Field(
-        30.0,
+        300.0,
         gt=0,
         description="how long writes to an unavailable store are retried before a run fails "
         "with 'store unavailable'",
@@ -214,7 +215,7 @@ class OrchestratorSettings(CommonSettings):
         None,
         min_length=1,
         description="this orchestrator's identity as the owner of its runs (default: a fresh "
-        "one at each start); with a stable id, its own runs left running are failed at once "
+        "one at each start); with a stable id, its own runs left running are resumed at once "
         "after a restart",
     )
     profile_file: Path | None = Field(

@@ -12,6 +12,7 @@ import asyncio
 import builtins
 import dataclasses
 import hashlib
+import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -19,7 +20,7 @@ import grpc
 import grpc.aio
 
 from dagwire.errors import DagwireError, NotFoundError, StoreUnavailableError
-from dagwire.models import Artifact, ExecutionRecord, RunRecord, RunStatus
+from dagwire.models import Artifact, ExecutionRecord, RunEventRecord, RunRecord, RunStatus
 from dagwire.rpc.convert import (
     artifact_from_proto,
     artifact_to_proto,
@@ -395,6 +396,9 @@ class RemoteExecutionStore:
         self._outcomes: _Coalescer[pb.AttemptOutcome, pb.OutcomeResult] = _Coalescer(
             self._send_outcomes, max_bytes=max_message_bytes // 2
         )
+        self._events: _Coalescer[pb.StoredRunEvent, None] = _Coalescer(
+            self._send_events, max_bytes=max_message_bytes // 2
+        )
 
     @property
     def address(self) -> str:
@@ -582,6 +586,68 @@ class RemoteExecutionStore:
             if not token:
                 break
         return out
+
+    # ------------------------------------------------------------------ RunLedger
+
+    async def create_run(self, run: RunRecord) -> bool:
+        """Insert `run` unless its `run_id` exists; True when this call created it."""
+        request = pb.CreateRunRecordRequest(run=run_to_proto(run))
+        response = await self._unary(self._api.CreateRunRecord(request))
+        return bool(response.created)
+
+    async def claim_run(self, run_id: str, epoch: int, owner: str) -> bool:
+        """Claim lease epoch `epoch` of a run; True for exactly one caller per epoch."""
+        request = pb.ClaimRunLeaseRequest(run_id=run_id, epoch=epoch, owner=owner)
+        return bool((await self._unary(self._api.ClaimRunLease(request))).claimed)
+
+    async def lease_claimed(self, run_id: str, epoch: int) -> bool:
+        """Whether epoch `epoch` of the run was claimed."""
+        request = pb.GetRunLeaseClaimRequest(run_id=run_id, epoch=epoch)
+        return bool((await self._unary(self._api.GetRunLeaseClaim(request))).claimed)
+
+    async def append_events(self, events: Sequence[RunEventRecord]) -> None:
+        """Store run events; concurrent calls share one ``AppendRunEvents`` call."""
+        pending = []
+        for event in events:
+            data = json.dumps(event.data, ensure_ascii=False)
+            wire = pb.StoredRunEvent(
+                run_id=event.run_id, sequence=event.sequence, epoch=event.epoch, data_json=data
+            )
+            pending.append(self._events.submit(wire, len(data) + 64))
+        if len(pending) == 1:
+            await pending[0]
+        elif pending:
+            await asyncio.gather(*pending)
+
+    async def _send_events(self, events: builtins.list[pb.StoredRunEvent]) -> list[None]:
+        await self._unary(self._api.AppendRunEvents(pb.AppendRunEventsRequest(events=events)))
+        return [None] * len(events)
+
+    async def list_events(
+        self, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> builtins.list[RunEventRecord]:
+        """The run's events numbered above `after`, in order, at most `limit`."""
+        request = pb.ReadRunEventsRequest(
+            run_id=run_id, after_sequence=after, page_size=min(max(limit, 1), 1000)
+        )
+        response = await self._unary(self._api.ReadRunEvents(request))
+        return [
+            RunEventRecord(e.run_id, e.sequence, e.epoch, json.loads(e.data_json))
+            for e in response.events
+        ]
+
+    async def request_cancel(self, run_id: str) -> None:
+        """Record a cancellation request for the run."""
+        await self._unary(self._api.RequestRunCancel(pb.RequestRunCancelRequest(run_id=run_id)))
+
+    async def cancel_requests(self, run_ids: Sequence[str]) -> builtins.set[str]:
+        """Which of `run_ids` have a cancellation request."""
+        found: set[str] = set()
+        ids = list(run_ids)
+        for start in range(0, len(ids), 1000):
+            request = pb.BatchGetRunCancelRequestsRequest(run_ids=ids[start : start + 1000])
+            found.update((await self._unary(self._api.BatchGetRunCancelRequests(request))).run_ids)
+        return found
 
     async def aclose(self) -> None:
         """Close the channel (when this client opened it)."""

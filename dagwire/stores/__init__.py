@@ -5,11 +5,12 @@ Backends live in their own modules so their dependencies load only when used:
 `dagwire.stores.tiered` (small artifacts inline in MongoDB, the rest in S3).
 """
 
-from dagwire.stores.base import ArtifactStore, BatchArtifactStore, ExecutionStore
+from dagwire.stores.base import ArtifactStore, BatchArtifactStore, ExecutionStore, RunLedger
 
 __all__ = [
     # interfaces
     "ArtifactStore",
     "BatchArtifactStore",
     "ExecutionStore",
+    "RunLedger",
 ]

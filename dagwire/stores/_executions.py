@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dagwire.errors import NotFoundError
-from dagwire.models import ExecutionRecord, RunRecord, RunStatus, TaskStatus
+from dagwire.models import ExecutionRecord, RunEventRecord, RunRecord, RunStatus, TaskStatus
 from dagwire.stores._sqlite import SqliteDatabase, Synchronous
 from dagwire.stores._validate import check_lookup_id, check_text, from_micros, to_micros, utf8_safe
 
@@ -43,6 +43,20 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_newest ON runs (created_at DESC, run_id DESC);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, created_at DESC, run_id DESC);
+CREATE TABLE IF NOT EXISTS run_events (
+    run_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (run_id, sequence)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS run_claims (
+    run_id TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (run_id, epoch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS run_cancels (run_id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 
 _EXECUTION_COLUMNS = (
@@ -213,6 +227,57 @@ class SqliteExecutionStore:
             raise _run_not_found(after)
         return await self._db.read(partial(_select_runs, wanted, limit, after))
 
+    # ------------------------------------------------------------------ RunLedger
+
+    async def create_run(self, run: RunRecord) -> bool:
+        """Insert `run` unless its `run_id` exists; True when this call created it."""
+        check_text(run.run_id, "run_id")
+        status = _run_status(run.status)
+        created = to_micros(run.created_at, "created_at")
+        body = run.to_json()
+        return await self._db.write(partial(_insert_run, run.run_id, status, created, body))
+
+    async def claim_run(self, run_id: str, epoch: int, owner: str) -> bool:
+        """Claim lease epoch `epoch` of a run; True for exactly one caller per epoch."""
+        check_text(run_id, "run_id")
+        check_text(owner, "owner")
+        return await self._db.write(partial(_insert_claim, run_id, int(epoch), owner))
+
+    async def lease_claimed(self, run_id: str, epoch: int) -> bool:
+        """Whether epoch `epoch` of the run was claimed."""
+        if not check_lookup_id(run_id, "run"):
+            return False
+        return await self._db.read(partial(_claim_exists, run_id, int(epoch)))
+
+    async def append_events(self, events: Sequence[RunEventRecord]) -> None:
+        """Store run events keyed by (run_id, sequence); repeats are ignored."""
+        rows = []
+        for event in events:
+            check_text(event.run_id, "run_id")
+            rows.append((event.run_id, event.sequence, event.epoch, json.dumps(event.data)))
+        if rows:
+            await self._db.write(partial(_insert_events, rows))
+
+    async def list_events(
+        self, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> builtins.list[RunEventRecord]:
+        """The run's events numbered above `after`, in order, at most `limit`."""
+        if not check_lookup_id(run_id, "run"):
+            return []
+        return await self._db.read(partial(_select_events, run_id, after, max(limit, 1)))
+
+    async def request_cancel(self, run_id: str) -> None:
+        """Record a cancellation request for the run."""
+        check_text(run_id, "run_id")
+        await self._db.write(partial(_insert_cancel, run_id))
+
+    async def cancel_requests(self, run_ids: Sequence[str]) -> builtins.set[str]:
+        """Which of `run_ids` have a cancellation request."""
+        wanted = [r for r in run_ids if check_lookup_id(r, "run")]
+        if not wanted:
+            return set()
+        return await self._db.read(partial(_select_cancels, wanted))
+
     async def aclose(self) -> None:
         """Commit every pending write, then close the database (it reopens on next use)."""
         await self._db.aclose()
@@ -328,3 +393,64 @@ def _select_runs(
     sql += " ORDER BY created_at DESC, run_id DESC LIMIT ?"
     params.append(limit)
     return [RunRecord.from_json(json.loads(body)) for (body,) in conn.execute(sql, params)]
+
+
+def _insert_run(
+    run_id: str, status: str, created: int, body: dict[str, Any], conn: sqlite3.Connection
+) -> bool:
+    try:
+        text = json.dumps(body)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"run {run_id!r} is not JSON-serializable: {exc}") from exc
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO runs (run_id, status, created_at, body) VALUES (?, ?, ?, ?)",
+        (run_id, status, created, text),
+    )
+    return cursor.rowcount == 1
+
+
+def _insert_claim(run_id: str, epoch: int, owner: str, conn: sqlite3.Connection) -> bool:
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO run_claims (run_id, epoch, owner) VALUES (?, ?, ?)",
+        (run_id, epoch, owner),
+    )
+    return cursor.rowcount == 1
+
+
+def _claim_exists(run_id: str, epoch: int, conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM run_claims WHERE run_id = ? AND epoch = ?", (run_id, epoch)
+    ).fetchone()
+    return row is not None
+
+
+def _insert_events(rows: list[tuple[Any, ...]], conn: sqlite3.Connection) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO run_events (run_id, sequence, epoch, body) VALUES (?, ?, ?, ?)",
+        rows,
+    )
+
+
+def _select_events(
+    run_id: str, after: int, limit: int, conn: sqlite3.Connection
+) -> list[RunEventRecord]:
+    rows = conn.execute(
+        "SELECT sequence, epoch, body FROM run_events WHERE run_id = ? AND sequence > ?"
+        " ORDER BY sequence LIMIT ?",
+        (run_id, after, limit),
+    )
+    return [RunEventRecord(run_id, seq, epoch, json.loads(body)) for seq, epoch, body in rows]
+
+
+def _insert_cancel(run_id: str, conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT OR IGNORE INTO run_cancels (run_id) VALUES (?)", (run_id,))
+
+
+def _select_cancels(run_ids: list[str], conn: sqlite3.Connection) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(run_ids), 500):
+        part = run_ids[start : start + 500]
+        marks = ",".join("?" * len(part))
+        rows = conn.execute(f"SELECT run_id FROM run_cancels WHERE run_id IN ({marks})", part)
+        found.update(r for (r,) in rows)
+    return found

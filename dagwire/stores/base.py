@@ -6,9 +6,15 @@ import builtins
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 
-from dagwire.models import Artifact, ExecutionRecord, RunRecord, RunStatus
+from dagwire.models import Artifact, ExecutionRecord, RunEventRecord, RunRecord, RunStatus
 
-__all__ = ["ArtifactStore", "BatchArtifactStore", "ExecutionStore", "OutcomeRecorder"]
+__all__ = [
+    "ArtifactStore",
+    "BatchArtifactStore",
+    "ExecutionStore",
+    "OutcomeRecorder",
+    "RunLedger",
+]
 
 
 @runtime_checkable
@@ -194,4 +200,57 @@ class OutcomeRecorder(Protocol):
         Raises:
             ValueError: an output or the record is invalid; nothing of it was recorded.
         """
+        ...
+
+
+@runtime_checkable
+class RunLedger(Protocol):
+    """An optional capability of an execution store: what replicated orchestrators share to
+    own, resume, watch and cancel runs (docs/durability.md).
+
+    Every write here is an insert of a document with a deterministic key, never a
+    read-modify-write: MongoDB-wire servers without transactions (FerretDB 1.x) make an
+    insert of an existing ``_id`` fail atomically, which is the only compare-and-set they
+    offer. The run record itself is written only by its current owner.
+    """
+
+    async def create_run(self, run: RunRecord) -> bool:
+        """Insert `run` unless a run with its `run_id` exists; durable on return.
+
+        Returns:
+            True when this call created the run; False when it already existed (nothing was
+            written), so two replicas given one new request_id start exactly one run.
+        """
+        ...
+
+    async def claim_run(self, run_id: str, epoch: int, owner: str) -> bool:
+        """Claim lease epoch `epoch` (>= 2) of a run for `owner`: True for exactly one caller
+        per (run, epoch), whoever asks first; every later claim of that epoch gets False."""
+        ...
+
+    async def lease_claimed(self, run_id: str, epoch: int) -> bool:
+        """Whether someone claimed epoch `epoch` of the run (an owner of `epoch - 1` that
+        sees True has lost the run and must stop writing for it)."""
+        ...
+
+    async def append_events(self, events: Sequence[RunEventRecord]) -> None:
+        """Store run events, each keyed by (run_id, sequence); durable on return.
+
+        Events of one run must be given in sequence order; a repeat of a stored key is
+        ignored (a retried write is harmless).
+        """
+        ...
+
+    async def list_events(
+        self, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> builtins.list[RunEventRecord]:
+        """The run's stored events numbered above `after`, in sequence order, at most `limit`."""
+        ...
+
+    async def request_cancel(self, run_id: str) -> None:
+        """Record that the run's cancellation was asked for (whoever owns it acts on it)."""
+        ...
+
+    async def cancel_requests(self, run_ids: Sequence[str]) -> builtins.set[str]:
+        """Which of `run_ids` have a recorded cancellation request."""
         ...

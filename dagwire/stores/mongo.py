@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -12,10 +14,10 @@ from bson.errors import InvalidDocument
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 
 from dagwire.errors import NotFoundError
-from dagwire.models import ExecutionRecord, RunRecord, RunStatus
+from dagwire.models import ExecutionRecord, RunEventRecord, RunRecord, RunStatus
 from dagwire.stores._mongo_client import client_options, server_name, unavailable
 from dagwire.stores._mongo_codec import (
     Doc,
@@ -25,7 +27,12 @@ from dagwire.stores._mongo_codec import (
     run_from_doc,
 )
 from dagwire.stores._mongo_writer import GroupWriter, Write
-from dagwire.stores._validate import check_lookup_id, check_run_status, check_task_status
+from dagwire.stores._validate import (
+    check_lookup_id,
+    check_run_status,
+    check_task_status,
+    check_text,
+)
 
 __all__ = ["MongoExecutionStore"]
 
@@ -40,6 +47,9 @@ _INDEXES: dict[str, dict[str, list[tuple[str, int]]]] = {
             ("node_id", ASCENDING),
             ("attempt", ASCENDING),
         ],
+    },
+    "run_events": {
+        "run_sequence": [("run_id", ASCENDING), ("sequence", ASCENDING)],
     },
     "runs": {
         "newest": [("created_at_us", DESCENDING), ("run_id", DESCENDING)],
@@ -258,6 +268,109 @@ class MongoExecutionStore:
             order = [("created_at_us", DESCENDING), ("run_id", DESCENDING)]
             docs = await collection.find(query).sort(order).limit(limit).to_list()
         return [run_from_doc(doc) for doc in docs]
+
+    # ------------------------------------------------------------------ RunLedger
+    # Collections ``run_events`` (_id "<run_id>/<sequence, 12 digits>"), ``run_claims``
+    # (_id "<run_id>/<epoch>") and ``run_cancels`` (_id = run id): insert-only, so a
+    # concurrent second insert of one key fails atomically on FerretDB too.
+
+    async def create_run(self, run: RunRecord) -> bool:
+        """Insert `run` unless its `run_id` exists; True when this call created it."""
+        doc = run_doc(run)
+        _check_encodable(doc, f"run {run.run_id!r}")
+        await self._runs.drain()
+        return await self._insert_once("runs", doc)
+
+    async def claim_run(self, run_id: str, epoch: int, owner: str) -> bool:
+        """Claim lease epoch `epoch` of a run; True for exactly one caller per epoch."""
+        check_text(run_id, "run_id")
+        doc: Doc = {"_id": f"{run_id}/{int(epoch)}", "run_id": run_id, "owner": owner}
+        return await self._insert_once("run_claims", doc)
+
+    async def lease_claimed(self, run_id: str, epoch: int) -> bool:
+        """Whether epoch `epoch` of the run was claimed."""
+        if not check_lookup_id(run_id, "run"):
+            return False
+        collection = await self._collection("run_claims")
+        async with self._errors():
+            return await collection.find_one({"_id": f"{run_id}/{int(epoch)}"}) is not None
+
+    async def append_events(self, events: Sequence[RunEventRecord]) -> None:
+        """Store run events keyed by (run_id, sequence); repeats are ignored."""
+        docs: list[Doc] = []
+        for event in events:
+            check_text(event.run_id, "run_id")
+            docs.append(
+                {
+                    "_id": f"{event.run_id}/{event.sequence:012d}",
+                    "run_id": event.run_id,
+                    "sequence": event.sequence,
+                    "epoch": event.epoch,
+                    "body": json.dumps(event.data, ensure_ascii=False),
+                }
+            )
+        if not docs:
+            return
+        collection = await self._collection("run_events")
+        async with self._errors():
+            try:
+                await collection.insert_many(docs, ordered=True)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != 11000 for e in errors):
+                    raise
+                # a retried batch: insert what follows the first duplicate, one at a time
+                for doc in docs[errors[0]["index"] + 1 :]:
+                    with contextlib.suppress(DuplicateKeyError):
+                        await collection.insert_one(doc)
+
+    async def list_events(
+        self, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> builtins.list[RunEventRecord]:
+        """The run's events numbered above `after`, in order, at most `limit`."""
+        if not check_lookup_id(run_id, "run"):
+            return []
+        collection = await self._collection("run_events")
+        async with self._errors():
+            docs = (
+                await collection.find({"run_id": run_id, "sequence": {"$gt": after}})
+                .sort([("sequence", ASCENDING)])
+                .limit(max(limit, 1))
+                .to_list()
+            )
+        return [
+            RunEventRecord(run_id, int(d["sequence"]), int(d["epoch"]), json.loads(d["body"]))
+            for d in docs
+        ]
+
+    async def request_cancel(self, run_id: str) -> None:
+        """Record a cancellation request for the run."""
+        check_text(run_id, "run_id")
+        await self._insert_once("run_cancels", {"_id": run_id})
+
+    async def cancel_requests(self, run_ids: Sequence[str]) -> builtins.set[str]:
+        """Which of `run_ids` have a cancellation request."""
+        wanted = [r for r in run_ids if check_lookup_id(r, "run")]
+        if not wanted:
+            return set()
+        collection = await self._collection("run_cancels")
+        found: set[str] = set()
+        async with self._errors():
+            for start in range(0, len(wanted), 500):
+                part = wanted[start : start + 500]
+                found.update(
+                    d["_id"] for d in await collection.find({"_id": {"$in": part}}).to_list()
+                )
+        return found
+
+    async def _insert_once(self, name: str, doc: Doc) -> bool:
+        collection = await self._collection(name)
+        async with self._errors():
+            try:
+                await collection.insert_one(doc)
+            except DuplicateKeyError:
+                return False
+        return True
 
     async def aclose(self) -> None:
         """Wait for queued writes, then close the client (the store reopens on next use)."""

@@ -567,3 +567,308 @@ class ListRunRecordsResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]) -> None: ...
 
 Global___ListRunRecordsResponse: typing_extensions.TypeAlias = ListRunRecordsResponse
+
+@typing.final
+class CreateRunRecordRequest(google.protobuf.message.Message):
+    """CreateRunRecordRequest holds the run record to insert."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: builtins.int
+    @property
+    def run(self) -> dagwire.v1.common_pb2.Run:
+        """The new run."""
+
+    def __init__(
+        self,
+        *,
+        run: dagwire.v1.common_pb2.Run | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["run", b"run"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["run", b"run"]) -> None: ...
+
+Global___CreateRunRecordRequest: typing_extensions.TypeAlias = CreateRunRecordRequest
+
+@typing.final
+class CreateRunRecordResponse(google.protobuf.message.Message):
+    """CreateRunRecordResponse says whether the run was created by this call."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    CREATED_FIELD_NUMBER: builtins.int
+    created: builtins.bool
+    """True when this call inserted the run; false when a run with its run_id already existed
+    (nothing was written).
+    """
+    def __init__(
+        self,
+        *,
+        created: builtins.bool = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["created", b"created"]) -> None: ...
+
+Global___CreateRunRecordResponse: typing_extensions.TypeAlias = CreateRunRecordResponse
+
+@typing.final
+class ClaimRunLeaseRequest(google.protobuf.message.Message):
+    """ClaimRunLeaseRequest names the run and the lease epoch to claim."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: builtins.int
+    EPOCH_FIELD_NUMBER: builtins.int
+    OWNER_FIELD_NUMBER: builtins.int
+    run_id: builtins.str
+    """Id of the run."""
+    epoch: builtins.int
+    """The epoch claimed: the current owner's epoch + 1."""
+    owner: builtins.str
+    """Id of the orchestrator instance claiming the run."""
+    def __init__(
+        self,
+        *,
+        run_id: builtins.str = ...,
+        epoch: builtins.int = ...,
+        owner: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["epoch", b"epoch", "owner", b"owner", "run_id", b"run_id"]) -> None: ...
+
+Global___ClaimRunLeaseRequest: typing_extensions.TypeAlias = ClaimRunLeaseRequest
+
+@typing.final
+class ClaimRunLeaseResponse(google.protobuf.message.Message):
+    """ClaimRunLeaseResponse says whether the claim was won."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    CLAIMED_FIELD_NUMBER: builtins.int
+    claimed: builtins.bool
+    """True for exactly one caller per (run_id, epoch)."""
+    def __init__(
+        self,
+        *,
+        claimed: builtins.bool = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["claimed", b"claimed"]) -> None: ...
+
+Global___ClaimRunLeaseResponse: typing_extensions.TypeAlias = ClaimRunLeaseResponse
+
+@typing.final
+class GetRunLeaseClaimRequest(google.protobuf.message.Message):
+    """GetRunLeaseClaimRequest names the run and the lease epoch to look up."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: builtins.int
+    EPOCH_FIELD_NUMBER: builtins.int
+    run_id: builtins.str
+    """Id of the run."""
+    epoch: builtins.int
+    """The epoch to look up."""
+    def __init__(
+        self,
+        *,
+        run_id: builtins.str = ...,
+        epoch: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["epoch", b"epoch", "run_id", b"run_id"]) -> None: ...
+
+Global___GetRunLeaseClaimRequest: typing_extensions.TypeAlias = GetRunLeaseClaimRequest
+
+@typing.final
+class GetRunLeaseClaimResponse(google.protobuf.message.Message):
+    """GetRunLeaseClaimResponse says whether the epoch was claimed."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    CLAIMED_FIELD_NUMBER: builtins.int
+    claimed: builtins.bool
+    """True when some orchestrator claimed the epoch."""
+    def __init__(
+        self,
+        *,
+        claimed: builtins.bool = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["claimed", b"claimed"]) -> None: ...
+
+Global___GetRunLeaseClaimResponse: typing_extensions.TypeAlias = GetRunLeaseClaimResponse
+
+@typing.final
+class StoredRunEvent(google.protobuf.message.Message):
+    """StoredRunEvent is one run event as the execution store keeps it."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: builtins.int
+    SEQUENCE_FIELD_NUMBER: builtins.int
+    EPOCH_FIELD_NUMBER: builtins.int
+    DATA_JSON_FIELD_NUMBER: builtins.int
+    run_id: builtins.str
+    """Id of the run."""
+    sequence: builtins.int
+    """Position of the event in its run, from 1, with no gaps."""
+    epoch: builtins.int
+    """Lease epoch of the orchestrator that wrote the event."""
+    data_json: builtins.str
+    """The event as a JSON object (the orchestrator's own encoding; opaque to the store)."""
+    def __init__(
+        self,
+        *,
+        run_id: builtins.str = ...,
+        sequence: builtins.int = ...,
+        epoch: builtins.int = ...,
+        data_json: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["data_json", b"data_json", "epoch", b"epoch", "run_id", b"run_id", "sequence", b"sequence"]) -> None: ...
+
+Global___StoredRunEvent: typing_extensions.TypeAlias = StoredRunEvent
+
+@typing.final
+class AppendRunEventsRequest(google.protobuf.message.Message):
+    """AppendRunEventsRequest holds the events to store."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: builtins.int
+    @property
+    def events(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___StoredRunEvent]:
+        """The events; those of one run in sequence order."""
+
+    def __init__(
+        self,
+        *,
+        events: collections.abc.Iterable[Global___StoredRunEvent] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["events", b"events"]) -> None: ...
+
+Global___AppendRunEventsRequest: typing_extensions.TypeAlias = AppendRunEventsRequest
+
+@typing.final
+class AppendRunEventsResponse(google.protobuf.message.Message):
+    """AppendRunEventsResponse acknowledges that the events are durable."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___AppendRunEventsResponse: typing_extensions.TypeAlias = AppendRunEventsResponse
+
+@typing.final
+class ReadRunEventsRequest(google.protobuf.message.Message):
+    """ReadRunEventsRequest asks for a run's events after a sequence number."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: builtins.int
+    PAGE_SIZE_FIELD_NUMBER: builtins.int
+    run_id: builtins.str
+    """Id of the run; required."""
+    after_sequence: builtins.int
+    """Only events with a sequence above this are returned."""
+    page_size: builtins.int
+    """Maximum events returned; 0 means 1000, values above 1000 are treated as 1000, and a
+    negative value is INVALID_ARGUMENT. The client asks again from the last sequence it got.
+    """
+    def __init__(
+        self,
+        *,
+        run_id: builtins.str = ...,
+        after_sequence: builtins.int = ...,
+        page_size: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["after_sequence", b"after_sequence", "page_size", b"page_size", "run_id", b"run_id"]) -> None: ...
+
+Global___ReadRunEventsRequest: typing_extensions.TypeAlias = ReadRunEventsRequest
+
+@typing.final
+class ReadRunEventsResponse(google.protobuf.message.Message):
+    """ReadRunEventsResponse is the next events of a run."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: builtins.int
+    @property
+    def events(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___StoredRunEvent]:
+        """The events, in sequence order; fewer than page_size when no more are stored yet."""
+
+    def __init__(
+        self,
+        *,
+        events: collections.abc.Iterable[Global___StoredRunEvent] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["events", b"events"]) -> None: ...
+
+Global___ReadRunEventsResponse: typing_extensions.TypeAlias = ReadRunEventsResponse
+
+@typing.final
+class RequestRunCancelRequest(google.protobuf.message.Message):
+    """RequestRunCancelRequest names the run to cancel."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: builtins.int
+    run_id: builtins.str
+    """Id of the run."""
+    def __init__(
+        self,
+        *,
+        run_id: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["run_id", b"run_id"]) -> None: ...
+
+Global___RequestRunCancelRequest: typing_extensions.TypeAlias = RequestRunCancelRequest
+
+@typing.final
+class RequestRunCancelResponse(google.protobuf.message.Message):
+    """RequestRunCancelResponse acknowledges that the request is durable."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___RequestRunCancelResponse: typing_extensions.TypeAlias = RequestRunCancelResponse
+
+@typing.final
+class BatchGetRunCancelRequestsRequest(google.protobuf.message.Message):
+    """BatchGetRunCancelRequestsRequest names the runs to check."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RUN_IDS_FIELD_NUMBER: builtins.int
+    @property
+    def run_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Ids of the runs; at most 1000."""
+
+    def __init__(
+        self,
+        *,
+        run_ids: collections.abc.Iterable[builtins.str] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["run_ids", b"run_ids"]) -> None: ...
+
+Global___BatchGetRunCancelRequestsRequest: typing_extensions.TypeAlias = BatchGetRunCancelRequestsRequest
+
+@typing.final
+class BatchGetRunCancelRequestsResponse(google.protobuf.message.Message):
+    """BatchGetRunCancelRequestsResponse names the runs whose cancellation was requested."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RUN_IDS_FIELD_NUMBER: builtins.int
+    @property
+    def run_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """The subset of the requested run ids that have a cancellation request."""
+
+    def __init__(
+        self,
+        *,
+        run_ids: collections.abc.Iterable[builtins.str] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["run_ids", b"run_ids"]) -> None: ...
+
+Global___BatchGetRunCancelRequestsResponse: typing_extensions.TypeAlias = BatchGetRunCancelRequestsResponse

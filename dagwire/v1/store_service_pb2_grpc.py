@@ -290,6 +290,41 @@ class ExecutionStoreServiceStub:
                 request_serializer=dagwire_dot_v1_dot_store__service__pb2.ListRunRecordsRequest.SerializeToString,
                 response_deserializer=dagwire_dot_v1_dot_store__service__pb2.ListRunRecordsResponse.FromString,
                 _registered_method=True)
+        self.CreateRunRecord = channel.unary_unary(
+                '/dagwire.v1.ExecutionStoreService/CreateRunRecord',
+                request_serializer=dagwire_dot_v1_dot_store__service__pb2.CreateRunRecordRequest.SerializeToString,
+                response_deserializer=dagwire_dot_v1_dot_store__service__pb2.CreateRunRecordResponse.FromString,
+                _registered_method=True)
+        self.ClaimRunLease = channel.unary_unary(
+                '/dagwire.v1.ExecutionStoreService/ClaimRunLease',
+                request_serializer=dagwire_dot_v1_dot_store__service__pb2.ClaimRunLeaseRequest.SerializeToString,
+                response_deserializer=dagwire_dot_v1_dot_store__service__pb2.ClaimRunLeaseResponse.FromString,
+                _registered_method=True)
+        self.GetRunLeaseClaim = channel.unary_unary(
+                '/dagwire.v1.ExecutionStoreService/GetRunLeaseClaim',
+                request_serializer=dagwire_dot_v1_dot_store__service__pb2.GetRunLeaseClaimRequest.SerializeToString,
+                response_deserializer=dagwire_dot_v1_dot_store__service__pb2.GetRunLeaseClaimResponse.FromString,
+                _registered_method=True)
+        self.AppendRunEvents = channel.unary_unary(
+                '/dagwire.v1.ExecutionStoreService/AppendRunEvents',
+                request_serializer=dagwire_dot_v1_dot_store__service__pb2.AppendRunEventsRequest.SerializeToString,
+                response_deserializer=dagwire_dot_v1_dot_store__service__pb2.AppendRunEventsResponse.FromString,
+                _registered_method=True)
+        self.ReadRunEvents = channel.unary_unary(
+                '/dagwire.v1.ExecutionStoreService/ReadRunEvents',
+                request_serializer=dagwire_dot_v1_dot_store__service__pb2.ReadRunEventsRequest.SerializeToString,
+                response_deserializer=dagwire_dot_v1_dot_store__service__pb2.ReadRunEventsResponse.FromString,
+                _registered_method=True)
+        self.RequestRunCancel = channel.unary_unary(
+                '/dagwire.v1.ExecutionStoreService/RequestRunCancel',
+                request_serializer=dagwire_dot_v1_dot_store__service__pb2.RequestRunCancelRequest.SerializeToString,
+                response_deserializer=dagwire_dot_v1_dot_store__service__pb2.RequestRunCancelResponse.FromString,
+                _registered_method=True)
+        self.BatchGetRunCancelRequests = channel.unary_unary(
+                '/dagwire.v1.ExecutionStoreService/BatchGetRunCancelRequests',
+                request_serializer=dagwire_dot_v1_dot_store__service__pb2.BatchGetRunCancelRequestsRequest.SerializeToString,
+                response_deserializer=dagwire_dot_v1_dot_store__service__pb2.BatchGetRunCancelRequestsResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutionStoreServiceServicer:
@@ -346,6 +381,62 @@ class ExecutionStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateRunRecord(self, request, context):
+        """CreateRunRecord inserts a run record unless one with its run_id exists (create-only, so
+        two orchestrators given one new request_id at the same instant start exactly one run).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimRunLease(self, request, context):
+        """ClaimRunLease claims one lease epoch of a run: exactly one caller per (run_id, epoch)
+        gets claimed = true. An orchestrator adopting a run whose owner's lease lapsed claims
+        the owner's epoch + 1 first, and drives the run only if it won the claim.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunLeaseClaim(self, request, context):
+        """GetRunLeaseClaim tells whether a lease epoch of a run was claimed: an owner that sees
+        its epoch + 1 claimed has lost the run and stops writing for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendRunEvents(self, request, context):
+        """AppendRunEvents stores run events, each keyed by (run_id, sequence); a repeated key is
+        ignored, so a retried call is harmless. Durable when the call returns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadRunEvents(self, request, context):
+        """ReadRunEvents returns a run's stored events after a sequence number, in order (the
+        sequence is the cursor: ask again from the last one received).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestRunCancel(self, request, context):
+        """RequestRunCancel records that a run's cancellation was asked for; the run's owner,
+        whichever orchestrator it is, polls for these requests and cancels the run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetRunCancelRequests(self, request, context):
+        """BatchGetRunCancelRequests returns which of the given runs have a cancellation request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutionStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -378,6 +469,41 @@ def add_ExecutionStoreServiceServicer_to_server(servicer, server):
                     servicer.ListRunRecords,
                     request_deserializer=dagwire_dot_v1_dot_store__service__pb2.ListRunRecordsRequest.FromString,
                     response_serializer=dagwire_dot_v1_dot_store__service__pb2.ListRunRecordsResponse.SerializeToString,
+            ),
+            'CreateRunRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRunRecord,
+                    request_deserializer=dagwire_dot_v1_dot_store__service__pb2.CreateRunRecordRequest.FromString,
+                    response_serializer=dagwire_dot_v1_dot_store__service__pb2.CreateRunRecordResponse.SerializeToString,
+            ),
+            'ClaimRunLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimRunLease,
+                    request_deserializer=dagwire_dot_v1_dot_store__service__pb2.ClaimRunLeaseRequest.FromString,
+                    response_serializer=dagwire_dot_v1_dot_store__service__pb2.ClaimRunLeaseResponse.SerializeToString,
+            ),
+            'GetRunLeaseClaim': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunLeaseClaim,
+                    request_deserializer=dagwire_dot_v1_dot_store__service__pb2.GetRunLeaseClaimRequest.FromString,
+                    response_serializer=dagwire_dot_v1_dot_store__service__pb2.GetRunLeaseClaimResponse.SerializeToString,
+            ),
+            'AppendRunEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendRunEvents,
+                    request_deserializer=dagwire_dot_v1_dot_store__service__pb2.AppendRunEventsRequest.FromString,
+                    response_serializer=dagwire_dot_v1_dot_store__service__pb2.AppendRunEventsResponse.SerializeToString,
+            ),
+            'ReadRunEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadRunEvents,
+                    request_deserializer=dagwire_dot_v1_dot_store__service__pb2.ReadRunEventsRequest.FromString,
+                    response_serializer=dagwire_dot_v1_dot_store__service__pb2.ReadRunEventsResponse.SerializeToString,
+            ),
+            'RequestRunCancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestRunCancel,
+                    request_deserializer=dagwire_dot_v1_dot_store__service__pb2.RequestRunCancelRequest.FromString,
+                    response_serializer=dagwire_dot_v1_dot_store__service__pb2.RequestRunCancelResponse.SerializeToString,
+            ),
+            'BatchGetRunCancelRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetRunCancelRequests,
+                    request_deserializer=dagwire_dot_v1_dot_store__service__pb2.BatchGetRunCancelRequestsRequest.FromString,
+                    response_serializer=dagwire_dot_v1_dot_store__service__pb2.BatchGetRunCancelRequestsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -543,6 +669,195 @@ class ExecutionStoreService:
             '/dagwire.v1.ExecutionStoreService/ListRunRecords',
             dagwire_dot_v1_dot_store__service__pb2.ListRunRecordsRequest.SerializeToString,
             dagwire_dot_v1_dot_store__service__pb2.ListRunRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRunRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagwire.v1.ExecutionStoreService/CreateRunRecord',
+            dagwire_dot_v1_dot_store__service__pb2.CreateRunRecordRequest.SerializeToString,
+            dagwire_dot_v1_dot_store__service__pb2.CreateRunRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimRunLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagwire.v1.ExecutionStoreService/ClaimRunLease',
+            dagwire_dot_v1_dot_store__service__pb2.ClaimRunLeaseRequest.SerializeToString,
+            dagwire_dot_v1_dot_store__service__pb2.ClaimRunLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunLeaseClaim(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagwire.v1.ExecutionStoreService/GetRunLeaseClaim',
+            dagwire_dot_v1_dot_store__service__pb2.GetRunLeaseClaimRequest.SerializeToString,
+            dagwire_dot_v1_dot_store__service__pb2.GetRunLeaseClaimResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendRunEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagwire.v1.ExecutionStoreService/AppendRunEvents',
+            dagwire_dot_v1_dot_store__service__pb2.AppendRunEventsRequest.SerializeToString,
+            dagwire_dot_v1_dot_store__service__pb2.AppendRunEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadRunEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagwire.v1.ExecutionStoreService/ReadRunEvents',
+            dagwire_dot_v1_dot_store__service__pb2.ReadRunEventsRequest.SerializeToString,
+            dagwire_dot_v1_dot_store__service__pb2.ReadRunEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestRunCancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagwire.v1.ExecutionStoreService/RequestRunCancel',
+            dagwire_dot_v1_dot_store__service__pb2.RequestRunCancelRequest.SerializeToString,
+            dagwire_dot_v1_dot_store__service__pb2.RequestRunCancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetRunCancelRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagwire.v1.ExecutionStoreService/BatchGetRunCancelRequests',
+            dagwire_dot_v1_dot_store__service__pb2.BatchGetRunCancelRequestsRequest.SerializeToString,
+            dagwire_dot_v1_dot_store__service__pb2.BatchGetRunCancelRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -326,7 +326,119 @@ _ExecutionStoreServiceListRunRecordsType = typing_extensions.TypeVar(
     ],
 )
 
-class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecutionsType, _ExecutionStoreServiceRecordOutcomesType, _ExecutionStoreServiceListExecutionRecordsType, _ExecutionStoreServiceSaveRunRecordType, _ExecutionStoreServiceGetRunRecordType, _ExecutionStoreServiceListRunRecordsType]):
+_ExecutionStoreServiceCreateRunRecordType = typing_extensions.TypeVar(
+    '_ExecutionStoreServiceCreateRunRecordType',
+    grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.CreateRunRecordRequest,
+        dagwire.v1.store_service_pb2.CreateRunRecordResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.CreateRunRecordRequest,
+        dagwire.v1.store_service_pb2.CreateRunRecordResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.CreateRunRecordRequest,
+        dagwire.v1.store_service_pb2.CreateRunRecordResponse,
+    ],
+)
+
+_ExecutionStoreServiceClaimRunLeaseType = typing_extensions.TypeVar(
+    '_ExecutionStoreServiceClaimRunLeaseType',
+    grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.ClaimRunLeaseRequest,
+        dagwire.v1.store_service_pb2.ClaimRunLeaseResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.ClaimRunLeaseRequest,
+        dagwire.v1.store_service_pb2.ClaimRunLeaseResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.ClaimRunLeaseRequest,
+        dagwire.v1.store_service_pb2.ClaimRunLeaseResponse,
+    ],
+)
+
+_ExecutionStoreServiceGetRunLeaseClaimType = typing_extensions.TypeVar(
+    '_ExecutionStoreServiceGetRunLeaseClaimType',
+    grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.GetRunLeaseClaimRequest,
+        dagwire.v1.store_service_pb2.GetRunLeaseClaimResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.GetRunLeaseClaimRequest,
+        dagwire.v1.store_service_pb2.GetRunLeaseClaimResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.GetRunLeaseClaimRequest,
+        dagwire.v1.store_service_pb2.GetRunLeaseClaimResponse,
+    ],
+)
+
+_ExecutionStoreServiceAppendRunEventsType = typing_extensions.TypeVar(
+    '_ExecutionStoreServiceAppendRunEventsType',
+    grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.AppendRunEventsRequest,
+        dagwire.v1.store_service_pb2.AppendRunEventsResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.AppendRunEventsRequest,
+        dagwire.v1.store_service_pb2.AppendRunEventsResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.AppendRunEventsRequest,
+        dagwire.v1.store_service_pb2.AppendRunEventsResponse,
+    ],
+)
+
+_ExecutionStoreServiceReadRunEventsType = typing_extensions.TypeVar(
+    '_ExecutionStoreServiceReadRunEventsType',
+    grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.ReadRunEventsRequest,
+        dagwire.v1.store_service_pb2.ReadRunEventsResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.ReadRunEventsRequest,
+        dagwire.v1.store_service_pb2.ReadRunEventsResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.ReadRunEventsRequest,
+        dagwire.v1.store_service_pb2.ReadRunEventsResponse,
+    ],
+)
+
+_ExecutionStoreServiceRequestRunCancelType = typing_extensions.TypeVar(
+    '_ExecutionStoreServiceRequestRunCancelType',
+    grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.RequestRunCancelRequest,
+        dagwire.v1.store_service_pb2.RequestRunCancelResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.RequestRunCancelRequest,
+        dagwire.v1.store_service_pb2.RequestRunCancelResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.RequestRunCancelRequest,
+        dagwire.v1.store_service_pb2.RequestRunCancelResponse,
+    ],
+)
+
+_ExecutionStoreServiceBatchGetRunCancelRequestsType = typing_extensions.TypeVar(
+    '_ExecutionStoreServiceBatchGetRunCancelRequestsType',
+    grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsRequest,
+        dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsRequest,
+        dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsRequest,
+        dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsResponse,
+    ],
+)
+
+class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecutionsType, _ExecutionStoreServiceRecordOutcomesType, _ExecutionStoreServiceListExecutionRecordsType, _ExecutionStoreServiceSaveRunRecordType, _ExecutionStoreServiceGetRunRecordType, _ExecutionStoreServiceListRunRecordsType, _ExecutionStoreServiceCreateRunRecordType, _ExecutionStoreServiceClaimRunLeaseType, _ExecutionStoreServiceGetRunLeaseClaimType, _ExecutionStoreServiceAppendRunEventsType, _ExecutionStoreServiceReadRunEventsType, _ExecutionStoreServiceRequestRunCancelType, _ExecutionStoreServiceBatchGetRunCancelRequestsType]):
     """ExecutionStoreService keeps the records of runs and of each task attempt."""
 
     @typing.overload
@@ -355,6 +467,34 @@ class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecu
             dagwire.v1.store_service_pb2.ListRunRecordsRequest,
             dagwire.v1.store_service_pb2.ListRunRecordsResponse,
         ],
+        grpc.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.CreateRunRecordRequest,
+            dagwire.v1.store_service_pb2.CreateRunRecordResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.ClaimRunLeaseRequest,
+            dagwire.v1.store_service_pb2.ClaimRunLeaseResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.GetRunLeaseClaimRequest,
+            dagwire.v1.store_service_pb2.GetRunLeaseClaimResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.AppendRunEventsRequest,
+            dagwire.v1.store_service_pb2.AppendRunEventsResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.ReadRunEventsRequest,
+            dagwire.v1.store_service_pb2.ReadRunEventsResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.RequestRunCancelRequest,
+            dagwire.v1.store_service_pb2.RequestRunCancelResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsRequest,
+            dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsResponse,
+        ],
     ], channel: grpc.Channel) -> None: ...
 
     @typing.overload
@@ -382,6 +522,34 @@ class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecu
         grpc.aio.UnaryUnaryMultiCallable[
             dagwire.v1.store_service_pb2.ListRunRecordsRequest,
             dagwire.v1.store_service_pb2.ListRunRecordsResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.CreateRunRecordRequest,
+            dagwire.v1.store_service_pb2.CreateRunRecordResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.ClaimRunLeaseRequest,
+            dagwire.v1.store_service_pb2.ClaimRunLeaseResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.GetRunLeaseClaimRequest,
+            dagwire.v1.store_service_pb2.GetRunLeaseClaimResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.AppendRunEventsRequest,
+            dagwire.v1.store_service_pb2.AppendRunEventsResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.ReadRunEventsRequest,
+            dagwire.v1.store_service_pb2.ReadRunEventsResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.RequestRunCancelRequest,
+            dagwire.v1.store_service_pb2.RequestRunCancelResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsRequest,
+            dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsResponse,
         ],
     ], channel: grpc.aio.Channel) -> None: ...
 
@@ -413,6 +581,40 @@ class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecu
     ListRunRecords: _ExecutionStoreServiceListRunRecordsType
     """ListRunRecords returns run records newest first, one page at a time."""
 
+    CreateRunRecord: _ExecutionStoreServiceCreateRunRecordType
+    """CreateRunRecord inserts a run record unless one with its run_id exists (create-only, so
+    two orchestrators given one new request_id at the same instant start exactly one run).
+    """
+
+    ClaimRunLease: _ExecutionStoreServiceClaimRunLeaseType
+    """ClaimRunLease claims one lease epoch of a run: exactly one caller per (run_id, epoch)
+    gets claimed = true. An orchestrator adopting a run whose owner's lease lapsed claims
+    the owner's epoch + 1 first, and drives the run only if it won the claim.
+    """
+
+    GetRunLeaseClaim: _ExecutionStoreServiceGetRunLeaseClaimType
+    """GetRunLeaseClaim tells whether a lease epoch of a run was claimed: an owner that sees
+    its epoch + 1 claimed has lost the run and stops writing for it.
+    """
+
+    AppendRunEvents: _ExecutionStoreServiceAppendRunEventsType
+    """AppendRunEvents stores run events, each keyed by (run_id, sequence); a repeated key is
+    ignored, so a retried call is harmless. Durable when the call returns.
+    """
+
+    ReadRunEvents: _ExecutionStoreServiceReadRunEventsType
+    """ReadRunEvents returns a run's stored events after a sequence number, in order (the
+    sequence is the cursor: ask again from the last one received).
+    """
+
+    RequestRunCancel: _ExecutionStoreServiceRequestRunCancelType
+    """RequestRunCancel records that a run's cancellation was asked for; the run's owner,
+    whichever orchestrator it is, polls for these requests and cancels the run.
+    """
+
+    BatchGetRunCancelRequests: _ExecutionStoreServiceBatchGetRunCancelRequestsType
+    """BatchGetRunCancelRequests returns which of the given runs have a cancellation request."""
+
 ExecutionStoreServiceAsyncStub: typing_extensions.TypeAlias = ExecutionStoreServiceStub[
     grpc.aio.UnaryUnaryMultiCallable[
         dagwire.v1.store_service_pb2.RecordExecutionsRequest,
@@ -437,6 +639,34 @@ ExecutionStoreServiceAsyncStub: typing_extensions.TypeAlias = ExecutionStoreServ
     grpc.aio.UnaryUnaryMultiCallable[
         dagwire.v1.store_service_pb2.ListRunRecordsRequest,
         dagwire.v1.store_service_pb2.ListRunRecordsResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.CreateRunRecordRequest,
+        dagwire.v1.store_service_pb2.CreateRunRecordResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.ClaimRunLeaseRequest,
+        dagwire.v1.store_service_pb2.ClaimRunLeaseResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.GetRunLeaseClaimRequest,
+        dagwire.v1.store_service_pb2.GetRunLeaseClaimResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.AppendRunEventsRequest,
+        dagwire.v1.store_service_pb2.AppendRunEventsResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.ReadRunEventsRequest,
+        dagwire.v1.store_service_pb2.ReadRunEventsResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.RequestRunCancelRequest,
+        dagwire.v1.store_service_pb2.RequestRunCancelResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsRequest,
+        dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsResponse,
     ],
 ]
 
@@ -500,5 +730,74 @@ class ExecutionStoreServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[dagwire.v1.store_service_pb2.ListRunRecordsResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.ListRunRecordsResponse]]:
         """ListRunRecords returns run records newest first, one page at a time."""
+
+    @abc.abstractmethod
+    def CreateRunRecord(
+        self,
+        request: dagwire.v1.store_service_pb2.CreateRunRecordRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dagwire.v1.store_service_pb2.CreateRunRecordResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.CreateRunRecordResponse]]:
+        """CreateRunRecord inserts a run record unless one with its run_id exists (create-only, so
+        two orchestrators given one new request_id at the same instant start exactly one run).
+        """
+
+    @abc.abstractmethod
+    def ClaimRunLease(
+        self,
+        request: dagwire.v1.store_service_pb2.ClaimRunLeaseRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dagwire.v1.store_service_pb2.ClaimRunLeaseResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.ClaimRunLeaseResponse]]:
+        """ClaimRunLease claims one lease epoch of a run: exactly one caller per (run_id, epoch)
+        gets claimed = true. An orchestrator adopting a run whose owner's lease lapsed claims
+        the owner's epoch + 1 first, and drives the run only if it won the claim.
+        """
+
+    @abc.abstractmethod
+    def GetRunLeaseClaim(
+        self,
+        request: dagwire.v1.store_service_pb2.GetRunLeaseClaimRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dagwire.v1.store_service_pb2.GetRunLeaseClaimResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.GetRunLeaseClaimResponse]]:
+        """GetRunLeaseClaim tells whether a lease epoch of a run was claimed: an owner that sees
+        its epoch + 1 claimed has lost the run and stops writing for it.
+        """
+
+    @abc.abstractmethod
+    def AppendRunEvents(
+        self,
+        request: dagwire.v1.store_service_pb2.AppendRunEventsRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dagwire.v1.store_service_pb2.AppendRunEventsResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.AppendRunEventsResponse]]:
+        """AppendRunEvents stores run events, each keyed by (run_id, sequence); a repeated key is
+        ignored, so a retried call is harmless. Durable when the call returns.
+        """
+
+    @abc.abstractmethod
+    def ReadRunEvents(
+        self,
+        request: dagwire.v1.store_service_pb2.ReadRunEventsRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dagwire.v1.store_service_pb2.ReadRunEventsResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.ReadRunEventsResponse]]:
+        """ReadRunEvents returns a run's stored events after a sequence number, in order (the
+        sequence is the cursor: ask again from the last one received).
+        """
+
+    @abc.abstractmethod
+    def RequestRunCancel(
+        self,
+        request: dagwire.v1.store_service_pb2.RequestRunCancelRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dagwire.v1.store_service_pb2.RequestRunCancelResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.RequestRunCancelResponse]]:
+        """RequestRunCancel records that a run's cancellation was asked for; the run's owner,
+        whichever orchestrator it is, polls for these requests and cancels the run.
+        """
+
+    @abc.abstractmethod
+    def BatchGetRunCancelRequests(
+        self,
+        request: dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsResponse]]:
+        """BatchGetRunCancelRequests returns which of the given runs have a cancellation request."""
 
 def add_ExecutionStoreServiceServicer_to_server(servicer: ExecutionStoreServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -117,8 +117,9 @@ class OrchestratorService:
                 tries += 1
                 await asyncio.sleep(retry_interval)
         log.info(
-            "recovered %d orphaned run(s): marked failed (orchestrator restarted)",
+            "adopted %d orphaned run(s) (their owner's lease lapsed); looking for more every %g s",
             len(recovered),
+            self.settings.lease_seconds / 3,
             extra={"instance_id": self.instance_id, "run_ids": recovered[:20]},
         )
         return recovered

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterable, AsyncIterator
 from functools import partial
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import grpc.aio
 
 from dagwire.errors import NotFoundError
-from dagwire.models import Artifact
+from dagwire.models import Artifact, RunEventRecord
 from dagwire.rpc.convert import (
     artifact_from_proto,
     artifact_to_proto,
@@ -30,17 +31,29 @@ from dagwire.rpc.uploads import (
     check_required,
     verified_chunks,
 )
-from dagwire.stores.base import ArtifactStore, BatchArtifactStore, ExecutionStore
+from dagwire.stores.base import ArtifactStore, BatchArtifactStore, ExecutionStore, RunLedger
 from dagwire.v1 import common_pb2, store_service_pb2, store_service_pb2_grpc
 from dagwire.v1.store_service_pb2 import (
+    AppendRunEventsRequest,
+    AppendRunEventsResponse,
+    ClaimRunLeaseRequest,
+    ClaimRunLeaseResponse,
+    CreateRunRecordRequest,
+    CreateRunRecordResponse,
     GetArtifactRequest,
     GetArtifactResponse,
+    GetRunLeaseClaimRequest,
+    GetRunLeaseClaimResponse,
     GetRunRecordRequest,
     GetRunRecordResponse,
     ListArtifactsRequest,
     ListArtifactsResponse,
     ListExecutionRecordsRequest,
     ListExecutionRecordsResponse,
+    BatchGetRunCancelRequestsRequest,
+    BatchGetRunCancelRequestsResponse,
+    ReadRunEventsRequest,
+    ReadRunEventsResponse,
     ListRunRecordsRequest,
     ListRunRecordsResponse,
     OutcomeResult,
@@ -50,10 +63,13 @@ from dagwire.v1.store_service_pb2 import (
     RecordExecutionsResponse,
     RecordOutcomesRequest,
     RecordOutcomesResponse,
+    RequestRunCancelRequest,
+    RequestRunCancelResponse,
     SaveRunRecordRequest,
     SaveRunRecordResponse,
     StatArtifactRequest,
     StatArtifactResponse,
+    StoredRunEvent,
 )
 
 __all__ = ["ArtifactStoreServicer", "ExecutionStoreServicer", "store_services"]
@@ -268,6 +284,104 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
         page = runs[:size]
         token = encode_page_token("runs", scope, page[-1].run_id) if len(runs) > size else ""
         return ListRunRecordsResponse(runs=[run_to_proto(r) for r in page], next_page_token=token)
+
+    # ------------------------------------------------------------------ run ledger
+
+    def _ledger(self) -> RunLedger:
+        if not isinstance(self._store, RunLedger):
+            raise InvalidArgumentError(
+                "this store service's execution store keeps no run ledger", field="store"
+            )
+        return self._store
+
+    async def CreateRunRecord(
+        self, request: CreateRunRecordRequest, context: Context
+    ) -> CreateRunRecordResponse:
+        if not request.HasField("run"):
+            raise InvalidArgumentError("run is required", field="run")
+        check_required(request.run.run_id, "run.run_id")
+        created = await self._ledger().create_run(run_from_proto(request.run))
+        return CreateRunRecordResponse(created=created)
+
+    async def ClaimRunLease(
+        self, request: ClaimRunLeaseRequest, context: Context
+    ) -> ClaimRunLeaseResponse:
+        run_id = check_required(request.run_id, "run_id")
+        owner = check_required(request.owner, "owner")
+        if request.epoch < 2:
+            raise InvalidArgumentError(
+                "epoch must be at least 2 (1 is the creator's)", field="epoch"
+            )
+        claimed = await self._ledger().claim_run(run_id, request.epoch, owner)
+        return ClaimRunLeaseResponse(claimed=claimed)
+
+    async def GetRunLeaseClaim(
+        self, request: GetRunLeaseClaimRequest, context: Context
+    ) -> GetRunLeaseClaimResponse:
+        run_id = check_required(request.run_id, "run_id")
+        claimed = await self._ledger().lease_claimed(run_id, request.epoch)
+        return GetRunLeaseClaimResponse(claimed=claimed)
+
+    async def AppendRunEvents(
+        self, request: AppendRunEventsRequest, context: Context
+    ) -> AppendRunEventsResponse:
+        events = []
+        for index, event in enumerate(request.events):
+            check_required(event.run_id, f"events[{index}].run_id")
+            if event.sequence < 1:
+                raise InvalidArgumentError(
+                    f"events[{index}].sequence must be at least 1", field="events"
+                )
+            try:
+                data = json.loads(event.data_json)
+            except json.JSONDecodeError as exc:
+                raise InvalidArgumentError(
+                    f"events[{index}].data_json is not JSON: {exc}", field="events"
+                ) from None
+            if not isinstance(data, dict):
+                raise InvalidArgumentError(
+                    f"events[{index}].data_json must be a JSON object", field="events"
+                )
+            events.append(RunEventRecord(event.run_id, event.sequence, event.epoch, data))
+        if events:
+            await self._ledger().append_events(events)
+        return AppendRunEventsResponse()
+
+    async def ReadRunEvents(
+        self, request: ReadRunEventsRequest, context: Context
+    ) -> ReadRunEventsResponse:
+        run_id = check_required(request.run_id, "run_id")
+        if request.page_size < 0:
+            raise InvalidArgumentError("page_size must not be negative", field="page_size")
+        size = min(request.page_size or 1000, 1000)
+        events = await self._ledger().list_events(
+            run_id, after=max(request.after_sequence, 0), limit=size
+        )
+        return ReadRunEventsResponse(
+            events=[
+                StoredRunEvent(
+                    run_id=e.run_id,
+                    sequence=e.sequence,
+                    epoch=e.epoch,
+                    data_json=json.dumps(e.data, ensure_ascii=False),
+                )
+                for e in events
+            ]
+        )
+
+    async def RequestRunCancel(
+        self, request: RequestRunCancelRequest, context: Context
+    ) -> RequestRunCancelResponse:
+        await self._ledger().request_cancel(check_required(request.run_id, "run_id"))
+        return RequestRunCancelResponse()
+
+    async def BatchGetRunCancelRequests(
+        self, request: BatchGetRunCancelRequestsRequest, context: Context
+    ) -> BatchGetRunCancelRequestsResponse:
+        if len(request.run_ids) > 1000:
+            raise InvalidArgumentError("at most 1000 run_ids per call", field="run_ids")
+        found = await self._ledger().cancel_requests(list(request.run_ids))
+        return BatchGetRunCancelRequestsResponse(run_ids=sorted(found))
 
 
 def _decode_outputs(outputs: Any) -> list[Artifact]:

@@ -62,6 +62,13 @@ EXPECTED_RPCS: dict[str, dict[str, tuple[bool, bool]]] = {
         "SaveRunRecord": (False, False),
         "GetRunRecord": (False, False),
         "ListRunRecords": (False, False),
+        "CreateRunRecord": (False, False),
+        "ClaimRunLease": (False, False),
+        "GetRunLeaseClaim": (False, False),
+        "AppendRunEvents": (False, False),
+        "ReadRunEvents": (False, False),
+        "RequestRunCancel": (False, False),
+        "BatchGetRunCancelRequests": (False, False),
     },
     "AgentAdapterService": {
         "Execute": (False, False),

@@ -1,0 +1,127 @@
+"""What every part of the orchestrator shares: its stores, its runs, durable writes, events."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from dagwire.errors import StoreUnavailableError
+from dagwire.models import RunRecord, RunStatus, utc_now
+from dagwire.runtime._durability import StoreGuard
+from dagwire.runtime._state import RunState
+from dagwire.runtime.dispatcher import TaskDispatcher
+from dagwire.runtime.events import RunEvent, RunEventKind
+from dagwire.stores.base import ArtifactStore, ExecutionStore, OutcomeRecorder, RunLedger
+
+_log = logging.getLogger("dagwire.orchestrator")
+_T = TypeVar("_T")
+
+
+class LeaseLostError(Exception):
+    """This orchestrator no longer owns the run (another one claimed a newer lease epoch)."""
+
+
+class OrchestratorCore:
+    """The state and helpers the orchestrator's parts (`_attempts`, `_driver`, leases and
+    resume in `orchestrator`) share."""
+
+    def __init__(
+        self,
+        artifact_store: ArtifactStore,
+        execution_store: ExecutionStore,
+        dispatcher: TaskDispatcher,
+        *,
+        instance_id: str,
+        lease_seconds: float,
+        store_retry_seconds: float,
+        running_record_after: float | None,
+        on_run_start: Callable[[RunRecord], None] | None,
+    ) -> None:
+        self._artifact_store = artifact_store
+        self._execution_store = execution_store
+        self._ledger: RunLedger | None = (
+            execution_store if isinstance(execution_store, RunLedger) else None
+        )
+        self._dispatcher = dispatcher
+        self.instance_id = instance_id
+        self._lease = timedelta(seconds=lease_seconds)
+        self._guard = StoreGuard(store_retry_seconds)
+        # with a ledger an attempt's start is durable while it is dispatched (resume needs
+        # to know which attempts were in flight); without, only slow attempts get one
+        self._running_record_after = (
+            running_record_after
+            if running_record_after is not None
+            else (0.0 if self._ledger is not None else 0.5)
+        )
+        self._on_run_start = on_run_start
+        self._outcome_recorder: OutcomeRecorder | None = (
+            execution_store
+            if isinstance(execution_store, OutcomeRecorder)
+            and execution_store.records_outputs_for(artifact_store)
+            else None
+        )
+        self._active: dict[str, RunState] = {}
+        self._finished: OrderedDict[str, RunState] = OrderedDict()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def _durable(self, operation: Callable[[], Awaitable[_T]], what: str) -> _T:
+        """Run a store operation, retrying while the store is unavailable (bounded, with backoff).
+
+        Raises:
+            StoreUnavailableError: the store stayed unavailable for `store_retry_seconds`.
+        """
+        return await self._guard.run(operation, what)
+
+    def _emit(self, state: RunState, kind: RunEventKind, **fields: object) -> RunEvent:
+        """Append an event to the run's log and have it written (published once durable)."""
+        event = state.events.append(kind, **fields)
+        if state.journal is not None:
+            state.journal.flush_soon()
+        return event
+
+    async def _save_run(self, state: RunState) -> None:
+        """Write the run record as its owner, with a renewed lease while it runs.
+
+        Raises:
+            LeaseLostError: another orchestrator claimed the run's next lease epoch.
+            StoreUnavailableError: the store stayed unavailable.
+        """
+        async with state.save_lock:  # one writer per run record
+            if state.abandoned:
+                raise LeaseLostError(state.run_id)
+            ledger = self._ledger
+            if ledger is not None and state.epoch:
+                claimed = await self._durable(
+                    lambda: ledger.lease_claimed(state.run_id, state.epoch + 1),
+                    f"checking the lease of run {state.run_id}",
+                )
+                if claimed:
+                    raise LeaseLostError(state.run_id)
+            record = state.record
+            if not RunStatus(record.status).is_final:
+                record = dataclasses.replace(record, lease_expires_at=utc_now() + self._lease)
+            await self._durable(
+                lambda: self._execution_store.save_run(record), f"saving run {state.run_id}"
+            )
+            state.record = record
+
+    async def _save_run_eventually(self, state: RunState) -> None:
+        while True:
+            try:
+                await self._save_run(state)
+                _log.info("final run status recorded", extra={"run_id": state.run_id})
+                return
+            except LeaseLostError:
+                return
+            except StoreUnavailableError:
+                await asyncio.sleep(5.0)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
