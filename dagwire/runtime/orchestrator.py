@@ -464,9 +464,10 @@ class Orchestrator(DriverMixin):
             The ids of the runs adopted (or failed) by this scan.
         """
         self._adopting = True
-        found = await self._adopt_orphans()
-        self._ensure_keeper()
-        return found
+        try:
+            return await self._adopt_orphans()
+        finally:
+            self._ensure_keeper()  # later scans retry whatever this one could not do
 
     async def _adopt_orphans(self) -> list[str]:
         now = utc_now()
@@ -477,8 +478,8 @@ class Orchestrator(DriverMixin):
                 status=RunStatus.RUNNING, limit=_ADOPTION_PAGE, after=after
             )
             for record in page:
-                if record.run_id in self._active:
-                    continue
+                if record.run_id in self._active or record.run_id in self._finished:
+                    continue  # driven here, or ended here with its final record still pending
                 lease_over = record.lease_expires_at is None or record.lease_expires_at <= now
                 if lease_over or record.owner == self.instance_id:
                     orphans.append(record)

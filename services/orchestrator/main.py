@@ -99,12 +99,13 @@ class OrchestratorService:
         return self.running.port
 
     async def recover(self, *, retry_interval: float = 1.0) -> list[str]:
-        """Fail the runs left `running` by orchestrators whose lease expired; log how many.
+        """Adopt the runs left `running` by orchestrators whose lease lapsed, and keep looking
+        for such runs in the background; log how many.
 
         Waits (retrying every `retry_interval` seconds) while the store service is unavailable.
 
         Returns:
-            The ids of the runs marked failed.
+            The ids of the runs adopted by the first scan.
         """
         tries = 0
         while True:
@@ -116,6 +117,9 @@ class OrchestratorService:
                     log.warning("waiting for the store service to recover orphaned runs: %s", exc)
                 tries += 1
                 await asyncio.sleep(retry_interval)
+            except Exception:  # the lease keeper scans again every third of a lease
+                log.exception("looking for orphaned runs failed; retrying in the background")
+                return []
         log.info(
             "adopted %d orphaned run(s) (their owner's lease lapsed); looking for more every %g s",
             len(recovered),

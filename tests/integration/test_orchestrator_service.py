@@ -604,7 +604,7 @@ async def test_list_runs_pages_newest_first_with_a_status_filter(stack: Stack) -
 # ---------------------------------------------------------------------- restarts
 
 
-async def test_run_left_running_by_a_dead_orchestrator_is_failed_when_the_service_starts(
+async def test_run_left_running_by_a_dead_orchestrator_is_resumed_when_the_service_starts(
     stack: Stack,
 ) -> None:
     now = utc_now()
@@ -625,9 +625,12 @@ async def test_run_left_running_by_a_dead_orchestrator_is_failed_when_the_servic
     await stack.executions.save_run(running("dead-run", "orchestrator-dead", -timedelta(minutes=1)))
     await stack.executions.save_run(running("live-run", "orchestrator-alive", timedelta(hours=1)))
     client = await stack.orchestrator()
-    dead = await client.get_run("dead-run")
-    assert dead.status is RunStatus.FAILED
-    assert "orchestrator restarted" in (dead.error or "")
+    await until(lambda: _status_is(stack.executions, "dead-run", RunStatus.SUCCEEDED), within=20)
+    adopted = await client.get_run("dead-run")
+    assert adopted.lease_epoch == 2  # claimed from the dead owner's epoch 1
+    assert adopted.nodes["a"].status is TaskStatus.SUCCEEDED
+    events = await collect_events(client, "dead-run")
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert (await client.get_run("live-run")).status is RunStatus.RUNNING  # never touched
 
 
@@ -778,7 +781,7 @@ async def test_orchestrator_process_logs_its_instance_and_recovered_runs_and_sto
     assert code == 0, proc.log_tail()
     messages = [line.get("message", "") for line in proc.log_lines()]
     assert any("orchestrator-test-1" in m for m in messages), messages
-    assert any(m.startswith("recovered 0 orphaned run(s)") for m in messages), messages
+    assert any(m.startswith("adopted 0 orphaned run(s)") for m in messages), messages
     assert any(m.startswith("orchestrator serving on " + address) for m in messages), messages
 
 
