@@ -229,6 +229,7 @@ class DriverMixin(AttemptsMixin):
             trace_id=state.trace_id,
             error=error,
         )
+        state.finishing = True
         self._emit(
             state, RunEventKind.RUN_FINISHED, run_status=run_status, error=error, summary=summary
         )

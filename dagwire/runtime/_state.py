@@ -70,6 +70,9 @@ class RunState:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set when this orchestrator lost the run's lease: it stops without writing anything more.
     abandoned: bool = False
+    #: Set once the run's outcome is decided (`run_finished` emitted): only recording it is
+    #: left, which waits out an outage instead of giving the run up (a newer epoch still wins).
+    finishing: bool = False
     run_error: str | None = None
     save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     driver: asyncio.Task[None] | None = None

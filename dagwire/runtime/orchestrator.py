@@ -761,8 +761,8 @@ class Orchestrator(DriverMixin):
 
     async def _renew_leases(self) -> None:
         for state in list(self._active.values()):
-            if state.summary is not None or state.abandoned:
-                continue
+            if state.summary is not None or state.abandoned or state.finishing:
+                continue  # a finishing run's final write renews the lease
             try:
                 await self._save_run(state)
             except LeaseLostError:

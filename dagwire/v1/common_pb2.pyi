@@ -426,7 +426,15 @@ Global___Run: typing_extensions.TypeAlias = Run
 
 @typing.final
 class RunEvent(google.protobuf.message.Message):
-    """RunEvent is one numbered event of a run, as streamed by OrchestratorService.WatchRun."""
+    """RunEvent is one numbered event of a run, as streamed by OrchestratorService.WatchRun.
+
+    Sequence numbers start at 1 and rise by exactly one per run, with no gap and no duplicate,
+    whichever orchestrator replica streams them and across the adoption of the run by another
+    replica: an event is stored before it is streamed, so a replay and the live stream are the
+    same events. Events come in causal order: a task's task_finished comes before every event
+    it causes (its dependents' task_finished with status skipped, the task_started of tasks it
+    unblocked), and run_finished is always the last event of a run.
+    """
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
