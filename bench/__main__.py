@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark and print one table per group.
 
 Usage: python -m bench [GROUP ...]
-(groups: scheduler, stores, orchestration, store_service, full_stack)
+(groups: scheduler, stores, orchestration, store_service, full_stack, compare, load)
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ GROUPS = {
     "orchestration": "In-process orchestration overhead, embedded stores, no-op adapter",
     "store_service": "Artifacts through the store service (subprocess) vs direct MinIO; store RSS",
     "full_stack": "Full service stack (4 processes), echo tasks: ms per task vs DESIGN §11",
+    "compare": "Full service stack: this checkout side by side with the baseline commit",
+    "load": "Replicated stack on FerretDB + MinIO: concurrent runs, a 10,000-task run, peak RSS",
 }
 
 

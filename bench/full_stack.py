@@ -58,6 +58,19 @@ _CPU_COLUMNS = ("orchestrator", "dispatcher", "toolbox", "store", "ferretdb", "p
 
 
 @dataclass(frozen=True)
+class ServiceCode:
+    """Which checkout the service processes run: this one, or another commit's (`bench.compare`
+    runs the previous commit's services side by side with this one's)."""
+
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+
+#: The code the services of the next measurement run (None: this checkout).
+SERVICE_CODE: ServiceCode | None = None
+
+
+@dataclass(frozen=True)
 class Shape:
     """One benchmarked workflow shape and its DESIGN §11 target."""
 
@@ -106,13 +119,15 @@ class _Service:
 
     def start(self) -> None:
         self._log = self.log_path.open("ab")
+        code = SERVICE_CODE or ServiceCode(REPO_ROOT)
         self.popen = subprocess.Popen(
             [sys.executable, "-m", self.module, "--listen-addr", self.address, *self.args],
-            cwd=REPO_ROOT,
+            cwd=code.root,
             env={
                 **os.environ,
                 "DAGWIRE_LOG_FORMAT": "json",
                 "DAGWIRE_LOG_LEVEL": "warning",
+                **code.env,
                 **self.env,
             },
             stdin=subprocess.DEVNULL,

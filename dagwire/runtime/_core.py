@@ -51,12 +51,10 @@ class OrchestratorCore:
         self.instance_id = instance_id
         self._lease = timedelta(seconds=lease_seconds)
         self._guard = StoreGuard(store_retry_seconds)
-        # with a ledger an attempt's start is durable while it is dispatched (resume needs
-        # to know which attempts were in flight); without, only slow attempts get one
+        # an attempt's durable start is its stored `task_started` event; a `running` record
+        # is written too for attempts that outlast this delay (readers of the records see them)
         self._running_record_after = (
-            running_record_after
-            if running_record_after is not None
-            else (0.0 if self._ledger is not None else 0.5)
+            running_record_after if running_record_after is not None else 0.5
         )
         self._on_run_start = on_run_start
         self._outcome_recorder: OutcomeRecorder | None = (

@@ -103,7 +103,7 @@ class Orchestrator(DriverMixin):
         store_retry_seconds: how long writes to an unavailable store are retried before the run
             fails with "store unavailable".
         running_record_after: attempts still running after this many seconds get a `running`
-            execution record; default 0 (at once) with a run ledger, else 0.5.
+            execution record (default 0.5); the durable start of every attempt is its event.
         on_run_start: called with the run record first thing in each run's own asyncio task;
             context variables it sets (a logging context with the run id) hold for every
             dispatch and log line of that run.
@@ -609,6 +609,24 @@ class Orchestrator(DriverMixin):
         by_node: dict[str, list[ExecutionRecord]] = {}
         for record in records:
             by_node.setdefault(record.node_id, []).append(record)
+        recorded = {(r.node_id, r.attempt) for r in records}
+        # an attempt's durable start is its `task_started` event (stored while it is
+        # dispatched); one without a record yet was in flight: it becomes a lost attempt
+        for e in prior:
+            if e.kind is not RunEventKind.TASK_STARTED or e.node_id is None:
+                continue
+            if e.node_id in state.dag.nodes and (e.node_id, e.attempt) not in recorded:
+                by_node.setdefault(e.node_id, []).append(
+                    ExecutionRecord(
+                        run_id=state.run_id,
+                        node_id=e.node_id,
+                        attempt=e.attempt,
+                        agent=state.dag.nodes[e.node_id].agent,
+                        status=TaskStatus.RUNNING,
+                        started_at=e.time,
+                        trace_id=state.trace_id,
+                    )
+                )
         for node_id in state.dag.topological_order():
             if state.statuses[node_id] is not TaskStatus.PENDING:
                 continue  # skipped by an upstream failure restored earlier
@@ -627,8 +645,16 @@ class Orchestrator(DriverMixin):
             if not attempts:
                 continue
             node = state.dag.nodes[node_id]
+            inputs = [
+                a.artifact_id
+                for dependency in state.dag.dependencies(node_id)
+                for a in state.artifacts.get(dependency, ())
+                if a.artifact_id
+            ]
             for lost in (r for r in attempts if not TaskStatus(r.status).is_final):
-                await self._record_lost(state, node, lost)
+                await self._record_lost(
+                    state, node, dataclasses.replace(lost, input_artifact_ids=inputs)
+                )
             succeeded = next((r for r in attempts if r.status == TaskStatus.SUCCEEDED), None)
             made = attempts[-1].attempt
             if succeeded is not None:

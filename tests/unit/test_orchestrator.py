@@ -675,3 +675,68 @@ async def test_inputs_held_by_reference_reach_in_process_adapters_with_content(
     assert summary.status == RunStatus.SUCCEEDED
     [(_, inputs, _)] = recorder.calls
     assert [a.content for a in inputs] == [b"x" * 1000]
+
+
+async def test_a_run_whose_owner_stopped_mid_attempt_is_resumed_by_another_orchestrator(
+    stores: tuple[LocalArtifactStore, SqliteExecutionStore],
+) -> None:
+    artifacts, executions = stores
+    calls: list[tuple[str, int]] = []
+
+    class Counting(Recorder):
+        async def execute(
+            self, task: TaskNode, inputs: list[Artifact], trace_id: str
+        ) -> list[Artifact]:
+            calls.append((task.id, task.attempt))
+            return await super().execute(task, inputs, trace_id)
+
+    def dispatcher(slow_delay: float) -> Dispatcher:
+        d = Dispatcher()
+        d.register_adapter("quick", Counting())
+        d.register_adapter("slow", Counting(delay=slow_delay))
+        return d
+
+    spec = {
+        "name": "resume",
+        "tasks": [
+            {"id": "first", "agent": "quick"},
+            {"id": "slow", "agent": "slow", "depends_on": ["first"], "retry": {"max_attempts": 1}},
+            {"id": "last", "agent": "quick", "depends_on": ["slow"]},
+        ],
+    }
+    owner = Orchestrator(
+        artifacts, executions, dispatcher=dispatcher(60), instance_id="owner", lease_seconds=0.3
+    )
+    adopter = Orchestrator(
+        artifacts, executions, dispatcher=dispatcher(0), instance_id="adopter", lease_seconds=0.3
+    )
+    run_id = await owner.start_run(spec)
+    async for event in adopter.watch_run(run_id):  # from the store: the start is durable
+        if event.kind is RunEventKind.TASK_STARTED and event.node_id == "slow":
+            break
+    for state in list(owner._active.values()):
+        owner._abandon(state)  # what a killed owner leaves: no more writes, the lease lapses
+    await owner.aclose()
+
+    await adopter.recover_orphans()  # then it keeps looking, every third of its lease
+    async with asyncio.timeout(10):
+        while (stored := await executions.get_run(run_id)) is None or stored.owner != "adopter":
+            await asyncio.sleep(0.02)
+        summary = await adopter.wait_run(run_id)
+    await adopter.aclose()
+
+    assert summary.status is RunStatus.SUCCEEDED, summary.error
+    assert calls.count(("first", 1)) == 1  # succeeded before the crash: never dispatched again
+    assert ("slow", 2) in calls  # a new attempt although max_attempts is 1
+    assert summary.nodes["slow"].attempts == 2
+    records = {(r.node_id, r.attempt): r for r in await executions.list_records(run_id)}
+    assert records[("slow", 1)].status == TaskStatus.FAILED
+    assert records[("slow", 1)].error == "orchestrator lost the attempt"
+    assert records[("slow", 1)].input_artifact_ids == records[("first", 1)].output_artifact_ids
+    assert records[("slow", 2)].status == TaskStatus.SUCCEEDED
+    stored = await executions.get_run(run_id)
+    assert stored is not None and stored.owner == "adopter" and stored.lease_epoch == 2
+    events = [e async for e in adopter.watch_run(run_id)]
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    lost = [e for e in events if e.kind is RunEventKind.ATTEMPT_FAILED]
+    assert [(e.node_id, e.attempt, e.will_retry) for e in lost] == [("slow", 1, True)]

@@ -1,0 +1,110 @@
+"""The full-stack per-task figures of this checkout side by side with a baseline commit's.
+
+The baseline (``DAGWIRE_BENCH_BASELINE``, default ``edae147``: main before durable runs) is
+checked out with ``git worktree add --detach`` into a temporary directory; its services run
+from there (``PYTHONPATH`` points at a folder of links naming its ``dagwire``,
+``dagwire_services`` and ``dagwire_cli`` packages), while this process's client code stays
+this checkout's. Each backend is measured baseline first, then this checkout, then the
+baseline and this checkout again (``DAGWIRE_BENCH_ROUNDS`` rounds, default 1), so that both
+see the same machine; the table keeps the best figure of each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench import full_stack
+from bench.full_stack import BACKENDS, ServiceCode
+from tests.servers import REPO_ROOT
+
+__all__ = ["run"]
+
+DEFAULT_BASELINE = "edae147"
+#: How much slower than the baseline a figure may be (issue 11: no worse by more than 10 %).
+ALLOWED_SLOWDOWN = 0.10
+
+
+@contextlib.contextmanager
+def baseline_code(commit: str) -> Iterator[ServiceCode]:
+    """A detached worktree of `commit` and the environment that runs its services."""
+    root = Path(tempfile.mkdtemp(prefix="dagwire-bench-baseline-"))
+    tree = root / "tree"
+    subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", "--quiet", str(tree), commit],
+        check=True,
+    )
+    links = root / "links"
+    links.mkdir()
+    for name, folder in (
+        ("dagwire", "dagwire"),
+        ("dagwire_services", "services"),
+        ("dagwire_cli", "clients/python"),
+    ):
+        (links / name).symlink_to(tree / folder, target_is_directory=True)
+    try:
+        yield ServiceCode(tree, {"PYTHONPATH": f"{links}{os.pathsep}{tree}"})
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(tree)],
+            check=False,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _measure(name: str, code: ServiceCode | None, repeat: int) -> list[dict[str, Any]]:
+    full_stack.SERVICE_CODE = code
+    log_dir = Path(tempfile.mkdtemp(prefix="dagwire-bench-compare-"))
+    try:
+        measured = await full_stack._measure_backend(name, repeat, False, log_dir)
+        return measured["times"]
+    finally:
+        full_stack.SERVICE_CODE = None
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+async def _run() -> list[dict[str, Any]]:
+    commit = os.environ.get("DAGWIRE_BENCH_BASELINE", DEFAULT_BASELINE)
+    repeat = max(1, int(os.environ.get("DAGWIRE_BENCH_REPEAT", "5")))
+    rounds = max(1, int(os.environ.get("DAGWIRE_BENCH_ROUNDS", "1")))
+    backends = [
+        b.strip()
+        for b in os.environ.get("DAGWIRE_BENCH_BACKENDS", ",".join(BACKENDS)).split(",")
+        if b.strip()
+    ]
+    best: dict[tuple[str, str, str], float] = {}
+    with baseline_code(commit) as baseline:
+        for backend in backends:
+            for _ in range(rounds):
+                for label, code in (("baseline", baseline), ("current", None)):
+                    for row in await _measure(backend, code, repeat):
+                        key = (backend, str(row["shape"]), label)
+                        value = float(row["best_ms_task"])
+                        best[key] = min(best.get(key, value), value)
+    rows: list[dict[str, Any]] = []
+    for backend, shape in sorted({(b, s) for b, s, _ in best}):
+        before, after = best[(backend, shape, "baseline")], best[(backend, shape, "current")]
+        change = (after - before) / before
+        rows.append(
+            {
+                "backend": backend,
+                "shape": shape,
+                f"{commit}_ms_task": f"{before:.2f}",
+                "current_ms_task": f"{after:.2f}",
+                "change": f"{change:+.1%}",
+                "within_10pct": "yes" if change <= ALLOWED_SLOWDOWN else "NO",
+            }
+        )
+    return rows
+
+
+def run() -> list[dict[str, Any]]:
+    """Rows: best ms/task of each shape and backend, baseline commit vs this checkout."""
+    return asyncio.run(_run())
