@@ -129,6 +129,9 @@ class EventJournal:
             self._writer.cancel()
 
     async def _write_all(self) -> None:
+        # let the tasks started in the same tick as this writer (a finished task's dependents,
+        # whose first act is their `task_started`) append first: one write carries them all
+        await asyncio.sleep(0)
         while not self._stopped:
             batch = self._log.unpublished()
             if not batch:
