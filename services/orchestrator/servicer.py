@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from functools import partial
@@ -22,7 +23,7 @@ from dagwire.rpc.paging import decode_page_token, encode_page_token, page_size
 from dagwire.rpc.serve import Service
 from dagwire.rpc.status import InvalidArgumentError
 from dagwire.rpc.uploads import check_required
-from dagwire.runtime.orchestrator import Orchestrator
+from dagwire.runtime.orchestrator import Orchestrator, PreparedRun, prepare_run
 from dagwire.v1 import common_pb2, orchestrator_service_pb2, orchestrator_service_pb2_grpc
 from dagwire.v1.orchestrator_service_pb2 import (
     CancelRunRequest,
@@ -128,9 +129,16 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
                 yield WatchRunResponse(event=message)
 
     async def _start(self, spec: str, user_vars: dict[str, str], request_id: str) -> str:
-        return await self._orchestrator.start_run(
-            parse_spec(spec), user_vars=user_vars, request_id=request_id or None
-        )
+        # Parsing, validating and resolving a spec is CPU work that can take a while for a
+        # large one: it runs in a thread so that no request can stall the runs this
+        # orchestrator drives (or make it miss a lease renewal). docs/limits.md
+        prepared = await asyncio.to_thread(_prepare, spec, user_vars)
+        return await self._orchestrator.start_run(prepared, request_id=request_id or None)
+
+
+def _prepare(text: str, user_vars: dict[str, str]) -> PreparedRun:
+    """`parse_spec` then `prepare_run`: everything a StartRun does before any I/O, once."""
+    return prepare_run(parse_spec(text), user_vars)
 
 
 def _listed(run: RunRecord) -> common_pb2.Run:
