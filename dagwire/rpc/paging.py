@@ -7,6 +7,7 @@ import binascii
 import json
 from typing import Any
 
+from dagwire.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from dagwire.rpc.status import InvalidArgumentError
 
 __all__ = [
@@ -16,9 +17,6 @@ __all__ = [
     "encode_page_token",
     "page_size",
 ]
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 
 
 def page_size(value: int) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from dagwire.errors import NotFoundError
+from dagwire.limits import ARTIFACT_CHUNK_BYTES
 from dagwire.models import DEFAULT_MEDIA_TYPE, Artifact, utc_now
 from dagwire.stores._files import CHUNK_SIZE, TempBlob, blob_path, write_blob
 from dagwire.stores._ids import new_id
@@ -43,7 +44,7 @@ CREATE INDEX IF NOT EXISTS artifacts_by_run ON artifacts (run_id, seq);
 
 #: Most bytes `open()` yields at once: just under 1 MiB, so that the store service sends each
 #: chunk as one gRPC message of at most 1 MiB (larger ones stream several times slower).
-READ_CHUNK_SIZE = (1 << 20) - 4096
+READ_CHUNK_SIZE = ARTIFACT_CHUNK_BYTES
 
 _ARTIFACT_COLUMNS = (
     "artifact_id, run_id, node_id, name, media_type, metadata, sha256, size, created_at"

@@ -12,10 +12,12 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
+from dagwire.limits import FILE_IO_CHUNK_BYTES
+
 __all__ = ["CHUNK_SIZE", "TempBlob", "blob_path", "ensure_dir", "fsync_dir", "write_blob"]
 
 #: Size of the chunks `open()` yields and of the writes a streamed upload coalesces to.
-CHUNK_SIZE = 1 << 20
+CHUNK_SIZE = FILE_IO_CHUNK_BYTES
 
 _TEMP_PREFIX = ".tmp-"
 

@@ -26,6 +26,7 @@ from urllib3.exceptions import HTTPError
 from urllib3.util import Retry, Timeout
 
 from dagwire.errors import NotFoundError, StoreUnavailableError
+from dagwire.limits import ARTIFACT_CHUNK_BYTES, STORED_INLINE_BYTES
 from dagwire.models import Artifact, utc_now
 from dagwire.stores._ids import new_id
 from dagwire.stores._s3_stream import MultipartWriter, in_thread
@@ -36,11 +37,11 @@ __all__ = ["S3ArtifactStore"]
 T = TypeVar("T")
 
 #: Content up to this size is kept inline (base64) in the artifact's metadata object.
-INLINE_LIMIT = 64 * 1024
+INLINE_LIMIT = STORED_INLINE_BYTES
 #: Most bytes `open()` yields at once: just under 1 MiB, so that a chunk plus its gRPC and
 #: protobuf framing stays within one 1 MiB message (grpcio streams messages above 1 MiB
 #: several times slower; see `bench/store_service.py`).
-CHUNK_SIZE = (1 << 20) - 4096
+CHUNK_SIZE = ARTIFACT_CHUNK_BYTES
 #: S3's smallest multipart part (except the last).
 MIN_PART_SIZE = 5 * 1024 * 1024
 #: Multipart part size of uploads unless the constructor says otherwise.

@@ -12,6 +12,7 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure
 
+from dagwire.limits import STORED_INLINE_BYTES
 from dagwire.models import Artifact, utc_now
 from dagwire.stores._ids import new_id
 from dagwire.stores._mongo_client import client_options, server_name, unavailable
@@ -23,7 +24,7 @@ from dagwire.stores.base import ArtifactStore
 __all__ = ["INLINE_LIMIT", "TieredArtifactStore"]
 
 #: Content of at most this many bytes, stored with `store()`, is kept inline in MongoDB.
-INLINE_LIMIT = 64 * 1024
+INLINE_LIMIT = STORED_INLINE_BYTES
 #: The collection holding inline artifacts (in the execution store's database).
 COLLECTION = "artifacts"
 #: Index serving `list(run_id)` in store order (artifact ids are time-ordered UUIDv7).

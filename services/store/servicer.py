@@ -12,6 +12,7 @@ from typing import Any
 import grpc.aio
 
 from dagwire.errors import NotFoundError
+from dagwire.limits import ARTIFACT_CHUNK_BYTES
 from dagwire.models import Artifact, RunEventRecord
 from dagwire.rpc.convert import (
     artifact_from_proto,
@@ -77,7 +78,7 @@ __all__ = ["ArtifactStoreServicer", "ExecutionStoreServicer", "store_services"]
 #: Most content bytes per GetArtifact message: just under 1 MiB so that a message with its
 #: protobuf and gRPC framing stays within 1 MiB (grpcio streams larger messages several times
 #: slower on loopback; measured in bench/store_service.py). The stores yield chunks this size.
-MAX_CHUNK_BYTES = (1 << 20) - 4096
+MAX_CHUNK_BYTES = ARTIFACT_CHUNK_BYTES
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
