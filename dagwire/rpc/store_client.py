@@ -554,13 +554,19 @@ class RemoteExecutionStore:
         status: RunStatus | str | None = None,
         limit: int = 50,
         after: str | None = None,
+        details: bool = True,
     ) -> list[RunRecord]:
         """Runs newest first (see `ExecutionStore.list_runs`).
+
+        Pages come from the store service, each under its byte budget (docs/limits.md); this
+        follows them until `limit` runs or the end.
 
         Args:
             status: only runs with this status.
             limit: most runs returned (at least 1).
             after: the last `run_id` of the previous page.
+            details: False leaves out each run's `spec` and `nodes` (the service does not
+                send them).
 
         Raises:
             NotFoundError: `after` names no run.
@@ -582,6 +588,7 @@ class RemoteExecutionStore:
                     if wanted is None
                     else run_status_to_proto(wanted)
                 ),
+                without_details=not details,
             )
             response = await self._unary(self._api.ListRunRecords(request))
             out += [run_from_proto(r) for r in response.runs]

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from dagwire.errors import NotFoundError
-from dagwire.models import ExecutionRecord, RunEventRecord, RunRecord, RunStatus, TaskStatus
+from dagwire.models import (
+    ExecutionRecord,
+    RunEventRecord,
+    RunRecord,
+    RunStatus,
+    TaskStatus,
+    without_details,
+)
 from dagwire.stores._sqlite import SqliteDatabase, Synchronous
 from dagwire.stores._validate import check_lookup_id, check_text, from_micros, to_micros, utf8_safe
 
@@ -205,6 +212,7 @@ class SqliteExecutionStore:
         status: RunStatus | str | None = None,
         limit: int = 50,
         after: str | None = None,
+        details: bool = True,
     ) -> builtins.list[RunRecord]:
         """Runs newest first (`created_at` descending, then `run_id` descending).
 
@@ -212,6 +220,7 @@ class SqliteExecutionStore:
             status: only runs with this status.
             limit: most runs returned (at least 1).
             after: the last `run_id` of the previous page (keyset pagination).
+            details: False leaves out each run's `spec` and `nodes` (empty in the result).
 
         Returns:
             Up to `limit` runs; fewer (possibly none) at the end.
@@ -225,7 +234,8 @@ class SqliteExecutionStore:
         wanted = None if status is None else _run_status(status)
         if after is not None and not check_lookup_id(after, "run"):
             raise _run_not_found(after)
-        return await self._db.read(partial(_select_runs, wanted, limit, after))
+        runs = await self._db.read(partial(_select_runs, wanted, limit, after))
+        return runs if details else [without_details(r) for r in runs]
 
     # ------------------------------------------------------------------ RunLedger
 

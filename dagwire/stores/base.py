@@ -156,6 +156,7 @@ class ExecutionStore(Protocol):
         status: RunStatus | str | None = None,
         limit: int = 50,
         after: str | None = None,
+        details: bool = True,
     ) -> list[RunRecord]:
         """Runs newest first (`created_at` descending, then `run_id` descending).
 
@@ -163,6 +164,7 @@ class ExecutionStore(Protocol):
             status: only runs with this status.
             limit: most runs returned (at least 1).
             after: the last `run_id` of the previous page (keyset pagination).
+            details: False leaves out each run's `spec` and `nodes` (empty in the result).
 
         Raises:
             NotFoundError: `after` names no run.

@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 
 from dagwire.errors import NotFoundError
-from dagwire.models import ExecutionRecord, RunEventRecord, RunRecord, RunStatus
+from dagwire.models import ExecutionRecord, RunEventRecord, RunRecord, RunStatus, without_details
 from dagwire.stores._mongo_client import client_options, server_name, unavailable
 from dagwire.stores._mongo_codec import (
     Doc,
@@ -231,6 +231,7 @@ class MongoExecutionStore:
         status: RunStatus | str | None = None,
         limit: int = 50,
         after: str | None = None,
+        details: bool = True,
     ) -> builtins.list[RunRecord]:
         """Runs newest first (`created_at` descending, then `run_id` descending).
 
@@ -238,6 +239,7 @@ class MongoExecutionStore:
             status: only runs with this status.
             limit: most runs returned (at least 1).
             after: the last `run_id` of the previous page (keyset pagination).
+            details: False leaves out each run's `spec` and `nodes` (empty in the result).
 
         Returns:
             Up to `limit` runs; fewer (possibly none) at the end.
@@ -267,7 +269,8 @@ class MongoExecutionStore:
                 ]
             order = [("created_at_us", DESCENDING), ("run_id", DESCENDING)]
             docs = await collection.find(query).sort(order).limit(limit).to_list()
-        return [run_from_doc(doc) for doc in docs]
+        runs = [run_from_doc(doc) for doc in docs]
+        return runs if details else [without_details(r) for r in runs]
 
     # ------------------------------------------------------------------ RunLedger
     # Collections ``run_events`` (_id "<run_id>/<sequence, 12 digits>"), ``run_claims``

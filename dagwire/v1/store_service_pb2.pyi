@@ -525,6 +525,7 @@ class ListRunRecordsRequest(google.protobuf.message.Message):
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
     STATUS_FIELD_NUMBER: builtins.int
+    WITHOUT_DETAILS_FIELD_NUMBER: builtins.int
     page_size: builtins.int
     """Maximum runs per page; 0 means 50, values above 1000 are treated as 1000, and a negative
     value is INVALID_ARGUMENT.
@@ -533,14 +534,19 @@ class ListRunRecordsRequest(google.protobuf.message.Message):
     """next_page_token from the previous response; empty for the first page."""
     status: dagwire.v1.common_pb2.RunStatus.ValueType
     """Only runs in this state; RUN_STATUS_UNSPECIFIED means runs in any state."""
+    without_details: builtins.bool
+    """When true, runs come without spec_json and nodes (as ListRuns shows them), so that a
+    page stays small however large its runs are.
+    """
     def __init__(
         self,
         *,
         page_size: builtins.int = ...,
         page_token: builtins.str = ...,
         status: dagwire.v1.common_pb2.RunStatus.ValueType = ...,
+        without_details: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status", "without_details", b"without_details"]) -> None: ...
 
 Global___ListRunRecordsRequest: typing_extensions.TypeAlias = ListRunRecordsRequest
 
@@ -556,7 +562,11 @@ class ListRunRecordsResponse(google.protobuf.message.Message):
     """Token for the next page; empty when there are no more runs."""
     @property
     def runs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[dagwire.v1.common_pb2.Run]:
-        """The runs, newest first, as stored (spec_json and nodes included)."""
+        """The runs, newest first, as stored (spec_json and nodes included unless without_details).
+        A page holds at most page_size runs and ends early when the next run would take its
+        encoded size past the server's page byte budget (see docs/limits.md): a page with fewer
+        runs than page_size is not the last one unless next_page_token is empty.
+        """
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ from dagwire.rpc.convert import (
     run_summary_to_proto,
     run_to_proto,
 )
-from dagwire.rpc.paging import decode_page_token, encode_page_token, page_size
+from dagwire.rpc.paging import decode_page_token, encode_page_token, fit_to_budget, page_size
 from dagwire.rpc.serve import Service
 from dagwire.rpc.status import InvalidArgumentError
 from dagwire.rpc.uploads import check_required
@@ -101,11 +101,15 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
             else None
         )
         runs = await self._orchestrator.execution_store.list_runs(
-            status=status, limit=size + 1, after=after
+            status=status, limit=size + 1, after=after, details=False
         )
-        page = runs[:size]
-        token = encode_page_token("runs", scope, page[-1].run_id) if len(runs) > size else ""
-        return ListRunsResponse(runs=[_listed(r) for r in page], next_page_token=token)
+        messages = [_listed(r) for r in runs[:size]]
+        # one large run must not make the listing fail for everyone: a page ends early when
+        # the next run would take it past the byte budget (docs/limits.md)
+        count = fit_to_budget(messages)
+        more = len(runs) > count
+        token = encode_page_token("runs", scope, runs[count - 1].run_id) if more else ""
+        return ListRunsResponse(runs=messages[:count], next_page_token=token)
 
     async def CancelRun(self, request: CancelRunRequest, context: Context) -> CancelRunResponse:
         status = await self._orchestrator.cancel_run(check_required(request.run_id, "run_id"))

@@ -13,7 +13,7 @@ import grpc.aio
 
 from dagwire.errors import NotFoundError
 from dagwire.limits import ARTIFACT_CHUNK_BYTES
-from dagwire.models import Artifact, RunEventRecord
+from dagwire.models import Artifact, RunEventRecord, without_details
 from dagwire.rpc.convert import (
     artifact_from_proto,
     artifact_to_proto,
@@ -23,7 +23,7 @@ from dagwire.rpc.convert import (
     run_status_from_proto,
     run_to_proto,
 )
-from dagwire.rpc.paging import decode_page_token, encode_page_token, page_size
+from dagwire.rpc.paging import decode_page_token, encode_page_token, fit_to_budget, page_size
 from dagwire.rpc.serve import Service
 from dagwire.rpc.status import InvalidArgumentError
 from dagwire.rpc.uploads import (
@@ -281,10 +281,13 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
             if request.page_token
             else None
         )
-        runs = await self._store.list_runs(status=status, limit=size + 1, after=after)
-        page = runs[:size]
-        token = encode_page_token("runs", scope, page[-1].run_id) if len(runs) > size else ""
-        return ListRunRecordsResponse(runs=[run_to_proto(r) for r in page], next_page_token=token)
+        listed = await self._store.list_runs(status=status, limit=size + 1, after=after)
+        runs = [without_details(r) for r in listed] if request.without_details else listed
+        messages = [run_to_proto(r) for r in runs[:size]]
+        count = fit_to_budget(messages)  # a page stays under the message limit: docs/limits.md
+        more = len(runs) > count
+        token = encode_page_token("runs", scope, runs[count - 1].run_id) if more else ""
+        return ListRunRecordsResponse(runs=messages[:count], next_page_token=token)
 
     # ------------------------------------------------------------------ run ledger
 

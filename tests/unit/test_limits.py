@@ -84,3 +84,15 @@ def test_limits_fit_together() -> None:
     assert limits.STORED_INLINE_BYTES <= limits.WIRE_INLINE_OUTPUT_BYTES
     assert limits.MAX_SPEC_BYTES < limits.DEFAULT_MAX_MESSAGE_BYTES
     assert limits.ARTIFACT_CHUNK_BYTES < 1 << 20
+
+
+def test_fit_to_budget_ends_a_page_before_the_item_that_passes_the_budget() -> None:
+    from dagwire.rpc.paging import fit_to_budget
+    from dagwire.v1 import common_pb2
+
+    runs = [common_pb2.Run(run_id=str(i), error="x" * 1000) for i in range(10)]
+    each = runs[0].ByteSize()
+    assert fit_to_budget(runs, budget=10 * (each + 6)) == 10
+    assert fit_to_budget(runs, budget=3 * (each + 6)) == 3
+    assert fit_to_budget(runs, budget=1) == 1  # one item always goes, so listings move on
+    assert fit_to_budget([], budget=1) == 0
