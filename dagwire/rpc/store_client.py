@@ -36,7 +36,7 @@ from dagwire.rpc.convert import (
     run_status_to_proto,
     run_to_proto,
 )
-from dagwire.rpc.paging import MAX_PAGE_SIZE, encode_page_token
+from dagwire.rpc.paging import MAX_PAGE_SIZE
 from dagwire.rpc.serve import insecure_channel
 from dagwire.rpc.status import InvalidArgumentError, error_from_rpc
 from dagwire.v1 import common_pb2
@@ -576,8 +576,7 @@ class RemoteExecutionStore:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         wanted = None if status is None else RunStatus(status)
-        scope = str(wanted or "")
-        token = encode_page_token("runs", scope, after) if after else ""
+        token = ""
         out: list[RunRecord] = []
         while len(out) < limit:
             request = pb.ListRunRecordsRequest(
@@ -589,6 +588,7 @@ class RemoteExecutionStore:
                     else run_status_to_proto(wanted)
                 ),
                 without_details=not details,
+                after_run_id=(after or "") if not token else "",
             )
             response = await self._unary(self._api.ListRunRecords(request))
             out += [run_from_proto(r) for r in response.runs]
