@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, TypeVar
 from dagwire.errors import NotFoundError
 from dagwire.limits import ARTIFACT_CHUNK_BYTES
 from dagwire.models import DEFAULT_MEDIA_TYPE, Artifact, utc_now
-from dagwire.stores._files import CHUNK_SIZE, TempBlob, blob_path, write_blob
+from dagwire.stores._files import CHUNK_SIZE, TempBlob, blob_path, sweep_temp_files, write_blob
 from dagwire.stores._ids import new_id
 from dagwire.stores._sqlite import SqliteDatabase, Synchronous
 from dagwire.stores._validate import (
@@ -263,6 +263,19 @@ class LocalArtifactStore:
         if not check_lookup_id(run_id, "run"):
             return []
         return await self._index.read(partial(_select_run_artifacts, run_id))
+
+    async def sweep_stale_uploads(self) -> int:
+        """Remove temp files of uploads cut off by a crash (the store service calls this at
+        start-up); returns how many were removed. Uploads of live processes are left alone.
+        """
+
+        def sweep() -> int:
+            directories = [self._tmp]
+            if self._blobs.is_dir():  # write_blob's temp files sit beside their blob
+                directories += [d for d in self._blobs.iterdir() if d.is_dir()]
+            return sweep_temp_files(directories)
+
+        return await self._run_io(sweep)
 
     async def list_page(
         self, run_id: str, *, after: str | None = None, limit: int = 50

@@ -18,6 +18,7 @@ __all__ = [
     "PagedExecutionStore",
     "RecordKey",
     "RunLedger",
+    "StaleUploadSweeper",
     "record_key",
 ]
 
@@ -152,6 +153,16 @@ class PagedArtifactStore(Protocol):
                 after where that id would sort).
             ValueError: `limit` is below 1.
         """
+        ...
+
+
+@runtime_checkable
+class StaleUploadSweeper(Protocol):
+    """An optional capability of an artifact store: remove what uploads cut off by a crash
+    left behind (temp files); the store service calls it once at start-up."""
+
+    async def sweep_stale_uploads(self) -> int:
+        """Remove leftovers of uploads that can never finish; returns how many."""
         ...
 
 
