@@ -33,6 +33,7 @@ __all__ = [
     "iso",
     "parse_iso",
     "utc_now",
+    "without_details",
 ]
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
@@ -361,3 +362,10 @@ def artifact_from_json(data: dict[str, Any]) -> Artifact:
         size=data.get("size"),
         created_at=parse_iso(data.get("created_at")),
     )
+
+
+def without_details(run: RunRecord) -> RunRecord:
+    """`run` without its spec and node summaries (how run listings show a run)."""
+    if not run.spec and not run.nodes:
+        return run
+    return dataclasses.replace(run, spec={}, nodes={})

@@ -32,6 +32,7 @@ from dagwire.models import (
     TaskStatus,
 )
 from dagwire.stores import ArtifactStore, ExecutionStore
+from dagwire.stores.base import PagedArtifactStore, PagedExecutionStore, record_key
 
 __all__ = [
     "test_artifact_store_fresh_instance_loads_every_stored_artifact",
@@ -39,7 +40,11 @@ __all__ = [
     "test_execution_store_fresh_instance_sees_every_record_and_run",
     "test_execution_store_satisfies_the_protocol",
     "test_get_run_unknown_id_returns_none",
+    "test_list_page_walks_every_artifact_once_in_list_order",
     "test_list_records_is_ordered_by_start_time_then_node_then_attempt",
+    "test_list_records_of_a_run_larger_than_one_page_lists_each_once",
+    "test_list_records_page_limit_must_be_positive",
+    "test_list_records_page_walks_every_record_once_in_list_order",
     "test_list_records_unknown_run_is_empty",
     "test_list_returns_the_runs_artifacts_in_store_order_without_content",
     "test_list_runs_after_an_unknown_run_id_raises_not_found",
@@ -47,6 +52,7 @@ __all__ = [
     "test_list_runs_filters_by_status",
     "test_list_runs_pagination_with_after_covers_every_run_exactly_once",
     "test_list_runs_returns_newest_first",
+    "test_list_runs_without_details_leaves_out_spec_and_nodes",
     "test_list_unknown_run_is_empty",
     "test_load_unknown_id_raises_not_found_naming_it",
     "test_media_type_defaults_to_octet_stream",
@@ -553,3 +559,92 @@ async def test_execution_store_fresh_instance_sees_every_record_and_run(
     assert await fresh.list_records("run-1") == records
     assert await fresh.get_run("run-1") == run
     assert await fresh.list_runs() == [run]
+
+
+# ---------------------------------------------------------------------- keyset paging
+
+
+async def test_list_records_page_walks_every_record_once_in_list_order(
+    execution_store: ExecutionStore,
+) -> None:
+    if not isinstance(execution_store, PagedExecutionStore):
+        pytest.skip("this store pages on the server side only (its list_records follows pages)")
+    # ties on started_at (four attempts a second) must not lose or repeat records
+    records = [
+        _record(f"n{i % 7}", i // 7 + 1, started_at=T0 + timedelta(seconds=i // 4))
+        for i in range(45)
+    ]
+    await execution_store.record_many(records)
+    await execution_store.record(_record("other", run_id="run-2"))
+    expected = await execution_store.list_records("run-1")
+    seen: list[ExecutionRecord] = []
+    after = None
+    pages = 0
+    while True:
+        page = await execution_store.list_records_page("run-1", after=after, limit=10)
+        if not page:
+            break
+        pages += 1
+        assert len(page) <= 10
+        seen += page
+        after = record_key(page[-1])
+    assert seen == expected and len(seen) == 45
+    assert pages == 5
+
+
+async def test_list_records_page_limit_must_be_positive(execution_store: ExecutionStore) -> None:
+    if not isinstance(execution_store, PagedExecutionStore):
+        pytest.skip("this store pages on the server side only")
+    with pytest.raises(ValueError, match="limit"):
+        await execution_store.list_records_page("run-1", limit=0)
+    assert await execution_store.list_records_page("no-such-run") == []
+
+
+async def test_list_records_of_a_run_larger_than_one_page_lists_each_once(
+    execution_store: ExecutionStore,
+) -> None:
+    records = [
+        _record(f"n{i:04d}", started_at=T0 + timedelta(milliseconds=i // 3)) for i in range(2100)
+    ]
+    await execution_store.record_many(records)
+    listed = await execution_store.list_records("run-1")
+    assert [(r.node_id, r.attempt) for r in listed] == [(r.node_id, r.attempt) for r in records]
+
+
+async def test_list_page_walks_every_artifact_once_in_list_order(
+    artifact_store: ArtifactStore,
+) -> None:
+    if not isinstance(artifact_store, PagedArtifactStore):
+        pytest.skip("this store pages on the server side only (its list follows pages)")
+    for i in range(23):
+        await artifact_store.store(_artifact(f"content {i}".encode(), name=f"out-{i}.txt"))
+    await artifact_store.store(_artifact(run_id="run-2"))
+    expected = await artifact_store.list("run-1")
+    seen: list[Artifact] = []
+    after: str | None = None
+    while True:
+        page = await artifact_store.list_page("run-1", after=after, limit=5)
+        if not page:
+            break
+        assert len(page) <= 5 and all(a.content is None for a in page)
+        seen += page
+        after = page[-1].artifact_id
+    assert seen == expected and len(seen) == 23
+    assert await artifact_store.list_page("no-such-run") == []
+    with pytest.raises(ValueError, match="limit"):
+        await artifact_store.list_page("run-1", limit=0)
+
+
+async def test_list_runs_without_details_leaves_out_spec_and_nodes(
+    execution_store: ExecutionStore,
+) -> None:
+    spec = {"name": "wf", "tasks": [{"id": "a", "agent": "echo"}]}
+    nodes = {"a": NodeSummary(TaskStatus.SUCCEEDED, 1)}
+    await execution_store.save_run(
+        _run("run-1", spec=spec, nodes=nodes, user_vars={"k": "v"}, status=RunStatus.SUCCEEDED)
+    )
+    [full] = await execution_store.list_runs()
+    assert full.spec == spec and set(full.nodes) == {"a"}
+    [brief] = await execution_store.list_runs(details=False)
+    assert brief.spec == {} and brief.nodes == {}
+    assert (brief.run_id, brief.user_vars, brief.status) == ("run-1", {"k": "v"}, "succeeded")

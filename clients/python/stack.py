@@ -10,7 +10,8 @@ tests reuse::
 Each service runs as ``sys.executable -m dagwire_services.<module>`` (so it works from an
 installed package, not only a checkout), in a session of its own (a terminal's Ctrl-C reaches
 only the supervisor, which then stops the children in order) and, on Linux, with a
-parent-death signal so that even a killed supervisor leaves no orphan behind.
+parent-death signal (SIGKILL) so that even a killed supervisor leaves no orphan behind, also
+while the children are draining after its SIGTERM. Logs are appended to, never truncated.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ DEFAULT_START_TIMEOUT = 60.0
 #: Above the orchestrator's own 10 s grace for running workflows plus its cancel tail.
 DEFAULT_STOP_GRACE = 25.0
 LOG_TAIL_LINES = 20
+#: A service's log is appended to across restarts; past this size it first moves to ``.1``.
+LOG_ROTATE_BYTES = 10 << 20
 _PR_SET_PDEATHSIG = 1
 
 
@@ -125,6 +128,8 @@ class _Child:
     log_path: Path | None
     process: asyncio.subprocess.Process | None = None
     log_file: IO[bytes] | None = None
+    log_start: int = 0
+    """Where this start's lines begin in the log (earlier starts' lines come before)."""
     exited: asyncio.Future[int] | None = field(default=None, repr=False)
 
     @property
@@ -135,7 +140,9 @@ class _Child:
         if self.log_path is None:
             return "(its log went to stderr above)"
         try:
-            text = self.log_path.read_text(errors="replace")
+            with self.log_path.open("rb") as log:
+                log.seek(self.log_start)
+                text = log.read().decode(errors="replace")
         except OSError as exc:
             return f"(cannot read {self.log_path}: {exc.strerror or exc})"
         tail = text.splitlines()[-lines:]
@@ -396,7 +403,8 @@ class LocalStack:
         self._children.append(child)
         output: IO[bytes] | None = None
         if log_path is not None:
-            output = child.log_file = log_path.open("wb")
+            output = child.log_file = _open_log(log_path, name)
+            child.log_start = output.tell()
         child.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -485,11 +493,31 @@ class LocalStack:
             await process.wait()
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """On Linux, a pre-exec hook that makes the kernel SIGTERM the child if we die.
+def _open_log(path: Path, name: str) -> IO[bytes]:
+    """A service's log file, opened to append: a restart after a crash keeps the crash's lines.
 
-    Without it a supervisor killed with SIGKILL would leave its services running. The hook
-    makes one libc call (no locks, no allocation), which is safe between fork and exec.
+    A log past `LOG_ROTATE_BYTES` is first renamed to ``<name>.log.1`` (replacing an older
+    one), so logs stay bounded. Each start begins with one marker line.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size > LOG_ROTATE_BYTES:
+            path.replace(path.with_name(path.name + ".1"))
+    log = path.open("ab")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    log.write(f"--- dagwire up: {name} starting at {stamp} ---\n".encode())
+    log.flush()
+    return log
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """On Linux, a pre-exec hook that makes the kernel SIGKILL the child if we die.
+
+    Without it a supervisor killed with SIGKILL would leave its services running. SIGKILL, not
+    SIGTERM: a service already draining after the supervisor's own SIGTERM ignores a second
+    one and would go on alone for its whole grace period (the durable runs it drove are
+    adopted when it is gone). The hook makes two system calls (no locks, no allocation),
+    which is safe between fork and exec; if the supervisor died before the first, the child
+    sees a new parent and exits at once.
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -497,8 +525,11 @@ def _parent_death_signal() -> Callable[[], None] | None:
     if libc_name is None:
         return None
     prctl = ctypes.CDLL(libc_name, use_errno=True).prctl
+    supervisor = os.getpid()
 
     def set_pdeathsig() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != supervisor:
+            os._exit(1)
 
     return set_pdeathsig

@@ -14,6 +14,7 @@ import grpc.aio
 from google.protobuf import duration_pb2
 
 from dagwire.errors import DagwireError
+from dagwire.limits import WIRE_INLINE_OUTPUT_BYTES
 from dagwire.models import Artifact, TaskNode
 from dagwire.rpc.adapter_client import current_run_id, input_to_proto, output_from_proto
 from dagwire.rpc.convert import datetime_from_proto
@@ -26,7 +27,7 @@ from dagwire.v1 import dispatcher_service_pb2_grpc as pb_grpc
 
 __all__ = ["INLINE_LIMIT", "AdapterInfo", "Lease", "RemoteDispatcher"]
 
-INLINE_LIMIT = 1 << 20
+INLINE_LIMIT = WIRE_INLINE_OUTPUT_BYTES
 _CONTROL_TIMEOUT = 5.0
 
 

@@ -5,20 +5,44 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
+from dagwire.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PAGE_BYTE_BUDGET
 from dagwire.rpc.status import InvalidArgumentError
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
+    "PAGE_BYTE_BUDGET",
     "decode_page_token",
     "encode_page_token",
+    "fit_to_budget",
     "page_size",
 ]
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
+
+#: Bytes a repeated message field adds per item beside the item itself (tag and length, at most).
+_ITEM_FRAMING = 6
+
+
+class _Sized(Protocol):
+    def ByteSize(self) -> int: ...
+
+
+def fit_to_budget(items: Sequence[_Sized], budget: int = PAGE_BYTE_BUDGET) -> int:
+    """How many of `items`, from the first, one page holds within `budget` encoded bytes.
+
+    At least one when there is any, so a listing always moves on (one item is always under
+    the message limit: docs/limits.md). A page that holds fewer items than it was given ends
+    with a next-page token after its last item.
+    """
+    total = 0
+    for count, item in enumerate(items):
+        total += item.ByteSize() + _ITEM_FRAMING
+        if total > budget and count > 0:
+            return count
+    return len(items)
 
 
 def page_size(value: int) -> int:

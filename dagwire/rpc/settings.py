@@ -13,6 +13,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dagwire.errors import DagwireError
+from dagwire.limits import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -31,7 +32,6 @@ __all__ = [
 ]
 
 ENV_PREFIX = "DAGWIRE_"
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_PORTS = {"orchestrator": 50051, "dispatcher": 50052, "store": 50053, "adapter": 50060}
 
 S = TypeVar("S", bound="CommonSettings")

@@ -20,6 +20,12 @@ import grpc
 import grpc.aio
 
 from dagwire.errors import DagwireError, NotFoundError, StoreUnavailableError
+from dagwire.limits import (
+    ARTIFACT_CHUNK_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    OUTCOME_INLINE_BYTES,
+    WIRE_BATCH_BYTES,
+)
 from dagwire.models import Artifact, ExecutionRecord, RunEventRecord, RunRecord, RunStatus
 from dagwire.rpc.convert import (
     artifact_from_proto,
@@ -30,9 +36,8 @@ from dagwire.rpc.convert import (
     run_status_to_proto,
     run_to_proto,
 )
-from dagwire.rpc.paging import MAX_PAGE_SIZE, encode_page_token
+from dagwire.rpc.paging import MAX_PAGE_SIZE
 from dagwire.rpc.serve import insecure_channel
-from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES
 from dagwire.rpc.status import InvalidArgumentError, error_from_rpc
 from dagwire.v1 import common_pb2
 from dagwire.v1 import store_service_pb2 as pb
@@ -42,10 +47,8 @@ __all__ = ["CHUNK_BYTES", "OUTCOME_INLINE_BYTES", "RemoteArtifactStore", "Remote
 
 #: Upload chunk size: just under 1 MiB, so that a chunk with its protobuf and gRPC framing is
 #: one message of at most 1 MiB (grpcio streams larger messages several times slower).
-CHUNK_BYTES = (1 << 20) - 4096
+CHUNK_BYTES = ARTIFACT_CHUNK_BYTES
 _HASH_IN_THREAD_BYTES = 1 << 20
-#: Outputs of an attempt up to this many bytes in all go with its record (`record_outcome`).
-OUTCOME_INLINE_BYTES = 256 << 10
 #: Most items one coalesced call carries.
 _BATCH_ITEMS = 500
 
@@ -69,7 +72,7 @@ class _Coalescer(Generic[_I, _R]):
         send: Callable[[builtins.list[_I]], Awaitable[builtins.list[_R]]],
         *,
         max_items: int = _BATCH_ITEMS,
-        max_bytes: int = 4 << 20,
+        max_bytes: int = WIRE_BATCH_BYTES,
     ) -> None:
         self._send = send
         self._max_items = max_items
@@ -551,13 +554,19 @@ class RemoteExecutionStore:
         status: RunStatus | str | None = None,
         limit: int = 50,
         after: str | None = None,
+        details: bool = True,
     ) -> list[RunRecord]:
         """Runs newest first (see `ExecutionStore.list_runs`).
+
+        Pages come from the store service, each under its byte budget (docs/limits.md); this
+        follows them until `limit` runs or the end.
 
         Args:
             status: only runs with this status.
             limit: most runs returned (at least 1).
             after: the last `run_id` of the previous page.
+            details: False leaves out each run's `spec` and `nodes` (the service does not
+                send them).
 
         Raises:
             NotFoundError: `after` names no run.
@@ -567,8 +576,7 @@ class RemoteExecutionStore:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         wanted = None if status is None else RunStatus(status)
-        scope = str(wanted or "")
-        token = encode_page_token("runs", scope, after) if after else ""
+        token = ""
         out: list[RunRecord] = []
         while len(out) < limit:
             request = pb.ListRunRecordsRequest(
@@ -579,6 +587,8 @@ class RemoteExecutionStore:
                     if wanted is None
                     else run_status_to_proto(wanted)
                 ),
+                without_details=not details,
+                after_run_id=(after or "") if not token else "",
             )
             response = await self._unary(self._api.ListRunRecords(request))
             out += [run_from_proto(r) for r in response.runs]

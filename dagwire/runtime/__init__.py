@@ -3,7 +3,7 @@
 from dagwire.runtime.adapter import AgentAdapter, AgentFunction, FunctionAdapter
 from dagwire.runtime.dispatcher import Dispatcher, TaskDispatcher
 from dagwire.runtime.events import EventLog, RunEvent, RunEventKind
-from dagwire.runtime.orchestrator import Orchestrator, backoff_delay
+from dagwire.runtime.orchestrator import Orchestrator, PreparedRun, backoff_delay, prepare_run
 from dagwire.runtime.routing import AdapterInstance, AdapterRegistry
 
 __all__ = [
@@ -15,8 +15,10 @@ __all__ = [
     "EventLog",
     "FunctionAdapter",
     "Orchestrator",
+    "PreparedRun",
     "RunEvent",
     "RunEventKind",
     "TaskDispatcher",
     "backoff_delay",
+    "prepare_run",
 ]

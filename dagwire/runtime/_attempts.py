@@ -24,10 +24,10 @@ from dagwire.errors import (
     ResourceExhaustedError,
     StoreUnavailableError,
 )
+from dagwire.limits import OUTCOME_INLINE_BYTES
 from dagwire.models import Artifact, ExecutionRecord, TaskNode, TaskStatus, utc_now
 from dagwire.runtime._core import OrchestratorCore
 from dagwire.runtime._state import (
-    OUTCOME_INLINE_BYTES,
     NodeOutcome,
     RunState,
     backoff_delay,

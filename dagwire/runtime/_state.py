@@ -19,9 +19,6 @@ if TYPE_CHECKING:
 
 #: Finished runs kept in memory for `watch_run`/`wait_run` (older ones are read from the store).
 FINISHED_RUNS_KEPT = 256
-#: Outputs of an attempt up to this many bytes in all are stored with its record in one write
-#: when the execution store can (`OutcomeRecorder`); larger ones are stored first, separately.
-OUTCOME_INLINE_BYTES = 256 << 10
 #: The error of an attempt that was in flight when its orchestrator died (docs/durability.md).
 LOST_ATTEMPT_ERROR = "orchestrator lost the attempt"
 

@@ -63,7 +63,7 @@ from dagwire.runtime.dispatcher import Dispatcher, TaskDispatcher
 from dagwire.runtime.events import EventLog, RunEvent, RunEventKind
 from dagwire.stores.base import ArtifactStore, ExecutionStore
 
-__all__ = ["Orchestrator", "backoff_delay", "run_id_for_request"]
+__all__ = ["Orchestrator", "PreparedRun", "backoff_delay", "prepare_run", "run_id_for_request"]
 
 _log = logging.getLogger("dagwire.orchestrator")
 
@@ -75,6 +75,40 @@ _CANCEL_POLL_SECONDS = 0.5
 _EVENT_POLL_SECONDS = 0.1
 #: Runs listed per page when looking for runs to adopt.
 _ADOPTION_PAGE = 200
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PreparedRun:
+    """A workflow checked, resolved and turned into its graph, ready for `start_run`.
+
+    Made by `prepare_run`, which does every CPU-bound step of starting a run, so a server can
+    make it off its event loop (in a thread) and the spec is parsed and resolved only once.
+    """
+
+    spec: WorkflowSpec
+    resolved: WorkflowSpec
+    dag: DAG
+    spec_dict: dict[str, Any]
+    user_vars: dict[str, str]
+
+
+def prepare_run(
+    workflow: Mapping[str, Any] | WorkflowSpec, user_vars: Mapping[str, str] | None = None
+) -> PreparedRun:
+    """Validate `workflow`, resolve its `${user.*}` placeholders and build its graph.
+
+    Pure CPU work with no I/O and no event loop: safe to call in a worker thread.
+
+    Raises:
+        WorkflowValidationError: the spec or its variables are invalid.
+    """
+    spec = (
+        workflow if isinstance(workflow, WorkflowSpec) else WorkflowSpec.from_dict(dict(workflow))
+    )
+    resolved = spec.resolve(dict(user_vars or {}))
+    dag = DAG.from_workflow(resolved)
+    stored = {str(k): str(v) for k, v in (user_vars or {}).items()}
+    return PreparedRun(spec, resolved, dag, spec.to_dict(), stored)
 
 
 def run_id_for_request(request_id: str) -> str:
@@ -188,7 +222,7 @@ class Orchestrator(DriverMixin):
 
     async def start_run(
         self,
-        workflow: Mapping[str, Any] | WorkflowSpec,
+        workflow: Mapping[str, Any] | WorkflowSpec | PreparedRun,
         *,
         user_vars: Mapping[str, str] | None = None,
         request_id: str | None = None,
@@ -201,17 +235,17 @@ class Orchestrator(DriverMixin):
         record is created with a create-only insert, so of two orchestrators given one new
         request_id at the same instant exactly one starts the run.
 
+        A `PreparedRun` (from `prepare_run`, e.g. made in a thread) is used as it is, with
+        the variables it was resolved with; `user_vars` is then ignored.
+
         Raises:
             WorkflowValidationError: the spec or its variables are invalid; nothing was recorded.
             StoreUnavailableError: the run could not be recorded.
         """
-        spec = (
-            workflow
-            if isinstance(workflow, WorkflowSpec)
-            else WorkflowSpec.from_dict(dict(workflow))
+        prepared = (
+            workflow if isinstance(workflow, PreparedRun) else prepare_run(workflow, user_vars)
         )
-        resolved = spec.resolve(dict(user_vars or {}))
-        dag = DAG.from_workflow(resolved)
+        spec, resolved, dag = prepared.spec, prepared.resolved, prepared.dag
         run_id = run_id_for_request(request_id) if request_id else new_id()
         if request_id and (run_id in self._active or run_id in self._finished):
             return run_id
@@ -229,8 +263,8 @@ class Orchestrator(DriverMixin):
             name=spec.name,
             status=RunStatus.RUNNING,
             created_at=now,
-            spec=spec.to_dict(),
-            user_vars={str(k): str(v) for k, v in (user_vars or {}).items()},
+            spec=prepared.spec_dict,
+            user_vars=dict(prepared.user_vars),
             request_id=request_id or run_id,
             trace_id=new_trace_id(),
             owner=self.instance_id,

@@ -13,6 +13,7 @@ import grpc
 import grpc.aio
 
 from dagwire.errors import NonRetryableError, ResourceExhaustedError
+from dagwire.limits import WIRE_INLINE_OUTPUT_BYTES
 from dagwire.models import Artifact, TaskNode
 from dagwire.rpc.convert import artifact_from_proto, artifact_to_proto
 from dagwire.rpc.logs import bound, current_context
@@ -32,7 +33,7 @@ __all__ = ["INLINE_LIMIT", "AgentAdapterServicer"]
 
 log = logging.getLogger(__name__)
 
-INLINE_LIMIT = 1 << 20
+INLINE_LIMIT = WIRE_INLINE_OUTPUT_BYTES
 Context = grpc.aio.ServicerContext[Any, Any]
 
 

@@ -14,6 +14,7 @@ from pydantic import (
     PrivateAttr,
     Strict,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
@@ -43,6 +44,7 @@ __all__ = ["RetryPolicy", "TaskSpec", "WorkflowSpec"]
 
 _CONFIG = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 _JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+_PLAIN = "dagwire.plain"  # validation context key: the input is plain JSON values already
 
 
 class RetryPolicy(BaseModel):
@@ -121,8 +123,12 @@ class WorkflowSpec(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _plain_json(cls, data: Any) -> Any:
-        """Copy the input into plain JSON values, rejecting what JSON cannot hold."""
+    def _plain_json(cls, data: Any, info: ValidationInfo) -> Any:
+        """Copy the input into plain JSON values, rejecting what JSON cannot hold.
+
+        Input the parsers already made plain (`_PLAIN` in the validation context) is not
+        copied a second time.
+        """
         if isinstance(data, cls):
             return data
         if not isinstance(data, Mapping):
@@ -130,6 +136,8 @@ class WorkflowSpec(BaseModel):
             raise SpecProblems(
                 [Problem(f"a workflow spec must be a mapping with 'name' and 'tasks' (got {got})")]
             )
+        if isinstance(info.context, dict) and info.context.get(_PLAIN) is True:
+            return data
         plain, problems = to_plain(data)
         if problems:
             raise SpecProblems(problems)
@@ -155,7 +163,7 @@ class WorkflowSpec(BaseModel):
         Raises:
             WorkflowValidationError: anything wrong; the message names the task and field.
         """
-        return cls._parse(data, None)
+        return cls._parse(data, None, plain=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> Self:
@@ -170,7 +178,7 @@ class WorkflowSpec(BaseModel):
         plain, problems = to_plain(root, convert=yaml_scalar)
         if problems:
             raise to_exception(problems, locate)
-        return cls._parse(plain, locate)
+        return cls._parse(plain, locate, plain=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Self:
@@ -179,7 +187,8 @@ class WorkflowSpec(BaseModel):
         Raises:
             WorkflowValidationError: malformed JSON, a duplicate key, or an invalid spec.
         """
-        return cls._parse(load_json(text), json_locator(text))
+        # not marked plain: JSON numbers such as 1e999 load as infinity, which to_plain rejects
+        return cls._parse(load_json(text), json_locator(text), plain=False)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Self:
@@ -201,9 +210,10 @@ class WorkflowSpec(BaseModel):
         return cls.from_yaml(text)
 
     @classmethod
-    def _parse(cls, data: object, locate: Locator | None) -> Self:
+    def _parse(cls, data: object, locate: Locator | None, *, plain: bool) -> Self:
+        """Validate `data`; `plain` says it holds only plain JSON values already."""
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context={_PLAIN: True} if plain else None)
         except ValidationError as exc:
             problems = problems_from_validation_error(exc, data, _ALLOWED_FIELDS)
             raise to_exception(problems, locate) from None

@@ -8,12 +8,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from dagwire.limits import MAX_SPEC_DEPTH, MAX_SPEC_VALUES
 from dagwire.spec._errors import Loc, Problem, describe
 
 __all__ = ["MAX_DEPTH", "MAX_VALUES", "Convert", "NotJsonError", "to_plain"]
 
-MAX_DEPTH = 100
-MAX_VALUES = 10_000_000
+MAX_DEPTH = MAX_SPEC_DEPTH
+MAX_VALUES = MAX_SPEC_VALUES
 """Bounds that keep hostile input (deep nesting, YAML alias bombs) from exhausting the process."""
 
 Convert = Callable[[object], object]

@@ -23,6 +23,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 
 from dagwire.errors import WorkflowValidationError
 from dagwire.spec._errors import Loc, Locator
+from dagwire.spec._guard import check_source
 from dagwire.spec._values import NotJsonError
 
 __all__ = ["MAX_JSON_LINE_LOOKUP", "json_locator", "load_json", "load_yaml", "yaml_scalar"]
@@ -41,6 +42,7 @@ def load_yaml(text: str) -> tuple[Any, Locator]:
         WorkflowValidationError: the text is not one well-formed YAML document without
             duplicate keys; the message starts with the line.
     """
+    check_source(text)
     loader = YAML(typ="rt")
     loader.allow_duplicate_keys = False
     try:
@@ -150,6 +152,7 @@ def load_json(text: str | bytes) -> Any:
     Raises:
         WorkflowValidationError: malformed JSON (with its line) or a duplicate key.
     """
+    check_source(text)
     try:
         return json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:

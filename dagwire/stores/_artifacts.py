@@ -15,11 +15,18 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from dagwire.errors import NotFoundError
+from dagwire.limits import ARTIFACT_CHUNK_BYTES
 from dagwire.models import DEFAULT_MEDIA_TYPE, Artifact, utc_now
-from dagwire.stores._files import CHUNK_SIZE, TempBlob, blob_path, write_blob
+from dagwire.stores._files import CHUNK_SIZE, TempBlob, blob_path, sweep_temp_files, write_blob
 from dagwire.stores._ids import new_id
 from dagwire.stores._sqlite import SqliteDatabase, Synchronous
-from dagwire.stores._validate import check_lookup_id, check_text, from_micros, to_micros
+from dagwire.stores._validate import (
+    check_limit,
+    check_lookup_id,
+    check_text,
+    from_micros,
+    to_micros,
+)
 
 __all__ = ["LocalArtifactStore"]
 
@@ -43,7 +50,7 @@ CREATE INDEX IF NOT EXISTS artifacts_by_run ON artifacts (run_id, seq);
 
 #: Most bytes `open()` yields at once: just under 1 MiB, so that the store service sends each
 #: chunk as one gRPC message of at most 1 MiB (larger ones stream several times slower).
-READ_CHUNK_SIZE = (1 << 20) - 4096
+READ_CHUNK_SIZE = ARTIFACT_CHUNK_BYTES
 
 _ARTIFACT_COLUMNS = (
     "artifact_id, run_id, node_id, name, media_type, metadata, sha256, size, created_at"
@@ -257,6 +264,37 @@ class LocalArtifactStore:
             return []
         return await self._index.read(partial(_select_run_artifacts, run_id))
 
+    async def sweep_stale_uploads(self) -> int:
+        """Remove temp files of uploads cut off by a crash (the store service calls this at
+        start-up); returns how many were removed. Uploads of live processes are left alone.
+        """
+
+        def sweep() -> int:
+            directories = [self._tmp]
+            if self._blobs.is_dir():  # write_blob's temp files sit beside their blob
+                directories += [d for d in self._blobs.iterdir() if d.is_dir()]
+            return sweep_temp_files(directories)
+
+        return await self._run_io(sweep)
+
+    async def list_page(
+        self, run_id: str, *, after: str | None = None, limit: int = 50
+    ) -> builtins.list[Artifact]:
+        """Up to `limit` artifacts of `run_id` after the artifact `after`, in `list` order.
+
+        Keyset paging on the `artifacts_by_run` index (see `PagedArtifactStore.list_page`).
+
+        Raises:
+            NotFoundError: `after` is no artifact of this run.
+            ValueError: `limit` is below 1.
+        """
+        check_limit(limit)
+        if not check_lookup_id(run_id, "run"):
+            return []
+        if after is not None and not check_lookup_id(after, "artifact"):
+            raise _artifact_not_found(after)
+        return await self._index.read(partial(_select_run_artifacts_page, run_id, after, limit))
+
     async def aclose(self) -> None:
         """Commit pending index writes, close the index and stop the I/O threads."""
         io, self._io = self._io, None
@@ -361,6 +399,25 @@ def _select_artifact(artifact_id: str, conn: sqlite3.Connection) -> Artifact | N
 def _select_run_artifacts(run_id: str, conn: sqlite3.Connection) -> list[Artifact]:
     rows = conn.execute(
         f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE run_id = ? ORDER BY seq", (run_id,)
+    )
+    return [_artifact_from_row(row) for row in rows]
+
+
+def _select_run_artifacts_page(
+    run_id: str, after: str | None, limit: int, conn: sqlite3.Connection
+) -> list[Artifact]:
+    seq = 0
+    if after is not None:
+        row = conn.execute(
+            "SELECT seq FROM artifacts WHERE artifact_id = ? AND run_id = ?", (after, run_id)
+        ).fetchone()
+        if row is None:
+            raise _artifact_not_found(after)
+        seq = row[0]
+    rows = conn.execute(
+        f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE run_id = ? AND seq > ?"
+        " ORDER BY seq LIMIT ?",
+        (run_id, seq, limit),
     )
     return [_artifact_from_row(row) for row in rows]
 

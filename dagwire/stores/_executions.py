@@ -12,9 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from dagwire.errors import NotFoundError
-from dagwire.models import ExecutionRecord, RunEventRecord, RunRecord, RunStatus, TaskStatus
+from dagwire.models import (
+    ExecutionRecord,
+    RunEventRecord,
+    RunRecord,
+    RunStatus,
+    TaskStatus,
+    without_details,
+)
 from dagwire.stores._sqlite import SqliteDatabase, Synchronous
-from dagwire.stores._validate import check_lookup_id, check_text, from_micros, to_micros, utf8_safe
+from dagwire.stores._validate import (
+    check_limit,
+    check_lookup_id,
+    check_record_key,
+    check_text,
+    from_micros,
+    to_micros,
+    utf8_safe,
+)
+from dagwire.stores.base import RecordKey
 
 __all__ = ["SqliteExecutionStore"]
 
@@ -168,6 +184,23 @@ class SqliteExecutionStore:
             return []
         return await self._db.read(partial(_select_records, run_id))
 
+    async def list_records_page(
+        self, run_id: str, *, after: RecordKey | None = None, limit: int = 50
+    ) -> builtins.list[ExecutionRecord]:
+        """Up to `limit` attempts of `run_id` after `after`, in `list_records` order.
+
+        Keyset paging on the `executions_by_start` index: each page costs its own size,
+        whatever the run's. See `PagedExecutionStore.list_records_page`.
+
+        Raises:
+            ValueError: `limit` is below 1 or `after` is not a `RecordKey`.
+        """
+        check_limit(limit)
+        key = check_record_key(after)
+        if not check_lookup_id(run_id, "run"):
+            return []
+        return await self._db.read(partial(_select_records_page, run_id, key, limit))
+
     async def save_run(self, run: RunRecord) -> None:
         """Upsert a run record by `run_id`; durable on return.
 
@@ -205,6 +238,7 @@ class SqliteExecutionStore:
         status: RunStatus | str | None = None,
         limit: int = 50,
         after: str | None = None,
+        details: bool = True,
     ) -> builtins.list[RunRecord]:
         """Runs newest first (`created_at` descending, then `run_id` descending).
 
@@ -212,6 +246,7 @@ class SqliteExecutionStore:
             status: only runs with this status.
             limit: most runs returned (at least 1).
             after: the last `run_id` of the previous page (keyset pagination).
+            details: False leaves out each run's `spec` and `nodes` (empty in the result).
 
         Returns:
             Up to `limit` runs; fewer (possibly none) at the end.
@@ -225,7 +260,8 @@ class SqliteExecutionStore:
         wanted = None if status is None else _run_status(status)
         if after is not None and not check_lookup_id(after, "run"):
             raise _run_not_found(after)
-        return await self._db.read(partial(_select_runs, wanted, limit, after))
+        runs = await self._db.read(partial(_select_runs, wanted, limit, after))
+        return runs if details else [without_details(r) for r in runs]
 
     # ------------------------------------------------------------------ RunLedger
 
@@ -356,6 +392,19 @@ def _select_records(run_id: str, conn: sqlite3.Connection) -> list[ExecutionReco
         (run_id,),
     )
     return [_record_from_row(row) for row in rows]
+
+
+def _select_records_page(
+    run_id: str, after: tuple[int, str, int] | None, limit: int, conn: sqlite3.Connection
+) -> list[ExecutionRecord]:
+    sql = f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE run_id = ?"
+    params: list[Any] = [run_id]
+    if after is not None:
+        sql += " AND (started_at, node_id, attempt) > (?, ?, ?)"
+        params += list(after)
+    sql += " ORDER BY started_at, node_id, attempt LIMIT ?"
+    params.append(limit)
+    return [_record_from_row(row) for row in conn.execute(sql, params)]
 
 
 def _upsert_run(

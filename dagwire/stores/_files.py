@@ -7,17 +7,93 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import tempfile
 import threading
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["CHUNK_SIZE", "TempBlob", "blob_path", "ensure_dir", "fsync_dir", "write_blob"]
+from dagwire.limits import FILE_IO_CHUNK_BYTES
+
+__all__ = [
+    "CHUNK_SIZE",
+    "STALE_TEMP_SECONDS",
+    "TempBlob",
+    "blob_path",
+    "ensure_dir",
+    "fsync_dir",
+    "sweep_temp_files",
+    "write_blob",
+]
 
 #: Size of the chunks `open()` yields and of the writes a streamed upload coalesces to.
-CHUNK_SIZE = 1 << 20
+CHUNK_SIZE = FILE_IO_CHUNK_BYTES
 
 _TEMP_PREFIX = ".tmp-"
+#: A temp file whose name carries no owner pid (older stores) is stale after this long.
+STALE_TEMP_SECONDS = 3600.0
+
+
+#: Tells this process's temp files from those of an earlier one that had the same pid (a
+#: restarted container often does).
+_INCARNATION = secrets.token_hex(4)
+
+
+def _temp_prefix() -> str:
+    """``.tmp-<pid>.<incarnation>-``: the owner, so a sweep knows if the upload can finish."""
+    return f"{_TEMP_PREFIX}{os.getpid()}.{_INCARNATION}-"
+
+
+def _owner_alive(name: str) -> bool | None:
+    """Whether the process that made temp file `name` runs; None when the name has no owner."""
+    owner, sep, _ = name[len(_TEMP_PREFIX) :].partition("-")
+    pid_text, dot, incarnation = owner.partition(".")
+    if not sep or not dot or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return incarnation == _INCARNATION
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge
+    return True
+
+
+def sweep_temp_files(directories: Iterable[Path], *, now: float | None = None) -> int:
+    """Remove the temp files of uploads that can never finish; returns how many.
+
+    A temp file is stale when the process that made it is gone (a store that crashed
+    mid-upload), or, for a name without an owner pid, when it is older than
+    `STALE_TEMP_SECONDS`. Temp files of live processes are left alone. Missing directories
+    are skipped.
+    """
+    removed = 0
+    current = time.time() if now is None else now
+    for directory in directories:
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if not entry.name.startswith(_TEMP_PREFIX) or not entry.is_file(follow_symlinks=False):
+                continue
+            alive = _owner_alive(entry.name)
+            if alive is None:
+                try:
+                    alive = (
+                        current - entry.stat(follow_symlinks=False).st_mtime < STALE_TEMP_SECONDS
+                    )
+                except FileNotFoundError:
+                    continue
+            if not alive:
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def blob_path(blobs: Path, sha256: str) -> Path:
@@ -61,7 +137,7 @@ def write_blob(blobs: Path, content: bytes) -> tuple[str, int]:
     if target.exists():
         return sha256, len(content)
     ensure_dir(target.parent)
-    fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=target.parent)
+    fd, temp_name = tempfile.mkstemp(prefix=_temp_prefix(), dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(content)
@@ -86,7 +162,7 @@ class TempBlob:
     def __init__(self, temp_dir: Path) -> None:
         """Open a new temp file in `temp_dir` (created if missing)."""
         ensure_dir(temp_dir)
-        fd, name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=temp_dir)
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(), dir=temp_dir)
         self._path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()

@@ -10,7 +10,9 @@ from dagwire.models import DEFAULT_MEDIA_TYPE, Artifact, RunStatus, TaskStatus
 
 __all__ = [
     "check_artifact",
+    "check_limit",
     "check_lookup_id",
+    "check_record_key",
     "check_run_status",
     "check_task_status",
     "check_text",
@@ -137,3 +139,29 @@ def check_artifact(artifact: Artifact) -> Artifact:
         check_text(key, "metadata key")
         check_text(value, f"metadata[{key!r}]", allow_nul=True)
     return dataclasses.replace(artifact, media_type=media_type, metadata=dict(artifact.metadata))
+
+
+def check_limit(limit: object) -> int:
+    """`limit` of a listing: a positive `int`, else `ValueError`."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    return limit
+
+
+def check_record_key(after: object) -> tuple[int, str, int] | None:
+    """A `list_records_page` cursor as (started_at in microseconds, node_id, attempt).
+
+    Raises:
+        ValueError: `after` is not None nor a (datetime, str, int) tuple.
+    """
+    if after is None:
+        return None
+    if (
+        isinstance(after, tuple)
+        and len(after) == 3
+        and isinstance(after[1], str)
+        and isinstance(after[2], int)
+        and not isinstance(after[2], bool)
+    ):
+        return (to_micros(after[0], "after[0] (started_at)"), after[1], after[2])
+    raise ValueError(f"after must be a (started_at, node_id, attempt) tuple, got {after!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from dagwire.models import Artifact, ExecutionRecord, RunEventRecord, RunRecord, RunStatus
@@ -13,8 +14,21 @@ __all__ = [
     "BatchArtifactStore",
     "ExecutionStore",
     "OutcomeRecorder",
+    "PagedArtifactStore",
+    "PagedExecutionStore",
+    "RecordKey",
     "RunLedger",
+    "StaleUploadSweeper",
+    "record_key",
 ]
+
+RecordKey = tuple[datetime, str, int]
+"""Where an attempt sorts in `list_records`: (`started_at`, `node_id`, `attempt`)."""
+
+
+def record_key(record: ExecutionRecord) -> RecordKey:
+    """The `RecordKey` of `record` (the position after which the next page starts)."""
+    return (record.started_at, record.node_id, record.attempt)
 
 
 @runtime_checkable
@@ -116,6 +130,65 @@ class BatchArtifactStore(Protocol):
 
 
 @runtime_checkable
+class PagedArtifactStore(Protocol):
+    """An optional capability of an artifact store: one page of a run's artifacts, found by
+    key (keyset paging), so that listing a run with many artifacts page by page is linear."""
+
+    async def list_page(
+        self, run_id: str, *, after: str | None = None, limit: int = 50
+    ) -> builtins.list[Artifact]:
+        """Up to `limit` artifacts of `run_id` that `list` returns after the artifact `after`.
+
+        Args:
+            run_id: the run.
+            after: the `artifact_id` of the last artifact of the previous page; None for the
+                first page.
+            limit: most artifacts returned (at least 1).
+
+        Returns:
+            The artifacts in `list` order, `content=None`; fewer than `limit` at the end.
+
+        Raises:
+            NotFoundError: `after` is no artifact of this run (a store may instead start
+                after where that id would sort).
+            ValueError: `limit` is below 1.
+        """
+        ...
+
+
+@runtime_checkable
+class StaleUploadSweeper(Protocol):
+    """An optional capability of an artifact store: remove what uploads cut off by a crash
+    left behind (temp files); the store service calls it once at start-up."""
+
+    async def sweep_stale_uploads(self) -> int:
+        """Remove leftovers of uploads that can never finish; returns how many."""
+        ...
+
+
+@runtime_checkable
+class PagedExecutionStore(Protocol):
+    """An optional capability of an execution store: one page of a run's attempts, found by
+    key (keyset paging) instead of reading the whole run for every page."""
+
+    async def list_records_page(
+        self, run_id: str, *, after: RecordKey | None = None, limit: int = 50
+    ) -> builtins.list[ExecutionRecord]:
+        """Up to `limit` attempts of `run_id` that sort after `after` in `list_records` order.
+
+        Args:
+            run_id: the run.
+            after: the `record_key` of the last record of the previous page; None for the
+                first page. It need not name a stored record.
+            limit: most records returned (at least 1).
+
+        Raises:
+            ValueError: `limit` is below 1 or `after` is not a `RecordKey`.
+        """
+        ...
+
+
+@runtime_checkable
 class ExecutionStore(Protocol):
     """Where attempts (`ExecutionRecord`) and runs (`RunRecord`) are kept.
 
@@ -156,6 +229,7 @@ class ExecutionStore(Protocol):
         status: RunStatus | str | None = None,
         limit: int = 50,
         after: str | None = None,
+        details: bool = True,
     ) -> list[RunRecord]:
         """Runs newest first (`created_at` descending, then `run_id` descending).
 
@@ -163,6 +237,7 @@ class ExecutionStore(Protocol):
             status: only runs with this status.
             limit: most runs returned (at least 1).
             after: the last `run_id` of the previous page (keyset pagination).
+            details: False leaves out each run's `spec` and `nodes` (empty in the result).
 
         Raises:
             NotFoundError: `after` names no run.

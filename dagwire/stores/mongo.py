@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 
 from dagwire.errors import NotFoundError
-from dagwire.models import ExecutionRecord, RunEventRecord, RunRecord, RunStatus
+from dagwire.models import ExecutionRecord, RunEventRecord, RunRecord, RunStatus, without_details
 from dagwire.stores._mongo_client import client_options, server_name, unavailable
 from dagwire.stores._mongo_codec import (
     Doc,
@@ -28,11 +28,14 @@ from dagwire.stores._mongo_codec import (
 )
 from dagwire.stores._mongo_writer import GroupWriter, Write
 from dagwire.stores._validate import (
+    check_limit,
     check_lookup_id,
+    check_record_key,
     check_run_status,
     check_task_status,
     check_text,
 )
+from dagwire.stores.base import RecordKey
 
 __all__ = ["MongoExecutionStore"]
 
@@ -191,6 +194,35 @@ class MongoExecutionStore:
             docs = await collection.find({"run_id": run_id}).sort(order).to_list()
         return [record_from_doc(doc) for doc in docs]
 
+    async def list_records_page(
+        self, run_id: str, *, after: RecordKey | None = None, limit: int = 50
+    ) -> builtins.list[ExecutionRecord]:
+        """Up to `limit` attempts of `run_id` after `after`, in `list_records` order.
+
+        Keyset paging on the `run_started_node_attempt` index: each page costs its own size.
+
+        Raises:
+            ValueError: `limit` is below 1 or `after` is not a `RecordKey`.
+            StoreUnavailableError: the server did not answer.
+        """
+        check_limit(limit)
+        key = check_record_key(after)
+        if not check_lookup_id(run_id, "run"):
+            return []
+        query: Doc = {"run_id": run_id}
+        if key is not None:
+            started, node_id, attempt = key
+            query["$or"] = [
+                {"started_at_us": {"$gt": started}},
+                {"started_at_us": started, "node_id": {"$gt": node_id}},
+                {"started_at_us": started, "node_id": node_id, "attempt": {"$gt": attempt}},
+            ]
+        collection = await self._collection("executions")
+        order = [("started_at_us", ASCENDING), ("node_id", ASCENDING), ("attempt", ASCENDING)]
+        async with self._errors():
+            docs = await collection.find(query).sort(order).limit(limit).to_list()
+        return [record_from_doc(doc) for doc in docs]
+
     async def save_run(self, run: RunRecord) -> None:
         """Upsert a run record by `run_id` (replacing the stored one); durable on return.
 
@@ -231,6 +263,7 @@ class MongoExecutionStore:
         status: RunStatus | str | None = None,
         limit: int = 50,
         after: str | None = None,
+        details: bool = True,
     ) -> builtins.list[RunRecord]:
         """Runs newest first (`created_at` descending, then `run_id` descending).
 
@@ -238,6 +271,7 @@ class MongoExecutionStore:
             status: only runs with this status.
             limit: most runs returned (at least 1).
             after: the last `run_id` of the previous page (keyset pagination).
+            details: False leaves out each run's `spec` and `nodes` (empty in the result).
 
         Returns:
             Up to `limit` runs; fewer (possibly none) at the end.
@@ -267,7 +301,8 @@ class MongoExecutionStore:
                 ]
             order = [("created_at_us", DESCENDING), ("run_id", DESCENDING)]
             docs = await collection.find(query).sort(order).limit(limit).to_list()
-        return [run_from_doc(doc) for doc in docs]
+        runs = [run_from_doc(doc) for doc in docs]
+        return runs if details else [without_details(r) for r in runs]
 
     # ------------------------------------------------------------------ RunLedger
     # Collections ``run_events`` (_id "<run_id>/<sequence, 12 digits>"), ``run_claims``

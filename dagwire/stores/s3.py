@@ -26,21 +26,28 @@ from urllib3.exceptions import HTTPError
 from urllib3.util import Retry, Timeout
 
 from dagwire.errors import NotFoundError, StoreUnavailableError
+from dagwire.limits import ARTIFACT_CHUNK_BYTES, STORED_INLINE_BYTES
 from dagwire.models import Artifact, utc_now
 from dagwire.stores._ids import new_id
 from dagwire.stores._s3_stream import MultipartWriter, in_thread
-from dagwire.stores._validate import check_artifact, check_lookup_id, from_micros, to_micros
+from dagwire.stores._validate import (
+    check_artifact,
+    check_limit,
+    check_lookup_id,
+    from_micros,
+    to_micros,
+)
 
 __all__ = ["S3ArtifactStore"]
 
 T = TypeVar("T")
 
 #: Content up to this size is kept inline (base64) in the artifact's metadata object.
-INLINE_LIMIT = 64 * 1024
+INLINE_LIMIT = STORED_INLINE_BYTES
 #: Most bytes `open()` yields at once: just under 1 MiB, so that a chunk plus its gRPC and
 #: protobuf framing stays within one 1 MiB message (grpcio streams messages above 1 MiB
 #: several times slower; see `bench/store_service.py`).
-CHUNK_SIZE = (1 << 20) - 4096
+CHUNK_SIZE = ARTIFACT_CHUNK_BYTES
 #: S3's smallest multipart part (except the last).
 MIN_PART_SIZE = 5 * 1024 * 1024
 #: Multipart part size of uploads unless the constructor says otherwise.
@@ -321,6 +328,28 @@ class S3ArtifactStore:
         docs = await asyncio.gather(*(self._run(self._get_json, key) for key in keys))
         return [_artifact_of(doc) for doc in docs if doc is not None]
 
+    async def list_page(
+        self, run_id: str, *, after: str | None = None, limit: int = 50
+    ) -> builtins.list[Artifact]:
+        """Up to `limit` artifacts of `run_id` after the id `after`, in `list` order (by id).
+
+        Keyset paging: the listing starts after the key of `after` and stops at `limit`
+        keys, so a page reads only its own metadata objects.
+
+        Raises:
+            ValueError: `limit` is below 1.
+            StoreUnavailableError: the server did not answer.
+        """
+        check_limit(limit)
+        if not check_lookup_id(run_id, "run"):
+            return []
+        await self._ensure_bucket()
+        prefix = f"runs/{quote(run_id, safe='')}/"
+        start = f"{prefix}{after}.json" if after is not None else None
+        keys = await self._run(self._list_keys_page, prefix, start, limit)
+        docs = await asyncio.gather(*(self._run(self._get_json, key) for key in keys))
+        return [_artifact_of(doc) for doc in docs if doc is not None]
+
     async def aclose(self) -> None:
         """Stop the store's threads and drop its connections (it reopens on next use)."""
         io, self._io = self._io, None
@@ -552,6 +581,21 @@ class S3ArtifactStore:
                 bucket_name=self._bucket, prefix=prefix, recursive=True
             )
             return sorted(o.object_name for o in objects if o.object_name is not None)
+
+    def _list_keys_page(
+        self, prefix: str, start_after: str | None, limit: int
+    ) -> builtins.list[str]:
+        keys: builtins.list[str] = []
+        with self._errors(f"listing {prefix}"):
+            objects = self._minio().list_objects(
+                bucket_name=self._bucket, prefix=prefix, recursive=True, start_after=start_after
+            )
+            for item in objects:  # S3 lists keys in order; stop once the page is full
+                if item.object_name is not None:
+                    keys.append(item.object_name)
+                    if len(keys) >= limit:
+                        break
+        return keys
 
     def _remove(self, key: str) -> None:
         with self._errors(f"removing {key}"):

@@ -12,18 +12,19 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure
 
+from dagwire.limits import STORED_INLINE_BYTES
 from dagwire.models import Artifact, utc_now
 from dagwire.stores._ids import new_id
 from dagwire.stores._mongo_client import client_options, server_name, unavailable
 from dagwire.stores._mongo_codec import Doc, artifact_doc, artifact_from_doc
 from dagwire.stores._mongo_writer import GroupWriter, Write
-from dagwire.stores._validate import check_artifact, check_lookup_id
-from dagwire.stores.base import ArtifactStore
+from dagwire.stores._validate import check_artifact, check_limit, check_lookup_id
+from dagwire.stores.base import ArtifactStore, PagedArtifactStore
 
 __all__ = ["INLINE_LIMIT", "TieredArtifactStore"]
 
 #: Content of at most this many bytes, stored with `store()`, is kept inline in MongoDB.
-INLINE_LIMIT = 64 * 1024
+INLINE_LIMIT = STORED_INLINE_BYTES
 #: The collection holding inline artifacts (in the execution store's database).
 COLLECTION = "artifacts"
 #: Index serving `list(run_id)` in store order (artifact ids are time-ordered UUIDv7).
@@ -266,6 +267,38 @@ class TieredArtifactStore:
         merged.sort(key=lambda artifact: artifact.artifact_id or "")
         return merged
 
+    async def list_page(
+        self, run_id: str, *, after: str | None = None, limit: int = 50
+    ) -> builtins.list[Artifact]:
+        """Up to `limit` artifacts of `run_id` after the id `after`, in `list` order (by id).
+
+        Keyset paging in both tiers: each gives at most `limit` artifacts after `after`, and
+        the first `limit` of the two merged are the page. A large store that cannot page
+        (not a `PagedArtifactStore`) is listed whole and cut.
+
+        Raises:
+            ValueError: `limit` is below 1.
+            StoreUnavailableError: MongoDB (or the large store) did not answer.
+        """
+        check_limit(limit)
+        if not check_lookup_id(run_id, "run"):
+            return []
+        inline, large = await asyncio.gather(
+            self._list_inline(run_id, after=after, limit=limit),
+            self._large_page(run_id, after, limit),
+        )
+        merged = inline + large
+        merged.sort(key=lambda artifact: artifact.artifact_id or "")
+        return merged[:limit]
+
+    async def _large_page(
+        self, run_id: str, after: str | None, limit: int
+    ) -> builtins.list[Artifact]:
+        if isinstance(self._large, PagedArtifactStore):
+            return await self._large.list_page(run_id, after=after, limit=limit)
+        listed = await self._large.list(run_id)
+        return [a for a in listed if after is None or (a.artifact_id or "") > after][:limit]
+
     async def aclose(self) -> None:
         """Wait for queued writes, close the MongoDB client and the large store."""
         try:
@@ -295,10 +328,15 @@ class TieredArtifactStore:
             raise self._translate(exc) from exc
         return doc
 
-    async def _list_inline(self, run_id: str) -> builtins.list[Artifact]:
+    async def _list_inline(
+        self, run_id: str, *, after: str | None = None, limit: int = 0
+    ) -> builtins.list[Artifact]:
         collection = await self._collection()
+        query: Doc = {"run_id": run_id}
+        if after is not None:
+            query["_id"] = {"$gt": after}
         try:
-            cursor = collection.find({"run_id": run_id}, _NO_CONTENT).sort("_id", ASCENDING)
+            cursor = collection.find(query, _NO_CONTENT).sort("_id", ASCENDING).limit(limit)
             docs = await cursor.to_list()
         except ConnectionFailure as exc:
             raise self._translate(exc) from exc

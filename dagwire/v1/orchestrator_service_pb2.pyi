@@ -229,7 +229,11 @@ class ListRunsResponse(google.protobuf.message.Message):
     """Token for the next page; empty when there are no more runs."""
     @property
     def runs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[dagwire.v1.common_pb2.Run]:
-        """Runs, newest first, without spec_json and nodes (GetRun returns those)."""
+        """Runs, newest first, without spec_json and nodes (GetRun returns those). A page holds at
+        most page_size runs and ends early when the next run would take its encoded size past the
+        server's page byte budget (docs/limits.md), so one large run never makes the listing
+        fail: keep following next_page_token.
+        """
 
     def __init__(
         self,

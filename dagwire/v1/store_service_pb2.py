@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dagwire.v1 import common_pb2 as dagwire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64\x61gwire/v1/store_service.proto\x12\ndagwire.v1\x1a\x17\x64\x61gwire/v1/common.proto\"\xec\x01\n\x0e\x41rtifactHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12:\n\x08metadata\x18\x03 \x03(\x0b\x32(.dagwire.v1.ArtifactHeader.MetadataEntry\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x11\n\x04size\x18\x07 \x01(\x03H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_size\"[\n\x12PutArtifactRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.dagwire.v1.ArtifactHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"=\n\x13PutArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.Artifact\")\n\x12GetArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\"X\n\x13GetArtifactResponse\x12(\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"*\n\x13StatArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\">\n\x14StatArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.Artifact\"M\n\x14ListArtifactsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x15ListArtifactsResponse\x12\'\n\tartifacts\x18\x01 \x03(\x0b\x32\x14.dagwire.v1.Artifact\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x17RecordExecutionsRequest\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.dagwire.v1.ExecutionRecord\"\x1a\n\x18RecordExecutionsResponse\"d\n\x0e\x41ttemptOutcome\x12+\n\x06record\x18\x01 \x01(\x0b\x32\x1b.dagwire.v1.ExecutionRecord\x12%\n\x07outputs\x18\x02 \x03(\x0b\x32\x14.dagwire.v1.Artifact\"E\n\x15RecordOutcomesRequest\x12,\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1a.dagwire.v1.AttemptOutcome\"E\n\rOutcomeResult\x12%\n\x07outputs\x18\x01 \x03(\x0b\x32\x14.dagwire.v1.Artifact\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"D\n\x16RecordOutcomesResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.dagwire.v1.OutcomeResult\"T\n\x1bListExecutionRecordsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"e\n\x1cListExecutionRecordsResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.dagwire.v1.ExecutionRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x14SaveRunRecordRequest\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"\x17\n\x15SaveRunRecordResponse\"%\n\x13GetRunRecordRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"4\n\x14GetRunRecordResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"e\n\x15ListRunRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.dagwire.v1.RunStatus\"P\n\x16ListRunRecordsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.dagwire.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x16\x43reateRunRecordRequest\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"*\n\x17\x43reateRunRecordResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\"D\n\x14\x43laimRunLeaseRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\r\n\x05owner\x18\x03 \x01(\t\"(\n\x15\x43laimRunLeaseResponse\x12\x0f\n\x07\x63laimed\x18\x01 \x01(\x08\"8\n\x17GetRunLeaseClaimRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\"+\n\x18GetRunLeaseClaimResponse\x12\x0f\n\x07\x63laimed\x18\x01 \x01(\x08\"T\n\x0eStoredRunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x11\n\tdata_json\x18\x04 \x01(\t\"D\n\x16\x41ppendRunEventsRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.dagwire.v1.StoredRunEvent\"\x19\n\x17\x41ppendRunEventsResponse\"Q\n\x14ReadRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\"C\n\x15ReadRunEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.dagwire.v1.StoredRunEvent\")\n\x17RequestRunCancelRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x1a\n\x18RequestRunCancelResponse\"3\n BatchGetRunCancelRequestsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\"4\n!BatchGetRunCancelRequestsResponse\x12\x0f\n\x07run_ids\x18\x01 \x03(\t2\xe3\x02\n\x14\x41rtifactStoreService\x12P\n\x0bPutArtifact\x12\x1e.dagwire.v1.PutArtifactRequest\x1a\x1f.dagwire.v1.PutArtifactResponse(\x01\x12P\n\x0bGetArtifact\x12\x1e.dagwire.v1.GetArtifactRequest\x1a\x1f.dagwire.v1.GetArtifactResponse0\x01\x12Q\n\x0cStatArtifact\x12\x1f.dagwire.v1.StatArtifactRequest\x1a .dagwire.v1.StatArtifactResponse\x12T\n\rListArtifacts\x12 .dagwire.v1.ListArtifactsRequest\x1a!.dagwire.v1.ListArtifactsResponse2\xd8\t\n\x15\x45xecutionStoreService\x12]\n\x10RecordExecutions\x12#.dagwire.v1.RecordExecutionsRequest\x1a$.dagwire.v1.RecordExecutionsResponse\x12W\n\x0eRecordOutcomes\x12!.dagwire.v1.RecordOutcomesRequest\x1a\".dagwire.v1.RecordOutcomesResponse\x12i\n\x14ListExecutionRecords\x12\'.dagwire.v1.ListExecutionRecordsRequest\x1a(.dagwire.v1.ListExecutionRecordsResponse\x12T\n\rSaveRunRecord\x12 .dagwire.v1.SaveRunRecordRequest\x1a!.dagwire.v1.SaveRunRecordResponse\x12Q\n\x0cGetRunRecord\x12\x1f.dagwire.v1.GetRunRecordRequest\x1a .dagwire.v1.GetRunRecordResponse\x12W\n\x0eListRunRecords\x12!.dagwire.v1.ListRunRecordsRequest\x1a\".dagwire.v1.ListRunRecordsResponse\x12Z\n\x0f\x43reateRunRecord\x12\".dagwire.v1.CreateRunRecordRequest\x1a#.dagwire.v1.CreateRunRecordResponse\x12T\n\rClaimRunLease\x12 .dagwire.v1.ClaimRunLeaseRequest\x1a!.dagwire.v1.ClaimRunLeaseResponse\x12]\n\x10GetRunLeaseClaim\x12#.dagwire.v1.GetRunLeaseClaimRequest\x1a$.dagwire.v1.GetRunLeaseClaimResponse\x12Z\n\x0f\x41ppendRunEvents\x12\".dagwire.v1.AppendRunEventsRequest\x1a#.dagwire.v1.AppendRunEventsResponse\x12T\n\rReadRunEvents\x12 .dagwire.v1.ReadRunEventsRequest\x1a!.dagwire.v1.ReadRunEventsResponse\x12]\n\x10RequestRunCancel\x12#.dagwire.v1.RequestRunCancelRequest\x1a$.dagwire.v1.RequestRunCancelResponse\x12x\n\x19\x42\x61tchGetRunCancelRequests\x12,.dagwire.v1.BatchGetRunCancelRequestsRequest\x1a-.dagwire.v1.BatchGetRunCancelRequestsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64\x61gwire/v1/store_service.proto\x12\ndagwire.v1\x1a\x17\x64\x61gwire/v1/common.proto\"\xec\x01\n\x0e\x41rtifactHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12:\n\x08metadata\x18\x03 \x03(\x0b\x32(.dagwire.v1.ArtifactHeader.MetadataEntry\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x11\n\x04size\x18\x07 \x01(\x03H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_size\"[\n\x12PutArtifactRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.dagwire.v1.ArtifactHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"=\n\x13PutArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.Artifact\")\n\x12GetArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\"X\n\x13GetArtifactResponse\x12(\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"*\n\x13StatArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\">\n\x14StatArtifactResponse\x12&\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.Artifact\"M\n\x14ListArtifactsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x15ListArtifactsResponse\x12\'\n\tartifacts\x18\x01 \x03(\x0b\x32\x14.dagwire.v1.Artifact\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x17RecordExecutionsRequest\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.dagwire.v1.ExecutionRecord\"\x1a\n\x18RecordExecutionsResponse\"d\n\x0e\x41ttemptOutcome\x12+\n\x06record\x18\x01 \x01(\x0b\x32\x1b.dagwire.v1.ExecutionRecord\x12%\n\x07outputs\x18\x02 \x03(\x0b\x32\x14.dagwire.v1.Artifact\"E\n\x15RecordOutcomesRequest\x12,\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1a.dagwire.v1.AttemptOutcome\"E\n\rOutcomeResult\x12%\n\x07outputs\x18\x01 \x03(\x0b\x32\x14.dagwire.v1.Artifact\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"D\n\x16RecordOutcomesResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.dagwire.v1.OutcomeResult\"T\n\x1bListExecutionRecordsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"e\n\x1cListExecutionRecordsResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.dagwire.v1.ExecutionRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x14SaveRunRecordRequest\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"\x17\n\x15SaveRunRecordResponse\"%\n\x13GetRunRecordRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"4\n\x14GetRunRecordResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"\x94\x01\n\x15ListRunRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.dagwire.v1.RunStatus\x12\x17\n\x0fwithout_details\x18\x04 \x01(\x08\x12\x14\n\x0c\x61\x66ter_run_id\x18\x05 \x01(\t\"P\n\x16ListRunRecordsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.dagwire.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x16\x43reateRunRecordRequest\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"*\n\x17\x43reateRunRecordResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\"D\n\x14\x43laimRunLeaseRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\r\n\x05owner\x18\x03 \x01(\t\"(\n\x15\x43laimRunLeaseResponse\x12\x0f\n\x07\x63laimed\x18\x01 \x01(\x08\"8\n\x17GetRunLeaseClaimRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\"+\n\x18GetRunLeaseClaimResponse\x12\x0f\n\x07\x63laimed\x18\x01 \x01(\x08\"T\n\x0eStoredRunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x11\n\tdata_json\x18\x04 \x01(\t\"D\n\x16\x41ppendRunEventsRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.dagwire.v1.StoredRunEvent\"\x19\n\x17\x41ppendRunEventsResponse\"Q\n\x14ReadRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\"C\n\x15ReadRunEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.dagwire.v1.StoredRunEvent\")\n\x17RequestRunCancelRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x1a\n\x18RequestRunCancelResponse\"3\n BatchGetRunCancelRequestsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\"4\n!BatchGetRunCancelRequestsResponse\x12\x0f\n\x07run_ids\x18\x01 \x03(\t2\xe3\x02\n\x14\x41rtifactStoreService\x12P\n\x0bPutArtifact\x12\x1e.dagwire.v1.PutArtifactRequest\x1a\x1f.dagwire.v1.PutArtifactResponse(\x01\x12P\n\x0bGetArtifact\x12\x1e.dagwire.v1.GetArtifactRequest\x1a\x1f.dagwire.v1.GetArtifactResponse0\x01\x12Q\n\x0cStatArtifact\x12\x1f.dagwire.v1.StatArtifactRequest\x1a .dagwire.v1.StatArtifactResponse\x12T\n\rListArtifacts\x12 .dagwire.v1.ListArtifactsRequest\x1a!.dagwire.v1.ListArtifactsResponse2\xd8\t\n\x15\x45xecutionStoreService\x12]\n\x10RecordExecutions\x12#.dagwire.v1.RecordExecutionsRequest\x1a$.dagwire.v1.RecordExecutionsResponse\x12W\n\x0eRecordOutcomes\x12!.dagwire.v1.RecordOutcomesRequest\x1a\".dagwire.v1.RecordOutcomesResponse\x12i\n\x14ListExecutionRecords\x12\'.dagwire.v1.ListExecutionRecordsRequest\x1a(.dagwire.v1.ListExecutionRecordsResponse\x12T\n\rSaveRunRecord\x12 .dagwire.v1.SaveRunRecordRequest\x1a!.dagwire.v1.SaveRunRecordResponse\x12Q\n\x0cGetRunRecord\x12\x1f.dagwire.v1.GetRunRecordRequest\x1a .dagwire.v1.GetRunRecordResponse\x12W\n\x0eListRunRecords\x12!.dagwire.v1.ListRunRecordsRequest\x1a\".dagwire.v1.ListRunRecordsResponse\x12Z\n\x0f\x43reateRunRecord\x12\".dagwire.v1.CreateRunRecordRequest\x1a#.dagwire.v1.CreateRunRecordResponse\x12T\n\rClaimRunLease\x12 .dagwire.v1.ClaimRunLeaseRequest\x1a!.dagwire.v1.ClaimRunLeaseResponse\x12]\n\x10GetRunLeaseClaim\x12#.dagwire.v1.GetRunLeaseClaimRequest\x1a$.dagwire.v1.GetRunLeaseClaimResponse\x12Z\n\x0f\x41ppendRunEvents\x12\".dagwire.v1.AppendRunEventsRequest\x1a#.dagwire.v1.AppendRunEventsResponse\x12T\n\rReadRunEvents\x12 .dagwire.v1.ReadRunEventsRequest\x1a!.dagwire.v1.ReadRunEventsResponse\x12]\n\x10RequestRunCancel\x12#.dagwire.v1.RequestRunCancelRequest\x1a$.dagwire.v1.RequestRunCancelResponse\x12x\n\x19\x42\x61tchGetRunCancelRequests\x12,.dagwire.v1.BatchGetRunCancelRequestsRequest\x1a-.dagwire.v1.BatchGetRunCancelRequestsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -78,42 +78,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRUNRECORDREQUEST']._serialized_end=1597
   _globals['_GETRUNRECORDRESPONSE']._serialized_start=1599
   _globals['_GETRUNRECORDRESPONSE']._serialized_end=1651
-  _globals['_LISTRUNRECORDSREQUEST']._serialized_start=1653
-  _globals['_LISTRUNRECORDSREQUEST']._serialized_end=1754
-  _globals['_LISTRUNRECORDSRESPONSE']._serialized_start=1756
-  _globals['_LISTRUNRECORDSRESPONSE']._serialized_end=1836
-  _globals['_CREATERUNRECORDREQUEST']._serialized_start=1838
-  _globals['_CREATERUNRECORDREQUEST']._serialized_end=1892
-  _globals['_CREATERUNRECORDRESPONSE']._serialized_start=1894
-  _globals['_CREATERUNRECORDRESPONSE']._serialized_end=1936
-  _globals['_CLAIMRUNLEASEREQUEST']._serialized_start=1938
-  _globals['_CLAIMRUNLEASEREQUEST']._serialized_end=2006
-  _globals['_CLAIMRUNLEASERESPONSE']._serialized_start=2008
-  _globals['_CLAIMRUNLEASERESPONSE']._serialized_end=2048
-  _globals['_GETRUNLEASECLAIMREQUEST']._serialized_start=2050
-  _globals['_GETRUNLEASECLAIMREQUEST']._serialized_end=2106
-  _globals['_GETRUNLEASECLAIMRESPONSE']._serialized_start=2108
-  _globals['_GETRUNLEASECLAIMRESPONSE']._serialized_end=2151
-  _globals['_STOREDRUNEVENT']._serialized_start=2153
-  _globals['_STOREDRUNEVENT']._serialized_end=2237
-  _globals['_APPENDRUNEVENTSREQUEST']._serialized_start=2239
-  _globals['_APPENDRUNEVENTSREQUEST']._serialized_end=2307
-  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_start=2309
-  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_end=2334
-  _globals['_READRUNEVENTSREQUEST']._serialized_start=2336
-  _globals['_READRUNEVENTSREQUEST']._serialized_end=2417
-  _globals['_READRUNEVENTSRESPONSE']._serialized_start=2419
-  _globals['_READRUNEVENTSRESPONSE']._serialized_end=2486
-  _globals['_REQUESTRUNCANCELREQUEST']._serialized_start=2488
-  _globals['_REQUESTRUNCANCELREQUEST']._serialized_end=2529
-  _globals['_REQUESTRUNCANCELRESPONSE']._serialized_start=2531
-  _globals['_REQUESTRUNCANCELRESPONSE']._serialized_end=2557
-  _globals['_BATCHGETRUNCANCELREQUESTSREQUEST']._serialized_start=2559
-  _globals['_BATCHGETRUNCANCELREQUESTSREQUEST']._serialized_end=2610
-  _globals['_BATCHGETRUNCANCELREQUESTSRESPONSE']._serialized_start=2612
-  _globals['_BATCHGETRUNCANCELREQUESTSRESPONSE']._serialized_end=2664
-  _globals['_ARTIFACTSTORESERVICE']._serialized_start=2667
-  _globals['_ARTIFACTSTORESERVICE']._serialized_end=3022
-  _globals['_EXECUTIONSTORESERVICE']._serialized_start=3025
-  _globals['_EXECUTIONSTORESERVICE']._serialized_end=4265
+  _globals['_LISTRUNRECORDSREQUEST']._serialized_start=1654
+  _globals['_LISTRUNRECORDSREQUEST']._serialized_end=1802
+  _globals['_LISTRUNRECORDSRESPONSE']._serialized_start=1804
+  _globals['_LISTRUNRECORDSRESPONSE']._serialized_end=1884
+  _globals['_CREATERUNRECORDREQUEST']._serialized_start=1886
+  _globals['_CREATERUNRECORDREQUEST']._serialized_end=1940
+  _globals['_CREATERUNRECORDRESPONSE']._serialized_start=1942
+  _globals['_CREATERUNRECORDRESPONSE']._serialized_end=1984
+  _globals['_CLAIMRUNLEASEREQUEST']._serialized_start=1986
+  _globals['_CLAIMRUNLEASEREQUEST']._serialized_end=2054
+  _globals['_CLAIMRUNLEASERESPONSE']._serialized_start=2056
+  _globals['_CLAIMRUNLEASERESPONSE']._serialized_end=2096
+  _globals['_GETRUNLEASECLAIMREQUEST']._serialized_start=2098
+  _globals['_GETRUNLEASECLAIMREQUEST']._serialized_end=2154
+  _globals['_GETRUNLEASECLAIMRESPONSE']._serialized_start=2156
+  _globals['_GETRUNLEASECLAIMRESPONSE']._serialized_end=2199
+  _globals['_STOREDRUNEVENT']._serialized_start=2201
+  _globals['_STOREDRUNEVENT']._serialized_end=2285
+  _globals['_APPENDRUNEVENTSREQUEST']._serialized_start=2287
+  _globals['_APPENDRUNEVENTSREQUEST']._serialized_end=2355
+  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_start=2357
+  _globals['_APPENDRUNEVENTSRESPONSE']._serialized_end=2382
+  _globals['_READRUNEVENTSREQUEST']._serialized_start=2384
+  _globals['_READRUNEVENTSREQUEST']._serialized_end=2465
+  _globals['_READRUNEVENTSRESPONSE']._serialized_start=2467
+  _globals['_READRUNEVENTSRESPONSE']._serialized_end=2534
+  _globals['_REQUESTRUNCANCELREQUEST']._serialized_start=2536
+  _globals['_REQUESTRUNCANCELREQUEST']._serialized_end=2577
+  _globals['_REQUESTRUNCANCELRESPONSE']._serialized_start=2579
+  _globals['_REQUESTRUNCANCELRESPONSE']._serialized_end=2605
+  _globals['_BATCHGETRUNCANCELREQUESTSREQUEST']._serialized_start=2607
+  _globals['_BATCHGETRUNCANCELREQUESTSREQUEST']._serialized_end=2658
+  _globals['_BATCHGETRUNCANCELREQUESTSRESPONSE']._serialized_start=2660
+  _globals['_BATCHGETRUNCANCELREQUESTSRESPONSE']._serialized_end=2712
+  _globals['_ARTIFACTSTORESERVICE']._serialized_start=2715
+  _globals['_ARTIFACTSTORESERVICE']._serialized_end=3070
+  _globals['_EXECUTIONSTORESERVICE']._serialized_start=3073
+  _globals['_EXECUTIONSTORESERVICE']._serialized_end=4313
 # @@protoc_insertion_point(module_scope)

@@ -253,7 +253,11 @@ class ListArtifactsResponse(google.protobuf.message.Message):
     """Token for the next page; empty when there are no more artifacts."""
     @property
     def artifacts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[dagwire.v1.common_pb2.Artifact]:
-        """The artifacts, without content."""
+        """The artifacts, without content, in store order (by artifact id where the backend orders
+        so). Paged by key: a page token holds the last artifact's id, so each page costs its own
+        size, whatever the run's. A page ends early when the next artifact would take it past the
+        server's page byte budget (docs/limits.md).
+        """
 
     def __init__(
         self,
@@ -432,7 +436,12 @@ class ListExecutionRecordsResponse(google.protobuf.message.Message):
     """Token for the next page; empty when there are no more records."""
     @property
     def records(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[dagwire.v1.common_pb2.ExecutionRecord]:
-        """The records, ordered by start time."""
+        """The records, ordered by start time, then node_id, then attempt. Paged by key: a page
+        token holds that triple of the page's last record, so each page costs its own size and a
+        record written while a listing goes on is neither repeated nor skipped unless it starts
+        before the page it would belong to. A page ends early when the next record would take it
+        past the server's page byte budget (docs/limits.md).
+        """
 
     def __init__(
         self,
@@ -525,6 +534,8 @@ class ListRunRecordsRequest(google.protobuf.message.Message):
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
     STATUS_FIELD_NUMBER: builtins.int
+    WITHOUT_DETAILS_FIELD_NUMBER: builtins.int
+    AFTER_RUN_ID_FIELD_NUMBER: builtins.int
     page_size: builtins.int
     """Maximum runs per page; 0 means 50, values above 1000 are treated as 1000, and a negative
     value is INVALID_ARGUMENT.
@@ -533,14 +544,24 @@ class ListRunRecordsRequest(google.protobuf.message.Message):
     """next_page_token from the previous response; empty for the first page."""
     status: dagwire.v1.common_pb2.RunStatus.ValueType
     """Only runs in this state; RUN_STATUS_UNSPECIFIED means runs in any state."""
+    without_details: builtins.bool
+    """When true, runs come without spec_json and nodes (as ListRuns shows them), so that a
+    page stays small however large its runs are.
+    """
+    after_run_id: builtins.str
+    """Start after this run (the ExecutionStore `after` cursor) instead of at a page_token;
+    give one or neither. NOT_FOUND when no run has this id.
+    """
     def __init__(
         self,
         *,
         page_size: builtins.int = ...,
         page_token: builtins.str = ...,
         status: dagwire.v1.common_pb2.RunStatus.ValueType = ...,
+        without_details: builtins.bool = ...,
+        after_run_id: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["after_run_id", b"after_run_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "without_details", b"without_details"]) -> None: ...
 
 Global___ListRunRecordsRequest: typing_extensions.TypeAlias = ListRunRecordsRequest
 
@@ -556,7 +577,11 @@ class ListRunRecordsResponse(google.protobuf.message.Message):
     """Token for the next page; empty when there are no more runs."""
     @property
     def runs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[dagwire.v1.common_pb2.Run]:
-        """The runs, newest first, as stored (spec_json and nodes included)."""
+        """The runs, newest first, as stored (spec_json and nodes included unless without_details).
+        A page holds at most page_size runs and ends early when the next run would take its
+        encoded size past the server's page byte budget (see docs/limits.md): a page with fewer
+        runs than page_size is not the last one unless next_page_token is empty.
+        """
 
     def __init__(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from functools import partial
@@ -18,11 +19,11 @@ from dagwire.rpc.convert import (
     run_summary_to_proto,
     run_to_proto,
 )
-from dagwire.rpc.paging import decode_page_token, encode_page_token, page_size
+from dagwire.rpc.paging import decode_page_token, encode_page_token, fit_to_budget, page_size
 from dagwire.rpc.serve import Service
 from dagwire.rpc.status import InvalidArgumentError
 from dagwire.rpc.uploads import check_required
-from dagwire.runtime.orchestrator import Orchestrator
+from dagwire.runtime.orchestrator import Orchestrator, PreparedRun, prepare_run
 from dagwire.v1 import common_pb2, orchestrator_service_pb2, orchestrator_service_pb2_grpc
 from dagwire.v1.orchestrator_service_pb2 import (
     CancelRunRequest,
@@ -100,11 +101,15 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
             else None
         )
         runs = await self._orchestrator.execution_store.list_runs(
-            status=status, limit=size + 1, after=after
+            status=status, limit=size + 1, after=after, details=False
         )
-        page = runs[:size]
-        token = encode_page_token("runs", scope, page[-1].run_id) if len(runs) > size else ""
-        return ListRunsResponse(runs=[_listed(r) for r in page], next_page_token=token)
+        messages = [_listed(r) for r in runs[:size]]
+        # one large run must not make the listing fail for everyone: a page ends early when
+        # the next run would take it past the byte budget (docs/limits.md)
+        count = fit_to_budget(messages)
+        more = len(runs) > count
+        token = encode_page_token("runs", scope, runs[count - 1].run_id) if more else ""
+        return ListRunsResponse(runs=messages[:count], next_page_token=token)
 
     async def CancelRun(self, request: CancelRunRequest, context: Context) -> CancelRunResponse:
         status = await self._orchestrator.cancel_run(check_required(request.run_id, "run_id"))
@@ -128,9 +133,16 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
                 yield WatchRunResponse(event=message)
 
     async def _start(self, spec: str, user_vars: dict[str, str], request_id: str) -> str:
-        return await self._orchestrator.start_run(
-            parse_spec(spec), user_vars=user_vars, request_id=request_id or None
-        )
+        # Parsing, validating and resolving a spec is CPU work that can take a while for a
+        # large one: it runs in a thread so that no request can stall the runs this
+        # orchestrator drives (or make it miss a lease renewal). docs/limits.md
+        prepared = await asyncio.to_thread(_prepare, spec, user_vars)
+        return await self._orchestrator.start_run(prepared, request_id=request_id or None)
+
+
+def _prepare(text: str, user_vars: dict[str, str]) -> PreparedRun:
+    """`parse_spec` then `prepare_run`: everything a StartRun does before any I/O, once."""
+    return prepare_run(parse_spec(text), user_vars)
 
 
 def _listed(run: RunRecord) -> common_pb2.Run:

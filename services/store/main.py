@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from dagwire.rpc.logs import setup_logging
@@ -9,9 +10,12 @@ from dagwire.rpc.memory import tune_allocator
 from dagwire.rpc.serve import run_server, serve_main
 from dagwire.rpc.settings import StoreSettings, process_settings
 from dagwire.rpc.storage import build_artifact_store, build_execution_store, describe_storage
+from dagwire.stores.base import StaleUploadSweeper
 from dagwire_services.store.servicer import store_services
 
 __all__ = ["main", "serve"]
+
+_log = logging.getLogger("dagwire.store")
 
 PROG = "dagwire-store"
 DESCRIPTION = (
@@ -32,6 +36,11 @@ async def serve(settings: StoreSettings) -> None:
     """
     artifacts = build_artifact_store(settings)
     executions = build_execution_store(settings)
+    if isinstance(artifacts, StaleUploadSweeper):
+        # uploads cut off when this store last crashed can never finish: docs/limits.md
+        removed = await artifacts.sweep_stale_uploads()
+        if removed:
+            _log.info("removed stale upload temp files", extra={"removed": removed})
     await run_server(
         settings,
         store_services(artifacts, executions),

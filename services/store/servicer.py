@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc.aio
 
 from dagwire.errors import NotFoundError
-from dagwire.models import Artifact, RunEventRecord
+from dagwire.limits import ARTIFACT_CHUNK_BYTES
+from dagwire.models import Artifact, RunEventRecord, without_details
 from dagwire.rpc.convert import (
     artifact_from_proto,
     artifact_to_proto,
@@ -22,7 +23,7 @@ from dagwire.rpc.convert import (
     run_status_from_proto,
     run_to_proto,
 )
-from dagwire.rpc.paging import decode_page_token, encode_page_token, page_size
+from dagwire.rpc.paging import decode_page_token, encode_page_token, fit_to_budget, page_size
 from dagwire.rpc.serve import Service
 from dagwire.rpc.status import InvalidArgumentError
 from dagwire.rpc.uploads import (
@@ -31,7 +32,17 @@ from dagwire.rpc.uploads import (
     check_required,
     verified_chunks,
 )
-from dagwire.stores.base import ArtifactStore, BatchArtifactStore, ExecutionStore, RunLedger
+from dagwire.stores._validate import from_micros, to_micros
+from dagwire.stores.base import (
+    ArtifactStore,
+    BatchArtifactStore,
+    ExecutionStore,
+    PagedArtifactStore,
+    PagedExecutionStore,
+    RecordKey,
+    RunLedger,
+    record_key,
+)
 from dagwire.v1 import common_pb2, store_service_pb2, store_service_pb2_grpc
 from dagwire.v1.store_service_pb2 import (
     AppendRunEventsRequest,
@@ -77,7 +88,7 @@ __all__ = ["ArtifactStoreServicer", "ExecutionStoreServicer", "store_services"]
 #: Most content bytes per GetArtifact message: just under 1 MiB so that a message with its
 #: protobuf and gRPC framing stays within 1 MiB (grpcio streams larger messages several times
 #: slower on loopback; measured in bench/store_service.py). The stores yield chunks this size.
-MAX_CHUNK_BYTES = (1 << 20) - 4096
+MAX_CHUNK_BYTES = ARTIFACT_CHUNK_BYTES
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -146,12 +157,28 @@ class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer)
     ) -> ListArtifactsResponse:
         run_id = check_required(request.run_id, "run_id")
         size = page_size(request.page_size)
-        offset = _offset(request.page_token, "artifacts", run_id)
-        artifacts = await self._store.list(run_id)
-        page = artifacts[offset : offset + size]
+        after: str | None = None
+        if request.page_token:
+            position = decode_page_token(request.page_token, "artifacts", run_id)
+            if not isinstance(position, str) or not position:
+                raise _bad_token()
+            after = position
+        store = self._store
+        if isinstance(store, PagedArtifactStore):  # keyset: a page costs its own size
+            try:
+                artifacts = await store.list_page(run_id, after=after, limit=size + 1)
+            except NotFoundError:
+                raise _bad_token() from None
+        else:  # a backend that cannot page: listed whole, cut after the token's artifact
+            artifacts = _after(await store.list(run_id), after, lambda a: a.artifact_id or "")
+            artifacts = artifacts[: size + 1]
+        messages = [artifact_to_proto(a, with_content=False) for a in artifacts[:size]]
+        count = fit_to_budget(messages)
+        more = len(artifacts) > count
+        last = artifacts[count - 1].artifact_id if more else None
         return ListArtifactsResponse(
-            artifacts=[artifact_to_proto(a, with_content=False) for a in page],
-            next_page_token=_next_offset_token("artifacts", run_id, offset + size, len(artifacts)),
+            artifacts=messages[:count],
+            next_page_token=encode_page_token("artifacts", run_id, last) if last else "",
         )
 
 
@@ -244,12 +271,23 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
     ) -> ListExecutionRecordsResponse:
         run_id = check_required(request.run_id, "run_id")
         size = page_size(request.page_size)
-        offset = _offset(request.page_token, "records", run_id)
-        records = await self._store.list_records(run_id)
-        return ListExecutionRecordsResponse(
-            records=[execution_record_to_proto(r) for r in records[offset : offset + size]],
-            next_page_token=_next_offset_token("records", run_id, offset + size, len(records)),
-        )
+        after = _record_key_of(request.page_token, run_id) if request.page_token else None
+        store = self._store
+        if isinstance(store, PagedExecutionStore):  # keyset: a page costs its own size
+            records = await store.list_records_page(run_id, after=after, limit=size + 1)
+        else:  # a backend that cannot page: listed whole, cut after the token's position
+            listed = await store.list_records(run_id)
+            if after is not None:
+                listed = [r for r in listed if record_key(r) > after]
+            records = listed[: size + 1]
+        messages = [execution_record_to_proto(r) for r in records[:size]]
+        count = fit_to_budget(messages)
+        token = ""
+        if len(records) > count:
+            started, node_id, attempt = record_key(records[count - 1])
+            position = [to_micros(started, "started_at"), node_id, attempt]
+            token = encode_page_token("records", run_id, position)
+        return ListExecutionRecordsResponse(records=messages[:count], next_page_token=token)
 
     async def SaveRunRecord(
         self, request: SaveRunRecordRequest, context: Context
@@ -275,15 +313,20 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
         size = page_size(request.page_size)
         status = None if request.status == 0 else run_status_from_proto(request.status)
         scope = str(status or "")
-        after = (
-            str(decode_page_token(request.page_token, "runs", scope))
-            if request.page_token
-            else None
-        )
-        runs = await self._store.list_runs(status=status, limit=size + 1, after=after)
-        page = runs[:size]
-        token = encode_page_token("runs", scope, page[-1].run_id) if len(runs) > size else ""
-        return ListRunRecordsResponse(runs=[run_to_proto(r) for r in page], next_page_token=token)
+        if request.page_token and request.after_run_id:
+            raise InvalidArgumentError(
+                "give page_token or after_run_id, not both", field="after_run_id"
+            )
+        after = request.after_run_id or None
+        if request.page_token:
+            after = str(decode_page_token(request.page_token, "runs", scope))
+        listed = await self._store.list_runs(status=status, limit=size + 1, after=after)
+        runs = [without_details(r) for r in listed] if request.without_details else listed
+        messages = [run_to_proto(r) for r in runs[:size]]
+        count = fit_to_budget(messages)  # a page stays under the message limit: docs/limits.md
+        more = len(runs) > count
+        token = encode_page_token("runs", scope, runs[count - 1].run_id) if more else ""
+        return ListRunRecordsResponse(runs=messages[:count], next_page_token=token)
 
     # ------------------------------------------------------------------ run ledger
 
@@ -414,17 +457,41 @@ async def _chunks_of(requests: AsyncIterator[PutArtifactRequest]) -> AsyncIterat
         yield request.chunk
 
 
-def _offset(token: str, kind: str, scope: str) -> int:
-    if not token:
-        return 0
-    offset = decode_page_token(token, kind, scope)
-    if not isinstance(offset, int) or offset < 0:
-        raise InvalidArgumentError("page_token is not valid", field="page_token")
-    return offset
+def _bad_token() -> InvalidArgumentError:
+    return InvalidArgumentError(
+        "page_token is not a token this server issued; pass back next_page_token unchanged",
+        field="page_token",
+    )
 
 
-def _next_offset_token(kind: str, scope: str, next_offset: int, total: int) -> str:
-    return encode_page_token(kind, scope, next_offset) if next_offset < total else ""
+def _record_key_of(token: str, run_id: str) -> RecordKey:
+    """The (started_at, node_id, attempt) after which a ListExecutionRecords page starts."""
+    position = decode_page_token(token, "records", run_id)
+    if (
+        not isinstance(position, list)
+        or len(position) != 3
+        or not all(isinstance(p, t) for p, t in zip(position, (int, str, int), strict=True))
+        or any(isinstance(p, bool) for p in position)
+    ):
+        raise _bad_token()
+    try:
+        started = from_micros(position[0])
+    except OverflowError:
+        raise _bad_token() from None
+    return (started, position[1], position[2])
+
+
+T = TypeVar("T")
+
+
+def _after(items: list[T], after: str | None, key: Callable[[T], str]) -> list[T]:
+    """`items` after the one whose key is `after` (all of them for None)."""
+    if after is None:
+        return items
+    for i, item in enumerate(items):
+        if key(item) == after:
+            return items[i + 1 :]
+    raise _bad_token()
 
 
 def store_services(artifacts: ArtifactStore, executions: ExecutionStore) -> list[Service]:

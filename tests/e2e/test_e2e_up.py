@@ -142,4 +142,68 @@ def test_up_killed_with_sigkill_still_leaves_no_service_running(tmp_path: Path) 
     while [pid for pid in children if _alive(pid)] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in children if _alive(pid)], "orphaned service process"
-    assert not [p for p in stack_ports(base).values() if port_listening(p)]
+    _wait_ports_closed(base, within=5)
+
+
+def _wait_ports_closed(base: int, within: float) -> None:
+    """A process killed with SIGKILL shows as a zombie while its other threads still exit
+    (and hold its sockets) for a moment: give its ports that moment."""
+    deadline = time.monotonic() + within
+    while [p for p in stack_ports(base).values() if port_listening(p)]:
+        assert time.monotonic() < deadline, "a port of the stack is still listening"
+        time.sleep(0.1)
+
+
+def test_up_restarted_after_a_crash_keeps_the_crashed_services_log(tmp_path: Path) -> None:
+    base = free_port_base()
+    data_dir = tmp_path / "data"
+    up = start_up(data_dir, port_base=base)
+    up.read_until(READY)
+    children = {
+        psutil.Process(pid).cmdline()[-1].rpartition(".")[2]: pid for pid in up.child_pids()
+    }
+    store_log = data_dir / "logs" / "store.log"
+    before = store_log.read_text()
+    assert before.strip(), "the store logged nothing while starting"
+
+    psutil.Process(children["store"]).kill()  # the crash
+    assert up.wait_exit() == 1
+
+    with running_up(data_dir, port_base=base):  # `dagwire up` again, on the same data
+        after = store_log.read_text()
+    assert after.startswith(before), "the crashed store's log was wiped by the restart"
+    assert after.count("--- dagwire up: store starting at") == 2
+    assert len(after) > len(before)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_up_killed_with_sigkill_right_after_sigterm_leaves_no_service_running(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from dagwire.rpc.orchestrator_client import OrchestratorClient
+
+    base = free_port_base()
+    up = start_up(tmp_path / "data", port_base=base)
+    up.read_until(READY)
+    children = up.child_pids()
+
+    async def start_a_long_run() -> None:  # so the orchestrator has a run to drain on SIGTERM
+        async with OrchestratorClient(up.env["DAGWIRE_ORCHESTRATOR_ADDR"]) as client:
+            spec = "name: long\ntasks:\n  - id: nap\n    agent: sleep\n    params: {seconds: 60}\n"
+            await client.start_run(spec)
+
+    asyncio.run(start_a_long_run())
+    time.sleep(0.5)
+    up.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)  # `up` has sent SIGTERM to the orchestrator, which drains its run
+    up.process.kill()
+    up.process.wait()
+
+    deadline = time.monotonic() + 5  # well under the orchestrator's drain of 10 s and more
+    while [pid for pid in children if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [psutil.Process(pid).cmdline()[-1] for pid in children if _alive(pid)]
+    assert not left, f"running on their own: {left}"
+    _wait_ports_closed(base, within=2)
