@@ -209,7 +209,13 @@ class OrchestratorSettings(CommonSettings):
         10.0,
         ge=0,
         description="on SIGTERM, how long running workflows get to finish before they are "
-        "cancelled",
+        "cancelled (or handed over, see on_stop)",
+    )
+    on_stop: Literal["cancel", "hand-over"] = Field(
+        "cancel",
+        description="what happens on SIGTERM to the runs still going after the grace period: "
+        "cancel them, or hand them over to the other replicas (their lease is written as "
+        "lapsed; another orchestrator adopts and resumes them); hand-over suits replicas",
     )
     instance_id: str | None = Field(
         None,

@@ -92,17 +92,36 @@ class OrchestratorCore:
         async with state.save_lock:  # one writer per run record
             if state.abandoned:
                 raise LeaseLostError(state.run_id)
-            ledger = self._ledger
-            if ledger is not None and state.epoch:
-                claimed = await self._durable(
-                    lambda: ledger.lease_claimed(state.run_id, state.epoch + 1),
-                    f"checking the lease of run {state.run_id}",
-                )
-                if claimed:
-                    raise LeaseLostError(state.run_id)
+            await self._check_lease(state)
             record = state.record
             if not RunStatus(record.status).is_final:
                 record = dataclasses.replace(record, lease_expires_at=utc_now() + self._lease)
+            await self._durable(
+                lambda: self._execution_store.save_run(record), f"saving run {state.run_id}"
+            )
+            state.record = record
+
+    async def _check_lease(self, state: RunState) -> None:
+        """Raise `LeaseLostError` when another orchestrator claimed the run's next epoch."""
+        ledger = self._ledger
+        if ledger is None or not state.epoch:
+            return
+        claimed = await self._durable(
+            lambda: ledger.lease_claimed(state.run_id, state.epoch + 1),
+            f"checking the lease of run {state.run_id}",
+        )
+        if claimed:
+            raise LeaseLostError(state.run_id)
+
+    async def _save_run_as_is(self, state: RunState, record: RunRecord) -> None:
+        """Write `record` as the run's owner without renewing its lease (a hand-over).
+
+        Raises:
+            LeaseLostError: another orchestrator claimed the run's next lease epoch.
+            StoreUnavailableError: the store stayed unavailable.
+        """
+        async with state.save_lock:
+            await self._check_lease(state)
             await self._durable(
                 lambda: self._execution_store.save_run(record), f"saving run {state.run_id}"
             )

@@ -835,6 +835,50 @@ class Orchestrator(DriverMixin):
                 else:
                     _log.warning("could not renew run lease", extra={"run_id": state.run_id})
 
+    async def hand_over(self) -> list[str]:
+        """Stop driving every run here and leave it for another orchestrator to adopt at once.
+
+        For a replica that is being stopped (a rolling update): instead of cancelling its runs,
+        it stops dispatching, cancels its in-flight adapter calls without recording them (the
+        adopter records them lost and tries again, with the same idempotency key numbering),
+        makes its events durable and writes each run's lease as lapsed, so the next scan of any
+        live replica (within a third of a lease) adopts it. Runs whose outcome is decided are
+        left to finish. Does nothing without a run ledger.
+
+        Returns:
+            The ids of the runs handed over.
+        """
+        if self._ledger is None:
+            return []
+        self._adopting = False  # never take back what is being handed over
+        handed: list[str] = []
+        for state in list(self._active.values()):
+            if state.finishing or state.abandoned or state.done.is_set():
+                continue
+            state.abandoned = True  # from here on the driver lets the run go without writing
+            state.dispatching = False
+            if state.driver is not None:
+                state.driver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await state.driver
+            else:
+                await self._let_go(state)
+            try:
+                if state.journal is not None:
+                    await state.journal.drain()
+                record = dataclasses.replace(state.record, lease_expires_at=utc_now())
+                await self._save_run_as_is(state, record)
+            except (StoreUnavailableError, LeaseLostError):
+                _log.warning(
+                    "could not hand the run over; its lease lapses on its own",
+                    extra={"run_id": state.run_id},
+                )
+            if state.journal is not None:
+                state.journal.stop()
+            handed.append(state.run_id)
+            _log.info("run handed over", extra={"run_id": state.run_id})
+        return handed
+
     async def aclose(self) -> None:
         """Cancel the runs still in progress, wait for them to be recorded, stop background work."""
         self._closing = True

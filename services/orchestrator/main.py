@@ -143,7 +143,8 @@ class OrchestratorService:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop gracefully: health NOT_SERVING, refuse new calls, let running workflows finish
-        within `grace` seconds, cancel the rest (recorded as cancelled), then close.
+        within `grace` seconds, cancel the rest (recorded as cancelled) or hand them over to
+        the other replicas (`on_stop`), then close.
 
         Args:
             grace: seconds the running workflows get (default: the `grace_seconds` setting).
@@ -160,7 +161,12 @@ class OrchestratorService:
             _, pending = await asyncio.wait(waits, timeout=grace)
             for wait in pending:
                 wait.cancel()
-            if pending:
+            if pending and self.settings.on_stop == "hand-over":
+                handed = await self.orchestrator.hand_over()
+                log.warning(
+                    "handed %d workflow(s) still running over to the other replicas", len(handed)
+                )
+            elif pending:
                 log.warning("cancelling %d workflow(s) still running", len(pending))
         await self.orchestrator.aclose()
         if stopping is not None:

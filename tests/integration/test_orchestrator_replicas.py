@@ -108,6 +108,10 @@ async def replicas(
             dispatcher.address,
             "--lease-seconds",
             LEASE_SECONDS,
+            "--on-stop",
+            "hand-over",
+            "--grace-seconds",
+            "0.5",
             name=f"orchestrator-{i}",
         )
         for i in range(2)
@@ -231,3 +235,21 @@ async def test_cancel_through_the_other_replica_stops_the_run(replicas: Replicas
     assert events[-1].summary.nodes["slow"].status is TaskStatus.CANCELLED
     assert events[-1].summary.nodes["last"].status is TaskStatus.CANCELLED
     print(f"cancel through the non-owner replica took {took * 1000:.0f} ms")
+
+
+async def test_a_replica_stopped_with_sigterm_hands_its_runs_over(replicas: Replicas) -> None:
+    owner, other = replicas.client(0), replicas.client(1)
+    run_id = await owner.start_run(CHAIN)
+    await first_event(owner, run_id, started("slow"))
+    code = replicas.orchestrators[0].stop(signal.SIGTERM)
+    assert code == 0, replicas.orchestrators[0].log_tail()
+    messages = [str(line.get("message", "")) for line in replicas.orchestrators[0].log_lines()]
+    assert any(m.startswith("handed 1 workflow(s)") for m in messages), messages
+
+    events = await collect_events(other, run_id)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].run_status is RunStatus.SUCCEEDED, events[-1].error  # not cancelled
+    records = {(r.node_id, r.attempt): r for r in await replicas.executions.list_records(run_id)}
+    assert records[("slow", 1)].error == LOST_ATTEMPT_ERROR
+    assert records[("slow", 2)].status == TaskStatus.SUCCEEDED
+    assert replicas.executed("first") == 1
