@@ -16,9 +16,9 @@ from google.protobuf import duration_pb2
 from dagwire.errors import DagwireError
 from dagwire.models import Artifact, TaskNode
 from dagwire.rpc.adapter_client import current_run_id, input_to_proto, output_from_proto
+from dagwire.rpc.channels import client_channel
 from dagwire.rpc.convert import datetime_from_proto
 from dagwire.rpc.paging import MAX_PAGE_SIZE
-from dagwire.rpc.serve import insecure_channel
 from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES
 from dagwire.rpc.status import error_from_rpc, trace_metadata
 from dagwire.v1 import dispatcher_service_pb2 as pb
@@ -99,7 +99,7 @@ class RemoteDispatcher:
     def _api(self) -> pb_grpc.DispatcherServiceAsyncStub:
         if self._stub is None:
             if self._channel is None:
-                self._channel = insecure_channel(
+                self._channel = client_channel(
                     self.address, max_message_bytes=self._max_message_bytes
                 )
             self._stub = pb_grpc.DispatcherServiceStub(self._channel)

@@ -16,6 +16,7 @@ import grpc.aio
 from dagwire.errors import DagwireError
 from dagwire.ids import new_trace_id
 from dagwire.models import RunRecord, RunStatus, RunSummary, WorkflowSpec
+from dagwire.rpc.channels import client_channel
 from dagwire.rpc.convert import (
     run_event_from_proto,
     run_from_proto,
@@ -23,7 +24,6 @@ from dagwire.rpc.convert import (
     run_status_to_proto,
     run_summary_from_proto,
 )
-from dagwire.rpc.serve import insecure_channel
 from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES
 from dagwire.rpc.status import error_from_rpc, trace_metadata
 from dagwire.runtime.events import RunEvent, RunEventKind
@@ -102,7 +102,7 @@ class OrchestratorClient:
     def _api(self) -> pb_grpc.OrchestratorServiceAsyncStub:
         if self._stub is None:
             if self._channel is None:
-                self._channel = insecure_channel(
+                self._channel = client_channel(
                     self.address, max_message_bytes=self._max_message_bytes
                 )
             self._stub = pb_grpc.OrchestratorServiceStub(self._channel)
