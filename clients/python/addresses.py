@@ -46,7 +46,7 @@ class ServiceAddress:
     @property
     def hint(self) -> str:
         """How a user points the CLI elsewhere."""
-        return f"pass {self.flag} HOST:PORT or set {self.env}"
+        return f"pass {self.flag} TARGET (host:port, dns:///name:port, ...) or set {self.env}"
 
 
 ORCHESTRATOR = ServiceAddress(
@@ -62,8 +62,9 @@ def _option(address: ServiceAddress) -> Any:
     return typer.Option(
         address.flag,
         envvar=address.env,
-        metavar="HOST:PORT",
-        help=f"Address of the {address.service} service.",
+        metavar="TARGET",
+        help=f"The {address.service} service: host:port, dns:///name:port (every address of "
+        "the name) or ipv4:A:PORT,B:PORT (replicas; calls are balanced over them).",
         show_envvar=True,
     )
 
@@ -74,10 +75,10 @@ DispatcherOption = Annotated[str, _option(DISPATCHER)]
 
 
 def resolve(address: ServiceAddress, value: str) -> str:
-    """`value` checked as a ``host:port`` the way the services check it.
+    """`value` checked as a gRPC target the way the services check it (`check_target`).
 
     Raises:
-        ValueError: not ``host:port``; the one-line message names the flag and the variable.
+        ValueError: not a target; the one-line message names the flag and the variable.
     """
     defaults = {
         name: info.default

@@ -194,6 +194,10 @@ class Progress(Protocol):
         """Show one more event."""
         ...
 
+    def note(self, line: str) -> None:
+        """Show one line that is not an event (a reconnect), above a live table."""
+        ...
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -228,6 +232,10 @@ class PlainProgress:
         line = self.line(event)
         if line:
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def note(self, line: str) -> None:
+        """Write one line that is not an event."""
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def line(self, event: RunEvent) -> str:
         """The line for `event` (already folded into `state`)."""
@@ -356,6 +364,10 @@ class LiveProgress:
         if event.kind is RunEventKind.RUN_FINISHED or now - self._drawn >= _MIN_REDRAW:
             self._drawn = now
             self._live.refresh()
+
+    def note(self, line: str) -> None:
+        """Print one line above the table (Live keeps the table below it)."""
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def make_progress(console: Console, state: RunProgress) -> Progress:

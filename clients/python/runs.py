@@ -306,7 +306,14 @@ async def _follow_events(
     client: OrchestratorClient, state: RunProgress, output: OutputFormat
 ) -> int:
     with make_progress(stderr_console(), state) as progress:
-        async for event in client.watch_run(state.run_id):
+
+        def reconnecting(last: int, reason: str) -> None:
+            progress.note(
+                f"lost the event stream of run {state.run_id} ({reason}); reconnecting "
+                f"after event {last}"
+            )
+
+        async for event in client.watch_run(state.run_id, on_reconnect=reconnecting):
             progress.update(event)
             if event.kind is RunEventKind.RUN_FINISHED:
                 break

@@ -37,6 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
 from dagwire.errors import DagwireError
+from dagwire.rpc.channels import client_channel
 from dagwire.rpc.settings import DEFAULT_PORTS, SettingsError, StorageSettings
 from dagwire.rpc.storage import build_artifact_store, describe_storage
 from dagwire.v1 import dispatcher_service_pb2 as dpb
@@ -424,7 +425,7 @@ class LocalStack:
 
     async def _wait_one_serving(self, name: str, started: float) -> None:
         child = next(c for c in self._children if c.name == name)
-        async with grpc.aio.insecure_channel(child.address) as channel:
+        async with client_channel(child.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 self._raise_if_exited()
@@ -437,7 +438,7 @@ class LocalStack:
 
     async def _wait_registered(self, started: float) -> None:
         toolbox = next(c for c in self._children if c.name == "toolbox")
-        async with grpc.aio.insecure_channel(self.dispatcher_addr) as channel:
+        async with client_channel(self.dispatcher_addr) as channel:
             dispatcher = dpb_grpc.DispatcherServiceStub(channel)
             while True:
                 self._raise_if_exited()

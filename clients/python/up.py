@@ -14,6 +14,7 @@ import grpc.aio
 import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from dagwire.rpc.channels import client_channel
 from dagwire_cli.stack import (
     DEFAULT_PORT_BASE,
     PORT_OFFSETS,
@@ -106,7 +107,7 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Argument(
                 envvar="DAGWIRE_ORCHESTRATOR_ADDR",
-                help="host:port of the server.",
+                help="The server: host:port (or dns:///name:port, ipv4:A:P,B:P: one of them).",
                 show_default=True,
             ),
         ] = f"127.0.0.1:{DEFAULT_PORT_BASE}",
@@ -183,7 +184,12 @@ async def _up(stack: LocalStack) -> int:
 
 async def _health(address: str, service: str, deadline: float) -> int:
     """Probe one server's health; returns the exit status."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    try:
+        channel = client_channel(address)
+    except ValueError as exc:
+        _say(f"dagwire health: error: invalid address: {exc}")
+        return EXIT_INVALID
+    async with channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=deadline

@@ -31,9 +31,9 @@ from dagwire.errors import (
     NoHealthyAdapterError,
 )
 from dagwire.models import Artifact, TaskNode, utc_now
+from dagwire.rpc.channels import client_channel
 from dagwire.rpc.convert import artifact_from_proto, artifact_to_proto, datetime_to_proto
 from dagwire.rpc.logs import current_context
-from dagwire.rpc.serve import channel_options
 from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES
 from dagwire.rpc.status import InvalidArgumentError, RemoteError, error_from_rpc, trace_metadata
 from dagwire.runtime.routing import AdapterInstance, AdapterRegistry
@@ -146,8 +146,13 @@ class AdapterClient:
         self.active_calls = 0
 
     def _open(self) -> None:
-        self._channel = grpc.aio.insecure_channel(
-            self.address, options=[*channel_options(self._max_message_bytes), *_RECONNECT_OPTIONS]
+        # pick-first, not balanced: one adapter address, and the re-route rule reads the
+        # status pick-first gives when no connection can be made
+        self._channel = client_channel(
+            self.address,
+            max_message_bytes=self._max_message_bytes,
+            balanced=False,
+            options=_RECONNECT_OPTIONS,
         )
         # Responses stay bytes here so that garbage is reported with the adapter's address.
         self._execute = self._channel.unary_unary(

@@ -4,6 +4,7 @@ typed calls for adapter registration (register, heartbeat, deregister, list)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,9 +18,9 @@ from dagwire.errors import DagwireError
 from dagwire.limits import WIRE_INLINE_OUTPUT_BYTES
 from dagwire.models import Artifact, TaskNode
 from dagwire.rpc.adapter_client import current_run_id, input_to_proto, output_from_proto
+from dagwire.rpc.channels import client_channel
 from dagwire.rpc.convert import datetime_from_proto
 from dagwire.rpc.paging import MAX_PAGE_SIZE
-from dagwire.rpc.serve import insecure_channel
 from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES
 from dagwire.rpc.status import error_from_rpc, trace_metadata
 from dagwire.v1 import dispatcher_service_pb2 as pb
@@ -27,7 +28,10 @@ from dagwire.v1 import dispatcher_service_pb2_grpc as pb_grpc
 
 __all__ = ["INLINE_LIMIT", "AdapterInfo", "Lease", "RemoteDispatcher"]
 
+log = logging.getLogger(__name__)
+
 INLINE_LIMIT = WIRE_INLINE_OUTPUT_BYTES
+_DETAILS_KEY = "grpc-status-details-bin"
 _CONTROL_TIMEOUT = 5.0
 
 
@@ -100,7 +104,7 @@ class RemoteDispatcher:
     def _api(self) -> pb_grpc.DispatcherServiceAsyncStub:
         if self._stub is None:
             if self._channel is None:
-                self._channel = insecure_channel(
+                self._channel = client_channel(
                     self.address, max_message_bytes=self._max_message_bytes
                 )
             self._stub = pb_grpc.DispatcherServiceStub(self._channel)
@@ -150,7 +154,24 @@ class RemoteDispatcher:
         )
         if task.timeout is not None:
             request.timeout.CopyFrom(_duration(task.timeout))
-        response = await self._call(self._api.Dispatch(request, metadata=trace_metadata(trace_id)))
+        metadata = trace_metadata(trace_id)
+        try:
+            response = await self._api.Dispatch(request, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            if not _lost_with_its_replica(exc):
+                raise self._error(exc) from None
+            # The dispatcher replica died (or dropped the connection) mid-call: the adapter may
+            # have run the attempt. Re-send it once, same attempt, so the same idempotency key
+            # (run/node/attempt) lets the adapter tell; round-robin picks a live replica.
+            log.warning(
+                "dispatch of %s attempt %d lost with its dispatcher replica (%s); re-sending it "
+                "once to another replica",
+                task.id,
+                task.attempt,
+                exc.details() or exc.code().name,
+                extra={"run_id": request.run_id, "node_id": task.id, "attempt": task.attempt},
+            )
+            response = await self._call(self._api.Dispatch(request, metadata=metadata))
         return [output_from_proto(a) for a in response.output_artifacts]
 
     def _input(self, artifact: Artifact) -> Any:
@@ -245,6 +266,18 @@ class RemoteDispatcher:
 
     def _error(self, exc: grpc.aio.AioRpcError) -> DagwireError:
         return error_from_rpc(exc, target=f"dispatcher at {self.address}")
+
+
+def _lost_with_its_replica(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a Dispatch failed on the way to or from its dispatcher replica, not in it.
+
+    UNAVAILABLE without the rich status details every dagwire server attaches to the errors it
+    raises (`dagwire.rpc.status`): the connection dropped or could not be made. A dispatcher's
+    own UNAVAILABLE (no healthy adapter) carries details and is the caller's to retry.
+    """
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    return not any(key == _DETAILS_KEY for key, _ in exc.trailing_metadata() or ())
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

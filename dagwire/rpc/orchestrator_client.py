@@ -6,7 +6,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import grpc.aio
 from dagwire.errors import DagwireError
 from dagwire.ids import new_trace_id
 from dagwire.models import RunRecord, RunStatus, RunSummary, WorkflowSpec
+from dagwire.rpc.channels import client_channel
 from dagwire.rpc.convert import (
     run_event_from_proto,
     run_from_proto,
@@ -23,7 +25,6 @@ from dagwire.rpc.convert import (
     run_status_to_proto,
     run_summary_from_proto,
 )
-from dagwire.rpc.serve import insecure_channel
 from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES
 from dagwire.rpc.status import error_from_rpc, trace_metadata
 from dagwire.runtime.events import RunEvent, RunEventKind
@@ -102,7 +103,7 @@ class OrchestratorClient:
     def _api(self) -> pb_grpc.OrchestratorServiceAsyncStub:
         if self._stub is None:
             if self._channel is None:
-                self._channel = insecure_channel(
+                self._channel = client_channel(
                     self.address, max_message_bytes=self._max_message_bytes
                 )
             self._stub = pb_grpc.OrchestratorServiceStub(self._channel)
@@ -124,6 +125,8 @@ class OrchestratorClient:
             user_vars: values for ``${user.NAME}`` placeholders.
             request_id: idempotency key; a retried call with the same key returns the same run
                 (also after the orchestrator restarted: the run id derives from the key).
+                Default: a fresh one, so that the channel's retry on another replica (see
+                `dagwire.rpc.channels`) cannot start the run twice.
             trace_id: sent in the call's metadata (default: a fresh one).
 
         Returns:
@@ -134,7 +137,9 @@ class OrchestratorClient:
             OrchestratorUnavailableError: the service cannot be reached.
         """
         request = pb.StartRunRequest(
-            spec=_spec_text(spec), user_vars=dict(user_vars or {}), request_id=request_id or ""
+            spec=_spec_text(spec),
+            user_vars=dict(user_vars or {}),
+            request_id=_request_id(request_id),
         )
         response = await self._unary(self._api.StartRun, request, trace_id, self._call_timeout)
         run_id: str = response.run_id
@@ -158,7 +163,9 @@ class OrchestratorClient:
             OrchestratorUnavailableError: the service cannot be reached.
         """
         request = pb.RunWorkflowRequest(
-            spec=_spec_text(spec), user_vars=dict(user_vars or {}), request_id=request_id or ""
+            spec=_spec_text(spec),
+            user_vars=dict(user_vars or {}),
+            request_id=_request_id(request_id),
         )
         response = await self._unary(self._api.RunWorkflow, request, trace_id, None)
         return run_summary_from_proto(response.run)
@@ -235,13 +242,27 @@ class OrchestratorClient:
         return run_status_from_proto(response.status)
 
     async def watch_run(
-        self, run_id: str, *, after_sequence: int = 0, trace_id: str | None = None
+        self,
+        run_id: str,
+        *,
+        after_sequence: int = 0,
+        trace_id: str | None = None,
+        on_reconnect: Callable[[int, str], None] | None = None,
     ) -> AsyncIterator[RunEvent]:
         """The run's events after `after_sequence`, then live ones, ending with `run_finished`.
 
-        When the stream breaks (UNAVAILABLE: the connection dropped), it reconnects with the
-        last sequence seen, so no event is missed or repeated; it gives up after
-        `reconnect_seconds` without a connection.
+        When the stream breaks (UNAVAILABLE: the connection dropped, or its orchestrator
+        replica died), it reconnects with the last sequence seen, on any replica of the target
+        (any replica replays the run's stored events), so no event is missed or repeated. It
+        retries with a backoff from 0.1 s to 2 s and gives up after `reconnect_seconds`
+        without a connection.
+
+        Args:
+            run_id: the run.
+            after_sequence: replay the events after this sequence number (0: all).
+            trace_id: sent in the call's metadata (default: a fresh one).
+            on_reconnect: called once per break, before reconnecting, with the last sequence
+                seen and gRPC's reason (the CLI writes one line on stderr).
 
         Raises:
             NotFoundError: no run has this id.
@@ -270,7 +291,10 @@ class OrchestratorClient:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise self._error(exc) from None
                 now = time.monotonic()
-                broken_since = broken_since if broken_since is not None else now
+                if broken_since is None:
+                    broken_since = now
+                    if on_reconnect is not None:
+                        on_reconnect(last, exc.details() or exc.code().name)
                 if now - broken_since >= self._reconnect_seconds:
                     raise self._error(exc) from None
                 log.info(
@@ -307,6 +331,11 @@ class OrchestratorClient:
             unavailable=OrchestratorUnavailableError,
             target=f"orchestrator service at {self.address}",
         )
+
+
+def _request_id(given: str | None) -> str:
+    """The request id to send: the caller's, else a fresh one (so the call is safe to repeat)."""
+    return given or str(uuid.uuid4())
 
 
 def _spec_text(spec: Spec) -> str:

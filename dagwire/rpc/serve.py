@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dagwire.errors import DagwireError
+from dagwire.rpc.channels import KEEPALIVE_OPTIONS, channel_options, client_channel
 from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES, CommonSettings, SettingsError
 from dagwire.rpc.status import StatusInterceptor
 
@@ -38,12 +39,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_SECONDS = 10.0
 
-_KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.keepalive_time_ms", 30_000),  # ping an idle connection every 30 s
-    ("grpc.keepalive_timeout_ms", 10_000),  # and drop it when the ping is not answered in 10 s
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-)
+_KEEPALIVE_OPTIONS = KEEPALIVE_OPTIONS
 
 
 class ListenError(DagwireError):
@@ -88,35 +84,19 @@ def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[t
     ]
 
 
-def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
-    """Channel arguments every dagwire client uses: message limits and keepalive.
-
-    Args:
-        max_message_bytes: send and receive limit per message.
-
-    Returns:
-        Options for `grpc.aio.insecure_channel(options=...)`.
-    """
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        *_KEEPALIVE_OPTIONS,
-    ]
-
-
 def insecure_channel(
     address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> grpc.aio.Channel:
-    """A long-lived plaintext channel to a dagwire service (connects lazily).
+    """A long-lived plaintext channel to a dagwire service: `dagwire.rpc.channels.client_channel`.
 
     Args:
-        address: ``host:port`` of the service.
+        address: a gRPC target of the service (``host:port``, ``dns:///name:port``, ``ipv4:...``).
         max_message_bytes: send and receive limit per message.
 
     Returns:
         The channel; close it with ``await channel.close()``.
     """
-    return grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+    return client_channel(address, max_message_bytes=max_message_bytes)
 
 
 def create_server(

@@ -26,6 +26,7 @@ __all__ = [
     "SettingsError",
     "StorageSettings",
     "StoreSettings",
+    "check_target",
     "load_settings",
     "process_settings",
     "settings_parser",
@@ -59,6 +60,92 @@ def _address(value: object, *, allow_port_zero: bool) -> str:
     return value
 
 
+_IPV4 = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
+_TARGET_HINT = "host:port, dns:///name:port or ipv4:A:PORT,B:PORT"
+
+
+def _port_of(text: str, value: str) -> None:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{value!r}: port must be 1-65535")
+
+
+def check_target(value: object) -> str:
+    """`value` checked as a gRPC target a dagwire client may dial (see docs/targets.md).
+
+    Accepted: ``host:port`` (one address, resolved by DNS as gRPC does), ``dns:///name:port``
+    (or ``dns://authority/name:port``: every address of the name, re-resolved when
+    connections fail) and ``ipv4:A:PORT,B:PORT`` / ``ipv6:[A]:PORT,...`` (a fixed list);
+    ``unix:`` paths pass unchanged.
+
+    Returns:
+        The target, stripped.
+
+    Raises:
+        ValueError: `value` is none of these; the message quotes it and gives the forms.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"must be a gRPC target ({_TARGET_HINT})")
+    value = value.strip()
+    if value.startswith("unix:"):
+        return value
+    if value.startswith("dns:"):
+        rest = value.removeprefix("dns:")
+        if rest.startswith("//"):
+            _authority, slash, rest = rest[2:].partition("/")
+            if not slash:
+                raise ValueError(f"{value!r} is not dns:///name:port (for example {_DNS_EXAMPLE})")
+        match = _HOST_PORT.match(rest)
+        if match is None or match["host"].startswith("["):
+            raise ValueError(
+                f"{value!r} is not dns:///name:port (the port is required; for example "
+                f"{_DNS_EXAMPLE})"
+            )
+        _port_of(match["port"], value)
+        return value
+    for scheme in ("ipv4:", "ipv6:"):
+        if value.startswith(scheme):
+            items = value.removeprefix(scheme).split(",")
+            for item in items:
+                _ip_address(item.strip(), scheme, value)
+            return value
+    if "://" in value:
+        raise ValueError(f"{value!r} is not a gRPC target ({_TARGET_HINT})")
+    match = _HOST_PORT.match(value)
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not host:port (for example 127.0.0.1:50053), dns:///name:port or "
+            "ipv4:A:PORT,B:PORT"
+        )
+    _port_of(match["port"], value)
+    return value
+
+
+_DNS_EXAMPLE = "dns:///dagwire-store.default.svc.cluster.local:50053"
+
+
+def _ip_address(item: str, scheme: str, value: str) -> None:
+    """One ``A:PORT`` of an ``ipv4:`` list (``[A]:PORT`` of an ``ipv6:`` list), else raise."""
+    host, sep, port = item.rpartition(":")
+    ok = bool(sep) and port.isdigit()
+    if ok and scheme == "ipv4:":
+        octets = _IPV4.match(host)
+        ok = octets is not None and all(int(o) <= 255 for o in octets.groups())
+    elif ok:
+        ok = host.startswith("[") and host.endswith("]") and ":" in host
+    if not ok:
+        example = (
+            "ipv4:10.0.0.5:50051,10.0.0.6:50051"
+            if scheme == "ipv4:"
+            else ("ipv6:[::1]:50051,[::2]:50051")
+        )
+        raise ValueError(
+            f"{value!r}: {item!r} is not an {scheme[:-1]} address with a port (for example "
+            f"{example})"
+        )
+    _port_of(port, value)
+
+
 def _listen_address(value: object) -> str:
     return _address(value, allow_port_zero=True)
 
@@ -71,6 +158,10 @@ def _optional_peer_address(value: object) -> str | None:
     if value in (None, ""):
         return None
     return _peer_address(value)
+
+
+def _peer_target(value: object) -> str:
+    return check_target(value)
 
 
 def _static_adapters(value: object) -> tuple[tuple[str, str], ...]:
@@ -95,7 +186,8 @@ def _log_level(value: object) -> str:
 
 
 ListenAddress = Annotated[str, BeforeValidator(_listen_address)]
-PeerAddress = Annotated[str, BeforeValidator(_peer_address)]
+#: A service other processes call: any gRPC target (`check_target`), for replicated services.
+PeerTarget = Annotated[str, BeforeValidator(_peer_target)]
 OptionalPeerAddress = Annotated[str | None, BeforeValidator(_optional_peer_address)]
 StaticAdapters = Annotated[tuple[tuple[str, str], ...], NoDecode, BeforeValidator(_static_adapters)]
 LogLevel = Annotated[str, BeforeValidator(_log_level)]
@@ -186,11 +278,13 @@ class OrchestratorSettings(CommonSettings):
         f"127.0.0.1:{DEFAULT_PORTS['orchestrator']}",
         description="address the orchestrator listens on",
     )
-    dispatcher_addr: PeerAddress = Field(
-        f"127.0.0.1:{DEFAULT_PORTS['dispatcher']}", description="dispatcher service address"
+    dispatcher_addr: PeerTarget = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['dispatcher']}",
+        description="dispatcher service target (host:port, dns:///name:port or ipv4:A:P,B:P)",
     )
-    store_addr: PeerAddress = Field(
-        f"127.0.0.1:{DEFAULT_PORTS['store']}", description="store service address"
+    store_addr: PeerTarget = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['store']}",
+        description="store service target (host:port, dns:///name:port or ipv4:A:P,B:P)",
     )
     lease_seconds: float = Field(
         10.0,
@@ -238,11 +332,13 @@ class AdapterSettings(CommonSettings):
     advertise_addr: OptionalPeerAddress = Field(
         None, description="address registered with the dispatcher (default: the listen address)"
     )
-    dispatcher_addr: PeerAddress = Field(
-        f"127.0.0.1:{DEFAULT_PORTS['dispatcher']}", description="dispatcher service address"
+    dispatcher_addr: PeerTarget = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['dispatcher']}",
+        description="dispatcher service target (host:port, dns:///name:port or ipv4:A:P,B:P)",
     )
-    store_addr: PeerAddress = Field(
-        f"127.0.0.1:{DEFAULT_PORTS['store']}", description="store service address"
+    store_addr: PeerTarget = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['store']}",
+        description="store service target (host:port, dns:///name:port or ipv4:A:P,B:P)",
     )
     lease_seconds: float = Field(10.0, gt=0, description="registration lease in seconds")
 
@@ -250,14 +346,17 @@ class AdapterSettings(CommonSettings):
 class ClientSettings(CommonSettings):
     """What a client (the CLI) needs: where each service is."""
 
-    orchestrator_addr: PeerAddress = Field(
-        f"127.0.0.1:{DEFAULT_PORTS['orchestrator']}", description="orchestrator service address"
+    orchestrator_addr: PeerTarget = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['orchestrator']}",
+        description="orchestrator service target (host:port, dns:///name:port or ipv4:A:P,B:P)",
     )
-    dispatcher_addr: PeerAddress = Field(
-        f"127.0.0.1:{DEFAULT_PORTS['dispatcher']}", description="dispatcher service address"
+    dispatcher_addr: PeerTarget = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['dispatcher']}",
+        description="dispatcher service target (host:port, dns:///name:port or ipv4:A:P,B:P)",
     )
-    store_addr: PeerAddress = Field(
-        f"127.0.0.1:{DEFAULT_PORTS['store']}", description="store service address"
+    store_addr: PeerTarget = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['store']}",
+        description="store service target (host:port, dns:///name:port or ipv4:A:P,B:P)",
     )
 
 

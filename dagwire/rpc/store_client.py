@@ -27,6 +27,7 @@ from dagwire.limits import (
     WIRE_BATCH_BYTES,
 )
 from dagwire.models import Artifact, ExecutionRecord, RunEventRecord, RunRecord, RunStatus
+from dagwire.rpc.channels import client_channel
 from dagwire.rpc.convert import (
     artifact_from_proto,
     artifact_to_proto,
@@ -37,7 +38,6 @@ from dagwire.rpc.convert import (
     run_to_proto,
 )
 from dagwire.rpc.paging import MAX_PAGE_SIZE
-from dagwire.rpc.serve import insecure_channel
 from dagwire.rpc.status import InvalidArgumentError, error_from_rpc
 from dagwire.v1 import common_pb2
 from dagwire.v1 import store_service_pb2 as pb
@@ -139,9 +139,7 @@ class _Connection:
     @property
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:
-            self._channel = insecure_channel(
-                self.address, max_message_bytes=self._max_message_bytes
-            )
+            self._channel = client_channel(self.address, max_message_bytes=self._max_message_bytes)
         return self._channel
 
     def error(self, exc: grpc.RpcError) -> DagwireError:

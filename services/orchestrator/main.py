@@ -9,12 +9,11 @@ import logging
 import signal
 from collections.abc import Sequence
 
-import grpc.aio
-
 from dagwire.errors import StoreUnavailableError
 from dagwire.models import RunRecord
+from dagwire.rpc.channels import client_channel
 from dagwire.rpc.logs import bind, setup_logging
-from dagwire.rpc.serve import RunningServer, channel_options, serve_main, start_server
+from dagwire.rpc.serve import RunningServer, serve_main, start_server
 from dagwire.rpc.settings import OrchestratorSettings, process_settings
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
 from dagwire.runtime.dispatcher import TaskDispatcher
@@ -34,12 +33,6 @@ DESCRIPTION = (
 
 #: After the grace period, cancelled runs get this long to record their end and tell watchers.
 _CANCEL_TAIL_SECONDS = 10.0
-#: Reconnect quickly to a store service that restarted (gRPC's default backoff reaches 120 s).
-_PEER_RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-)
 
 
 class OrchestratorService:
@@ -58,9 +51,8 @@ class OrchestratorService:
         self, settings: OrchestratorSettings, *, dispatcher: TaskDispatcher | None = None
     ) -> None:
         self.settings = settings
-        self._store_channel = grpc.aio.insecure_channel(
-            settings.store_addr,
-            options=[*channel_options(settings.max_message_bytes), *_PEER_RECONNECT_OPTIONS],
+        self._store_channel = client_channel(
+            settings.store_addr, max_message_bytes=settings.max_message_bytes
         )
         self._artifacts = RemoteArtifactStore(
             settings.store_addr,
