@@ -112,6 +112,8 @@ class TaskNode:
     #: The run this attempt belongs to; set by the orchestrator on every dispatch ("" outside a
     #: run). With `id` and `attempt` it makes the attempt's idempotency key.
     run_id: str = ""
+    #: When the attempt times out (None: no timeout); set where an adapter receives the task.
+    deadline: datetime | None = None
 
     @property
     def idempotency_key(self) -> str:

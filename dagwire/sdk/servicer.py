@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -101,6 +102,12 @@ class AgentAdapterServicer(adapter_service_pb2_grpc.AgentAdapterServiceServicer)
                 agent=request.agent,
                 params=_params(request.params_json),
                 attempt=request.attempt or 1,
+                run_id=request.run_id,
+                deadline=(
+                    request.deadline.ToDatetime(tzinfo=UTC)
+                    if request.HasField("deadline")
+                    else None
+                ),
             )
             inputs = await self._inputs(request.input_artifacts)
             log.debug("executing %s", request.agent)

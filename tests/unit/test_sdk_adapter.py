@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,23 @@ async def test_sdk_params_keep_integers_as_integers(serving: Any) -> None:
     assert type(seen.params["n"]) is int and type(seen.params["nested"][1]["k"]) is int
     assert (seen.id, seen.agent, seen.attempt) == ("n1", "x", 3)
     assert agent.trace_ids == ["t1"]
+
+
+async def test_sdk_agent_sees_the_attempt_as_an_explicit_value(serving: Any) -> None:
+    agent = Recorder()
+    client = await serving(agent)
+    task = dataclasses.replace(_task(timeout=60, attempt=2), run_id="run-7")
+    before = datetime.now(UTC)
+    await client.execute(task, [], "t9")
+    seen = agent.tasks[0]
+    assert (seen.run_id, seen.id, seen.attempt) == ("run-7", "n1", 2)
+    assert seen.idempotency_key == "run-7/n1/2"  # the same key the dispatcher sent
+    assert seen.deadline is not None
+    assert (
+        before + timedelta(seconds=50) < seen.deadline <= datetime.now(UTC) + timedelta(seconds=61)
+    )
+    await client.execute(_task(), [], "t9")
+    assert agent.tasks[1].deadline is None  # no timeout, no deadline
 
 
 async def test_sdk_deadline_cancels_execute(serving: Any) -> None:
