@@ -45,6 +45,11 @@ DAGWIRE_SERVICES: dict[str, tuple[str, type[CommonSettings], int]] = {
     ),
     "toolbox": ("dagwire_services.adapters.toolbox", AdapterSettings, DEFAULT_PORTS["adapter"]),
 }
+#: The services compose runs twice: the second replica is "<name>-2", aliased as "<name>".
+REPLICATED = ("store", "dispatcher", "orchestrator")
+DAGWIRE_SERVICES.update({f"{name}-2": DAGWIRE_SERVICES[name] for name in REPLICATED})
+#: Where a second replica is published on the host: its port + 100.
+SECOND_REPLICA_PORT_OFFSET = 100
 #: peer address setting -> the compose service it must name
 PEERS = {
     "dispatcher_addr": "dispatcher",
@@ -156,7 +161,10 @@ def test_compose_service_reaches_every_peer_by_service_name_and_port(
         variable = f"DAGWIRE_{field.upper()}"
         # the loopback default would point inside the container itself
         assert variable in env, f"{name} must set {variable}"
-        assert env[variable] == f"{peer}:{DAGWIRE_SERVICES[peer][2]}"
+        port = DAGWIRE_SERVICES[peer][2]
+        # replicated peers by their DNS name, balanced over every replica
+        expected = f"dns:///{peer}:{port}" if peer in REPLICATED else f"{peer}:{port}"
+        assert env[variable] == expected
         assert peer in _service(compose, name).get("depends_on", {}), f"{name} -> {peer}"
 
 
@@ -204,7 +212,9 @@ def test_compose_published_ports_are_loopback_and_match_the_listen_port(
     for mapping in _service(compose, name).get("ports", []):
         host_ip, host_port, container_port = str(mapping).split(":")
         assert host_ip == "127.0.0.1"
-        assert int(host_port) == int(container_port) == port
+        assert int(container_port) == port
+        offset = SECOND_REPLICA_PORT_OFFSET if name.endswith("-2") else 0
+        assert int(host_port) == port + offset
 
 
 def test_compose_client_facing_services_are_published_on_the_cli_default_ports(
@@ -213,6 +223,22 @@ def test_compose_client_facing_services_are_published_on_the_cli_default_ports(
     for name in ("orchestrator", "dispatcher", "store"):
         port = DAGWIRE_SERVICES[name][2]
         assert f"127.0.0.1:{port}:{port}" in _service(compose, name)["ports"]
+
+
+@pytest.mark.parametrize("name", REPLICATED)
+def test_compose_runs_two_replicas_of_each_service_under_one_dns_name(
+    compose: dict[str, Any], name: str
+) -> None:
+    first, second = _service(compose, name), _service(compose, f"{name}-2")
+    assert second["networks"]["default"]["aliases"] == [name]
+    assert second["command"] == first["command"]
+    assert _environment(second) == _environment(first)
+    assert second.get("depends_on") == first.get("depends_on")
+
+
+def test_compose_orchestrators_hand_their_runs_over_on_stop(compose: dict[str, Any]) -> None:
+    for name in ("orchestrator", "orchestrator-2"):
+        assert _environment(_service(compose, name))["DAGWIRE_ON_STOP"] == "hand-over"
 
 
 def test_compose_depends_on_waits_for_health_of_services_that_have_a_health_check(
