@@ -740,3 +740,34 @@ async def test_a_run_whose_owner_stopped_mid_attempt_is_resumed_by_another_orche
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     lost = [e for e in events if e.kind is RunEventKind.ATTEMPT_FAILED]
     assert [(e.node_id, e.attempt, e.will_retry) for e in lost] == [("slow", 1, True)]
+
+
+async def test_events_come_in_causal_order_a_failed_tasks_end_before_its_dependents_skips(
+    orchestrator: Orchestrator,
+) -> None:
+    spec = {
+        "name": "causal",
+        "tasks": [
+            {"id": "root", "agent": "echo"},
+            {"id": "bad", "agent": "fail", "params": {"times": 5}, "depends_on": ["root"]},
+            {"id": "child", "agent": "echo", "depends_on": ["bad"]},
+            {"id": "grandchild", "agent": "echo", "depends_on": ["child"]},
+            {"id": "next", "agent": "echo", "depends_on": ["root"]},
+        ],
+    }
+    summary = await orchestrator.run_workflow(spec)
+    events = [e async for e in orchestrator.watch_run(summary.run_id)]
+    position = {
+        (e.kind, e.node_id): i
+        for i, e in enumerate(events)
+        if e.kind is not RunEventKind.RUN_FINISHED
+    }
+    finished = RunEventKind.TASK_FINISHED
+    assert position[(finished, "bad")] < position[(finished, "child")]
+    assert position[(finished, "child")] < position[(finished, "grandchild")]
+    assert position[(finished, "root")] < position[(RunEventKind.TASK_STARTED, "bad")]
+    assert position[(finished, "root")] < position[(RunEventKind.TASK_STARTED, "next")]
+    skipped = [e for e in events if e.kind is finished and e.task_status is TaskStatus.SKIPPED]
+    assert {e.node_id for e in skipped} == {"child", "grandchild"}
+    assert events[-1].kind is RunEventKind.RUN_FINISHED
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
