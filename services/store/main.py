@@ -6,11 +6,11 @@ import logging
 from collections.abc import Sequence
 
 from dagwire.rpc.logs import setup_logging
-from dagwire.rpc.memory import tune_allocator
 from dagwire.rpc.serve import run_server, serve_main
 from dagwire.rpc.settings import StoreSettings, process_settings
 from dagwire.rpc.storage import build_artifact_store, build_execution_store, describe_storage
 from dagwire.stores.base import StaleUploadSweeper
+from dagwire_services.store.memory import tune_allocator
 from dagwire_services.store.servicer import store_services
 
 __all__ = ["main", "serve"]
@@ -64,5 +64,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings is None:
         return 2
     setup_logging("store", level=settings.log_level, log_format=settings.log_format)
-    tune_allocator()  # before any thread starts: see dagwire.rpc.memory
+    tune_allocator()  # before any thread starts: see memory.py
     return serve_main(PROG, lambda: serve(settings))
