@@ -96,19 +96,30 @@ class AdapterRegistry:
             raise ValueError(
                 f"instance {instance_id!r}: capacity must be at least 1, got {capacity}"
             )
-        previous = self._instances.get(instance_id)
-        instance = AdapterInstance(
-            instance_id=instance_id,
-            address=address,
-            agent_keys=keys,
-            capacity=capacity,
-            static=static,
-            in_flight=previous.in_flight if previous is not None else 0,
-            lease_deadline=float("inf") if static else self._clock() + self.lease_seconds,
-        )
-        if previous is not None:
-            self._unlink(previous)
-        self._instances[instance_id] = instance
+        deadline = float("inf") if static else self._clock() + self.lease_seconds
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            instance = AdapterInstance(
+                instance_id=instance_id,
+                address=address,
+                agent_keys=keys,
+                capacity=capacity,
+                static=static,
+                lease_deadline=deadline,
+            )
+            self._instances[instance_id] = instance
+        else:
+            # Updated in place: calls in flight hold this object and release their slots on
+            # it, so a re-registration neither resets nor leaks the in-flight count.
+            self._unlink(instance)
+            instance.address = address
+            instance.agent_keys = keys
+            instance.capacity = capacity
+            instance.static = static
+            instance.lease_deadline = deadline
+            instance.last_heartbeat = utc_now()
+            instance.healthy = True
+            instance.unhealthy_reason = ""
         for key in sorted(keys):
             self._by_key.setdefault(key, []).append(instance)
         self._serve_waiters()
