@@ -692,9 +692,12 @@ class RemoteExecutionStore:
         check_registry_entry(kind)
         out: list[RegistryEntry] = []
         wanted = max(limit, 1)
+        # a start key of the caller's goes as the token the server would have made for it
+        token = encode_page_token("registry", kind, after) if after else ""
         while len(out) < wanted:
-            size = min(wanted - len(out), 1000)
-            request = pb.ListRegistryEntriesRequest(kind=kind, after_key=after, page_size=size)
+            request = pb.ListRegistryEntriesRequest(
+                kind=kind, page_token=token, page_size=min(wanted - len(out), 1000)
+            )
             response = await self._unary(self._api.ListRegistryEntries(request))
             out += [
                 RegistryEntry(
@@ -702,9 +705,9 @@ class RemoteExecutionStore:
                 )
                 for e in response.entries
             ]
-            if len(response.entries) < size:
+            token = response.next_page_token
+            if not token:
                 break
-            after = out[-1].key
         return out
 
     async def prune_entries(self, kind: str, expired_before: datetime) -> int:

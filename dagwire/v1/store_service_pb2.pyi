@@ -978,49 +978,53 @@ Global___DeleteRegistryEntryResponse: typing_extensions.TypeAlias = DeleteRegist
 
 @typing.final
 class ListRegistryEntriesRequest(google.protobuf.message.Message):
-    """ListRegistryEntriesRequest asks for the entries of one kind after a key."""
+    """ListRegistryEntriesRequest asks for the entries of one kind, ordered by key."""
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     KIND_FIELD_NUMBER: builtins.int
-    AFTER_KEY_FIELD_NUMBER: builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: builtins.int
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     kind: builtins.str
     """Kind of the entries; required."""
-    after_key: builtins.str
-    """Only entries with a key above this are returned (empty: from the first)."""
+    page_token: builtins.str
+    """next_page_token from the previous response; empty for the first page."""
     page_size: builtins.int
-    """Maximum entries returned; 0 means 1000, values above 1000 are treated as 1000, and a
-    negative value is INVALID_ARGUMENT. The client asks again after the last key it got.
+    """Maximum entries per page; 0 means 1000, values above 1000 are treated as 1000, and a
+    negative value is INVALID_ARGUMENT.
     """
     def __init__(
         self,
         *,
         kind: builtins.str = ...,
-        after_key: builtins.str = ...,
+        page_token: builtins.str = ...,
         page_size: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["after_key", b"after_key", "kind", b"kind", "page_size", b"page_size"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
 
 Global___ListRegistryEntriesRequest: typing_extensions.TypeAlias = ListRegistryEntriesRequest
 
 @typing.final
 class ListRegistryEntriesResponse(google.protobuf.message.Message):
-    """ListRegistryEntriesResponse is the next entries of a kind."""
+    """ListRegistryEntriesResponse is one page of the entries of a kind."""
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    next_page_token: builtins.str
+    """Token for the next page; empty when there are no more entries."""
     @property
     def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___RegistryEntry]:
-        """The entries, in key order; fewer than page_size when there are no more."""
+        """The entries, in key order."""
 
     def __init__(
         self,
         *,
         entries: collections.abc.Iterable[Global___RegistryEntry] | None = ...,
+        next_page_token: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["entries", b"entries"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]) -> None: ...
 
 Global___ListRegistryEntriesResponse: typing_extensions.TypeAlias = ListRegistryEntriesResponse
 

@@ -431,8 +431,17 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
         if request.page_size < 0:
             raise InvalidArgumentError("page_size must not be negative", field="page_size")
         size = min(request.page_size or 1000, 1000)
-        entries = await self._registry().list_entries(kind, after=request.after_key, limit=size)
-        return ListRegistryEntriesResponse(entries=[registry_entry_to_proto(e) for e in entries])
+        after = (
+            decode_page_token(request.page_token, "registry", kind) if request.page_token else ""
+        )
+        if not isinstance(after, str):
+            raise InvalidArgumentError("page_token is not valid", field="page_token")
+        entries = await self._registry().list_entries(kind, after=after, limit=size + 1)
+        page = entries[:size]
+        token = encode_page_token("registry", kind, page[-1].key) if len(entries) > size else ""
+        return ListRegistryEntriesResponse(
+            entries=[registry_entry_to_proto(e) for e in page], next_page_token=token
+        )
 
     async def PruneRegistryEntries(
         self, request: PruneRegistryEntriesRequest, context: Context
