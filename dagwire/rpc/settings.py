@@ -177,6 +177,17 @@ class DispatcherSettings(CommonSettings):
     lease_seconds: float = Field(
         10.0, gt=0, description="adapter registration lease (heartbeat at a third of it)"
     )
+    store_addr: OptionalPeerAddress = Field(
+        None,
+        description="store service keeping the adapter registry that dispatcher replicas "
+        "share (docs/registry.md); unset: the registry lives in this process only",
+    )
+    registry_refresh_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=5,
+        description="how often a replica refreshes its view of the shared adapter registry",
+    )
 
 
 class OrchestratorSettings(CommonSettings):
