@@ -10,6 +10,7 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,7 @@ async def test_calls_in_flight_over_both_replicas_stay_within_the_adapters_capac
     try:
         await wait_adapters(replicas.b.address, {server.address})
         for dispatcher in (a, b):  # each replica has its share once both agree on the members
-            await until(lambda d=dispatcher: _answers(d), within=20)
+            await until(partial(_answers, dispatcher), within=20)
         agent.most = 0
         calls = [
             dispatcher.dispatch(_task(f"t{i}", "slow"), [], "")
