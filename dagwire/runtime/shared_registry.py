@@ -97,6 +97,7 @@ class SharedRegistry:
         self._last_write = float("-inf")
         self._touched: dict[str, float] = {}
         self._outage = False
+        self._warned: set[str] = set()
         self._last_prune = float("-inf")
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -230,6 +231,15 @@ class SharedRegistry:
                 for r, e in live.items()
             )
             limits[instance.instance_id] = max(0, shares[self.replica_id] - excess)
+            if shares[self.replica_id] == 0 and instance.instance_id not in self._warned:
+                self._warned.add(instance.instance_id)
+                log.warning(
+                    "adapter instance %s has capacity %d, below the %d dispatcher replicas: "
+                    "this replica has no share of it (docs/registry.md)",
+                    instance.instance_id,
+                    instance.capacity,
+                    len(members),
+                )
         self.registry.set_limits(limits)
         if started - self._last_prune > _PRUNE_EVERY:
             self._last_prune = started

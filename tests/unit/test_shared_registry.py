@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from dagwire.errors import StoreUnavailableError
+from dagwire.models import RegistryEntry
 from dagwire.runtime.routing import AdapterInstance, AdapterRegistry
 from dagwire.runtime.shared_registry import SharedRegistry, capacity_shares
 from dagwire.stores.local import SqliteExecutionStore
@@ -118,3 +121,50 @@ async def test_heartbeat_through_another_replica_renews_the_registration(
     await a.register("tb-1", "127.0.0.1:7001", ["echo"], 2)
     assert await b.heartbeat("tb-1") is not None  # b has not refreshed yet: it reads the store
     assert await b.heartbeat("never-registered") is None
+
+
+class UnreachableStore:
+    """A `ServiceRegistry` whose store cannot be reached (every call fails as the client does)."""
+
+    async def put_entry(self, entry: RegistryEntry) -> None:
+        raise StoreUnavailableError("store service at 127.0.0.1:1 is unavailable")
+
+    async def delete_entry(self, kind: str, key: str) -> None:
+        raise StoreUnavailableError("store service at 127.0.0.1:1 is unavailable")
+
+    async def list_entries(
+        self, kind: str, *, after: str = "", limit: int = 1000
+    ) -> list[RegistryEntry]:
+        raise StoreUnavailableError("store service at 127.0.0.1:1 is unavailable")
+
+    async def prune_entries(self, kind: str, expired_before: datetime) -> int:
+        raise StoreUnavailableError("store service at 127.0.0.1:1 is unavailable")
+
+
+async def test_a_replica_out_of_touch_with_the_store_starts_no_new_call(
+    store: SqliteExecutionStore,
+) -> None:
+    a = _replica(store, "a")
+    await a.register("tb-1", "127.0.0.1:7001", ["echo"], 4)
+    await _settle(a)
+    cut_off = SharedRegistry(a.registry, UnreachableStore(), replica_id="a")
+    held = [await a.registry.acquire("echo")]
+    with pytest.raises(StoreUnavailableError):
+        await cut_off.refresh()  # its entry may expire for the others: fenced
+    assert await _take_all(a, "echo") == []
+    for instance in held:
+        a.registry.release(instance)  # the call in flight still finishes
+    assert a.registry.instances("echo")[0].in_flight == 0
+
+
+async def test_a_replica_without_a_share_of_a_small_adapter_routes_to_another_instance(
+    store: SqliteExecutionStore,
+) -> None:
+    a, b = _replica(store, "a"), _replica(store, "b")
+    await a.register("small", "127.0.0.1:7001", ["echo"], 1)
+    await a.register("big", "127.0.0.1:7002", ["echo"], 4)
+    await _settle(a, b)
+    held_a, held_b = await _take_all(a, "echo"), await _take_all(b, "echo")
+    small = [i for i in held_a + held_b if i.instance_id == "small"]
+    assert len(small) == 1  # capacity 1 holds over both replicas
+    assert len(held_a) + len(held_b) == 5
