@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -27,10 +27,11 @@ class Replicas:
     store: Proc
     a: Proc
     b: Proc
+    extra: list[Proc] = field(default_factory=list)
 
     @property
     def procs(self) -> list[Proc]:
-        return [self.store, self.a, self.b]
+        return [self.store, self.a, self.b, *self.extra]
 
 
 def _dispatcher(tmp: Path, name: str, store_addr: str) -> Proc:
@@ -81,6 +82,18 @@ async def test_an_adapter_registered_through_one_replica_is_reached_through_the_
         listed = await b.list_adapters()
         assert [(i.address, i.healthy) for i in listed] == [(toolbox.address, True)]
         assert "echo" in listed[0].agents
+
+        # a replica started after A's death finds the registration in the store
+        c_proc = _dispatcher(tmp_path, "dispatcher-c", replicas.store.address)
+        await start_all(c_proc)
+        replicas.extra.append(c_proc)
+        await wait_adapters(c_proc.address, {toolbox.address})
+        c = RemoteDispatcher(c_proc.address)
+        try:
+            out = await c.dispatch(_task("late", "echo", text="through c"), [], "")
+            assert [a.content for a in out] == [b"through c"]
+        finally:
+            await c.aclose()
     finally:
         await b.aclose()
         toolbox.stop()
