@@ -267,6 +267,10 @@ class AdapterRegistry:
             instance.in_flight -= 1
         self._serve_waiters()
 
+    def waiting_keys(self) -> set[str]:
+        """The agent keys that calls are waiting for."""
+        return {w.agent_key for w in self._waiters if not w.future.done()}
+
     @property
     def queued(self) -> int:
         """Calls waiting for a free slot."""

@@ -42,15 +42,19 @@ PRUNE_AFTER = timedelta(minutes=5)
 _PRUNE_EVERY = 60.0
 
 
-def capacity_shares(instance_id: str, capacity: int, replicas: Iterable[str]) -> dict[str, int]:
+def capacity_shares(
+    instance_id: str, capacity: int, replicas: Iterable[str], turn: int = 0
+) -> dict[str, int]:
     """Each replica's share of an instance's capacity: an even split, the remainder going to
     the replicas next in a rotation that starts at a place fixed by the instance id (so small
-    instances do not all favour the same replica). The shares add up to `capacity`.
+    instances do not all favour the same replica) and moves on by one per `turn`. The shares
+    add up to `capacity`.
 
     Args:
         instance_id: the adapter instance.
         capacity: its declared capacity.
         replicas: the live dispatcher replica ids (at least one).
+        turn: the replicas' agreed turn (docs/registry.md).
 
     Returns:
         Replica id -> share.
@@ -58,7 +62,7 @@ def capacity_shares(instance_id: str, capacity: int, replicas: Iterable[str]) ->
     ordered = sorted(set(replicas))
     count = len(ordered)
     base, extra = divmod(capacity, count)
-    start = zlib.crc32(instance_id.encode()) % count
+    start = (zlib.crc32(instance_id.encode()) + turn) % count
     return {r: base + (1 if (i - start) % count < extra else 0) for i, r in enumerate(ordered)}
 
 
@@ -98,6 +102,7 @@ class SharedRegistry:
         self._touched: dict[str, float] = {}
         self._outage = False
         self._warned: set[str] = set()
+        self._turn = 0
         self._last_prune = float("-inf")
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -217,20 +222,29 @@ class SharedRegistry:
         self._others = live
         members = tuple(sorted({self.replica_id, *live}))
         agreed = all(tuple(sorted(e.data.get("members", ()))) == members for e in live.values())
+        turns = [int(e.data.get("turn", 0)) for e in live.values()]
+        # the turn moves the remainder of uneven splits; it is agreed like the members
+        turn_agreed = agreed and all(t == self._turn for t in turns)
+        self._turn = max([self._turn, *turns])
         self._members = members
         limits: dict[str, int] = {}
+        own_shares: dict[str, int] = {}
         for instance in self.registry.instances():
             if instance.static:
                 continue
-            if not agreed:
+            uneven = instance.capacity % len(members) != 0
+            if not agreed or (uneven and not turn_agreed):
                 limits[instance.instance_id] = 0
                 continue
-            shares = capacity_shares(instance.instance_id, instance.capacity, members)
+            shares = capacity_shares(
+                instance.instance_id, instance.capacity, members, self._turn if uneven else 0
+            )
             excess = sum(
                 max(0, int(e.data.get("in_flight", {}).get(instance.instance_id, 0)) - shares[r])
                 for r, e in live.items()
             )
             limits[instance.instance_id] = max(0, shares[self.replica_id] - excess)
+            own_shares[instance.instance_id] = shares[self.replica_id]
             if shares[self.replica_id] == 0 and instance.instance_id not in self._warned:
                 self._warned.add(instance.instance_id)
                 log.warning(
@@ -241,6 +255,17 @@ class SharedRegistry:
                     len(members),
                 )
         self.registry.set_limits(limits)
+        if turn_agreed and self._starved(own_shares):
+            # calls wait here for a key with no share anywhere: ask for the next turn, and
+            # start nothing more on uneven splits until every replica has taken it up
+            self._turn += 1
+            self.registry.set_limits(
+                {
+                    i.instance_id: 0
+                    for i in self.registry.instances()
+                    if not i.static and i.capacity % len(members) != 0
+                }
+            )
         if started - self._last_prune > _PRUNE_EVERY:
             self._last_prune = started
             for kind in (ADAPTER, DISPATCHER):
@@ -270,6 +295,14 @@ class SharedRegistry:
         cutoff = started - 10 * self.refresh_seconds
         self._touched = {k: t for k, t in self._touched.items() if t >= cutoff}
 
+    def _starved(self, own_shares: dict[str, int]) -> bool:
+        """Whether calls wait here for a key of which this replica has no share at all."""
+        for key in self.registry.waiting_keys():
+            instances = [i for i in self.registry.instances(key) if not i.static]
+            if instances and all(own_shares.get(i.instance_id, 0) == 0 for i in instances):
+                return True
+        return False
+
     def _fence(self) -> None:
         """Out of touch with the store: the others may take this replica for dead and split
         its shares among themselves, so it starts no new call on a shared instance."""
@@ -287,7 +320,7 @@ class SharedRegistry:
             DISPATCHER,
             self.replica_id,
             self._wall() + timedelta(seconds=self.replica_ttl),
-            {"members": list(self._members), "in_flight": in_flight},
+            {"members": list(self._members), "turn": self._turn, "in_flight": in_flight},
         )
 
     async def _put_adapter(

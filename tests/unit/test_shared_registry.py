@@ -168,3 +168,21 @@ async def test_a_replica_without_a_share_of_a_small_adapter_routes_to_another_in
     small = [i for i in held_a + held_b if i.instance_id == "small"]
     assert len(small) == 1  # capacity 1 holds over both replicas
     assert len(held_a) + len(held_b) == 5
+
+
+async def test_a_capacity_below_the_replicas_moves_between_them_when_calls_wait(
+    store: SqliteExecutionStore,
+) -> None:
+    a, b = _replica(store, "a"), _replica(store, "b")
+    await a.register("one", "127.0.0.1:7001", ["echo"], 1)
+    await _settle(a, b)
+    held_a, held_b = await _take_all(a, "echo"), await _take_all(b, "echo")
+    assert len(held_a) + len(held_b) == 1  # one replica has the only slot
+    holder, other = (a, b) if held_a else (b, a)
+    waiting = asyncio.create_task(other.registry.acquire("echo"))
+    await asyncio.sleep(0)
+    holder.registry.release((held_a + held_b)[0])
+    await _settle(a, b, rounds=6)  # the waiting replica asks for the turn and gets it
+    granted = await asyncio.wait_for(waiting, 1)
+    assert granted.instance_id == "one"
+    assert await _take_all(holder, "echo") == []  # still one call at a time over both
