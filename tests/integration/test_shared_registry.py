@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -40,12 +41,19 @@ def _dispatcher(tmp: Path, name: str, store_addr: str) -> Proc:
     return Proc(name, args, address, tmp / f"{name}.log")
 
 
-@pytest.fixture
-async def replicas(tmp_path: Path) -> AsyncIterator[Replicas]:
+@pytest.fixture(params=["embedded", "ferretdb"])
+async def replicas(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Replicas]:
+    """A store service (its registry in SQLite, or in FerretDB) and two dispatchers on it."""
     store_addr = free_address()
+    flags = ["--data-dir", str(tmp_path / "d")]
+    if request.param == "ferretdb":
+        uri: str = request.getfixturevalue("mongodb_uri")
+        database: str = request.getfixturevalue("mongodb_database_name")
+        parts = urlsplit(uri)
+        flags += ["--mongodb-uri", urlunsplit(parts._replace(path="/" + database))]
     store = Proc(
         "store",
-        ["dagwire_services.store", "--listen-addr", store_addr, "--data-dir", str(tmp_path / "d")],
+        ["dagwire_services.store", "--listen-addr", store_addr, *flags],
         store_addr,
         tmp_path / "store.log",
     )
