@@ -19,6 +19,7 @@ __all__ = [
     "Artifact",
     "ExecutionRecord",
     "NodeSummary",
+    "RegistryEntry",
     "RetryPolicy",
     "RunEventRecord",
     "RunRecord",
@@ -250,6 +251,21 @@ class RunEventRecord:
     sequence: int
     epoch: int
     data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryEntry:
+    """One entry of the shared service registry (docs/registry.md), opaque to the store.
+
+    `kind` names the table ("adapter", "dispatcher"), `key` the entry within it; `data` is
+    the owner's JSON object. An entry whose `expires_at` has passed is dead: readers ignore
+    it, and it is pruned later.
+    """
+
+    kind: str
+    key: str
+    expires_at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

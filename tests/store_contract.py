@@ -27,17 +27,19 @@ from dagwire.models import (
     Artifact,
     ExecutionRecord,
     NodeSummary,
+    RegistryEntry,
     RunRecord,
     RunStatus,
     TaskStatus,
 )
-from dagwire.stores import ArtifactStore, ExecutionStore
+from dagwire.stores import ArtifactStore, ExecutionStore, ServiceRegistry
 from dagwire.stores.base import PagedArtifactStore, PagedExecutionStore, record_key
 
 __all__ = [
     "test_artifact_store_fresh_instance_loads_every_stored_artifact",
     "test_artifact_store_satisfies_the_protocol",
     "test_execution_store_fresh_instance_sees_every_record_and_run",
+    "test_execution_store_keeps_a_service_registry",
     "test_execution_store_satisfies_the_protocol",
     "test_get_run_unknown_id_returns_none",
     "test_list_page_walks_every_artifact_once_in_list_order",
@@ -68,6 +70,12 @@ __all__ = [
     "test_record_running_never_overwrites_a_final_status",
     "test_record_upsert_replaces_fields_of_the_same_attempt",
     "test_records_of_500_concurrent_calls_land_exactly_once",
+    "test_registry_delete_removes_one_entry_and_unknown_deletes_succeed",
+    "test_registry_entries_outlive_the_store_instance",
+    "test_registry_lists_one_kind_in_key_order_with_keyset_paging",
+    "test_registry_prune_removes_only_entries_expired_before_the_cutoff",
+    "test_registry_put_replaces_the_entry_of_its_kind_and_key",
+    "test_registry_refuses_empty_keys_and_naive_expiry",
     "test_save_run_and_get_run_round_trip_every_field",
     "test_save_run_upserts_by_run_id",
     "test_stat_returns_metadata_without_content",
@@ -648,3 +656,101 @@ async def test_list_runs_without_details_leaves_out_spec_and_nodes(
     [brief] = await execution_store.list_runs(details=False)
     assert brief.spec == {} and brief.nodes == {}
     assert (brief.run_id, brief.user_vars, brief.status) == ("run-1", {"k": "v"}, "succeeded")
+
+
+# ---------------------------------------------------------------------- service registry
+
+
+def _registry(store: ExecutionStore) -> ServiceRegistry:
+    assert isinstance(store, ServiceRegistry)
+    return store
+
+
+def _entry(
+    key: str, expires_at: datetime = T0, kind: str = "adapter", **data: object
+) -> RegistryEntry:
+    return RegistryEntry(kind, key, expires_at, dict(data))
+
+
+def test_execution_store_keeps_a_service_registry(execution_store: ExecutionStore) -> None:
+    assert isinstance(execution_store, ServiceRegistry)
+
+
+async def test_registry_put_replaces_the_entry_of_its_kind_and_key(
+    execution_store: ExecutionStore,
+) -> None:
+    registry = _registry(execution_store)
+    await registry.put_entry(_entry("a-1", address="127.0.0.1:1", agents=["echo"]))
+    later = _entry("a-1", T0 + timedelta(seconds=10), address="127.0.0.1:2", capacity=3)
+    await registry.put_entry(later)
+    await registry.put_entry(_entry("a-1", kind="dispatcher", in_flight={"a-1": 2}))
+    assert await registry.list_entries("adapter") == [later]
+    dispatchers = await registry.list_entries("dispatcher")
+    assert [(e.key, e.data) for e in dispatchers] == [("a-1", {"in_flight": {"a-1": 2}})]
+
+
+async def test_registry_lists_one_kind_in_key_order_with_keyset_paging(
+    execution_store: ExecutionStore,
+) -> None:
+    registry = _registry(execution_store)
+    keys = [f"k{i:03d}" for i in range(25)]
+    shuffled = list(keys)
+    random.Random(7).shuffle(shuffled)
+    await asyncio.gather(*(registry.put_entry(_entry(k, n=i)) for i, k in enumerate(shuffled)))
+    await registry.put_entry(_entry("k000", kind="other"))
+    seen: list[str] = []
+    after = ""
+    while True:
+        page = await registry.list_entries("adapter", after=after, limit=10)
+        seen += [e.key for e in page]
+        if len(page) < 10:
+            break
+        after = page[-1].key
+    assert seen == keys
+    assert await registry.list_entries("nothing-here") == []
+
+
+async def test_registry_delete_removes_one_entry_and_unknown_deletes_succeed(
+    execution_store: ExecutionStore,
+) -> None:
+    registry = _registry(execution_store)
+    await registry.put_entry(_entry("a"))
+    await registry.put_entry(_entry("b"))
+    await registry.delete_entry("adapter", "a")
+    await registry.delete_entry("adapter", "never-registered")
+    await registry.delete_entry("dispatcher", "b")  # another kind: "b" stays
+    assert [e.key for e in await registry.list_entries("adapter")] == ["b"]
+
+
+async def test_registry_prune_removes_only_entries_expired_before_the_cutoff(
+    execution_store: ExecutionStore,
+) -> None:
+    registry = _registry(execution_store)
+    for i in range(4):
+        await registry.put_entry(_entry(f"a{i}", T0 + timedelta(seconds=i)))
+    await registry.put_entry(_entry("d0", T0, kind="dispatcher"))
+    assert await registry.prune_entries("adapter", T0 + timedelta(seconds=2)) == 2
+    assert [e.key for e in await registry.list_entries("adapter")] == ["a2", "a3"]
+    assert [e.key for e in await registry.list_entries("dispatcher")] == ["d0"]
+
+
+async def test_registry_entries_outlive_the_store_instance(
+    execution_store: ExecutionStore, reopen_execution_store: ReopenExecutionStore
+) -> None:
+    entry = _entry("a-1", T0 + timedelta(microseconds=7), agents=["echo", "ünï"], capacity=4)
+    await _registry(execution_store).put_entry(entry)
+    await execution_store.aclose()
+    found = await _registry(reopen_execution_store()).list_entries("adapter")
+    assert found == [entry]
+    assert found[0].expires_at.utcoffset() == timedelta(0)
+
+
+async def test_registry_refuses_empty_keys_and_naive_expiry(
+    execution_store: ExecutionStore,
+) -> None:
+    registry = _registry(execution_store)
+    with pytest.raises(ValueError, match="key must be non-empty"):
+        await registry.put_entry(_entry(""))
+    with pytest.raises(ValueError, match="expires_at"):
+        await registry.put_entry(_entry("a", datetime(2026, 1, 1)))
+    assert await registry.list_entries("adapter") == []

@@ -164,6 +164,12 @@ def _peer_target(value: object) -> str:
     return check_target(value)
 
 
+def _optional_peer_target(value: object) -> str | None:
+    if value in (None, ""):
+        return None
+    return _peer_target(value)
+
+
 def _static_adapters(value: object) -> tuple[tuple[str, str], ...]:
     if isinstance(value, tuple | list):
         return tuple((str(k), _peer_address(a)) for k, a in value)
@@ -189,6 +195,7 @@ ListenAddress = Annotated[str, BeforeValidator(_listen_address)]
 #: A service other processes call: any gRPC target (`check_target`), for replicated services.
 PeerTarget = Annotated[str, BeforeValidator(_peer_target)]
 OptionalPeerAddress = Annotated[str | None, BeforeValidator(_optional_peer_address)]
+OptionalPeerTarget = Annotated[str | None, BeforeValidator(_optional_peer_target)]
 StaticAdapters = Annotated[tuple[tuple[str, str], ...], NoDecode, BeforeValidator(_static_adapters)]
 LogLevel = Annotated[str, BeforeValidator(_log_level)]
 
@@ -268,6 +275,17 @@ class DispatcherSettings(CommonSettings):
     )
     lease_seconds: float = Field(
         10.0, gt=0, description="adapter registration lease (heartbeat at a third of it)"
+    )
+    store_addr: OptionalPeerTarget = Field(
+        None,
+        description="store service keeping the adapter registry that dispatcher replicas "
+        "share (docs/registry.md); unset: the registry lives in this process only",
+    )
+    registry_refresh_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=5,
+        description="how often a replica refreshes its view of the shared adapter registry",
     )
 
 

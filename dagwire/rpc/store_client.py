@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -26,19 +27,29 @@ from dagwire.limits import (
     OUTCOME_INLINE_BYTES,
     WIRE_BATCH_BYTES,
 )
-from dagwire.models import Artifact, ExecutionRecord, RunEventRecord, RunRecord, RunStatus
+from dagwire.models import (
+    Artifact,
+    ExecutionRecord,
+    RegistryEntry,
+    RunEventRecord,
+    RunRecord,
+    RunStatus,
+)
 from dagwire.rpc.channels import client_channel
 from dagwire.rpc.convert import (
     artifact_from_proto,
     artifact_to_proto,
+    datetime_from_proto,
+    datetime_to_proto,
     execution_record_from_proto,
     execution_record_to_proto,
     run_from_proto,
     run_status_to_proto,
     run_to_proto,
 )
-from dagwire.rpc.paging import MAX_PAGE_SIZE
+from dagwire.rpc.paging import MAX_PAGE_SIZE, encode_page_token
 from dagwire.rpc.status import InvalidArgumentError, error_from_rpc
+from dagwire.stores._validate import check_registry_entry
 from dagwire.v1 import common_pb2
 from dagwire.v1 import store_service_pb2 as pb
 from dagwire.v1 import store_service_pb2_grpc as pb_grpc
@@ -656,6 +667,64 @@ class RemoteExecutionStore:
             request = pb.BatchGetRunCancelRequestsRequest(run_ids=ids[start : start + 1000])
             found.update((await self._unary(self._api.BatchGetRunCancelRequests(request))).run_ids)
         return found
+
+    # ------------------------------------------------------------------ ServiceRegistry
+
+    async def put_entry(self, entry: RegistryEntry) -> None:
+        """Insert or replace the registry entry of (kind, key)."""
+        check_registry_entry(entry.kind, entry.key)
+        try:
+            data = json.dumps(entry.data, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"registry entry {entry.kind}/{entry.key}: data is not JSON: {exc}"
+            ) from exc
+        message = pb.RegistryEntry(
+            kind=entry.kind,
+            key=entry.key,
+            expire_time=datetime_to_proto(entry.expires_at, "expires_at"),
+            data_json=data,
+        )
+        await self._unary(self._api.PutRegistryEntry(pb.PutRegistryEntryRequest(entry=message)))
+
+    async def delete_entry(self, kind: str, key: str) -> None:
+        """Remove the registry entry of (kind, key), if any."""
+        check_registry_entry(kind, key)
+        request = pb.DeleteRegistryEntryRequest(kind=kind, key=key)
+        await self._unary(self._api.DeleteRegistryEntry(request))
+
+    async def list_entries(
+        self, kind: str, *, after: str = "", limit: int = 1000
+    ) -> builtins.list[RegistryEntry]:
+        """Registry entries of `kind` above key `after`, in key order, at most `limit`."""
+        check_registry_entry(kind)
+        out: list[RegistryEntry] = []
+        wanted = max(limit, 1)
+        # a start key of the caller's goes as the token the server would have made for it
+        token = encode_page_token("registry", kind, after) if after else ""
+        while len(out) < wanted:
+            request = pb.ListRegistryEntriesRequest(
+                kind=kind, page_token=token, page_size=min(wanted - len(out), 1000)
+            )
+            response = await self._unary(self._api.ListRegistryEntries(request))
+            out += [
+                RegistryEntry(
+                    e.kind, e.key, datetime_from_proto(e.expire_time), json.loads(e.data_json)
+                )
+                for e in response.entries
+            ]
+            token = response.next_page_token
+            if not token:
+                break
+        return out
+
+    async def prune_entries(self, kind: str, expired_before: datetime) -> int:
+        """Remove the entries of `kind` that expired before `expired_before`."""
+        check_registry_entry(kind)
+        request = pb.PruneRegistryEntriesRequest(
+            kind=kind, expired_before=datetime_to_proto(expired_before, "expired_before")
+        )
+        return int((await self._unary(self._api.PruneRegistryEntries(request))).removed)
 
     async def aclose(self) -> None:
         """Close the channel (when this client opened it)."""

@@ -25,7 +25,8 @@ __all__ = ["AdapterInstance", "AdapterRegistry"]
 
 @dataclass(eq=False)
 class AdapterInstance:
-    """One registered adapter process. `in_flight` never exceeds `capacity`."""
+    """One registered adapter process. `in_flight` never exceeds `capacity`, nor `limit` when
+    set: this dispatcher replica's share of the capacity (docs/registry.md)."""
 
     instance_id: str
     address: str
@@ -37,10 +38,16 @@ class AdapterInstance:
     lease_deadline: float = float("inf")
     last_heartbeat: datetime = field(default_factory=utc_now)
     unhealthy_reason: str = ""
+    limit: int | None = None
+
+    @property
+    def slots(self) -> int:
+        """How many calls this replica may have in flight on the instance."""
+        return self.capacity if self.limit is None else min(self.limit, self.capacity)
 
     @property
     def has_free_slot(self) -> bool:
-        return self.healthy and self.in_flight < self.capacity
+        return self.healthy and self.in_flight < self.slots
 
 
 @dataclass(eq=False)
@@ -96,23 +103,76 @@ class AdapterRegistry:
             raise ValueError(
                 f"instance {instance_id!r}: capacity must be at least 1, got {capacity}"
             )
-        previous = self._instances.get(instance_id)
-        instance = AdapterInstance(
-            instance_id=instance_id,
-            address=address,
-            agent_keys=keys,
-            capacity=capacity,
-            static=static,
-            in_flight=previous.in_flight if previous is not None else 0,
-            lease_deadline=float("inf") if static else self._clock() + self.lease_seconds,
-        )
-        if previous is not None:
-            self._unlink(previous)
-        self._instances[instance_id] = instance
+        deadline = float("inf") if static else self._clock() + self.lease_seconds
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            instance = AdapterInstance(
+                instance_id=instance_id,
+                address=address,
+                agent_keys=keys,
+                capacity=capacity,
+                static=static,
+                lease_deadline=deadline,
+            )
+            self._instances[instance_id] = instance
+        else:
+            # Updated in place: calls in flight hold this object and release their slots on
+            # it, so a re-registration neither resets nor leaks the in-flight count.
+            self._unlink(instance)
+            instance.address = address
+            instance.agent_keys = keys
+            instance.capacity = capacity
+            instance.static = static
+            instance.lease_deadline = deadline
+            instance.last_heartbeat = utc_now()
+            instance.healthy = True
+            instance.unhealthy_reason = ""
         for key in sorted(keys):
             self._by_key.setdefault(key, []).append(instance)
         self._serve_waiters()
         return instance
+
+    def sync(
+        self,
+        instance_id: str,
+        address: str,
+        agent_keys: Iterable[str],
+        capacity: int,
+        *,
+        lease_remaining: float,
+        last_heartbeat: datetime | None = None,
+    ) -> AdapterInstance:
+        """Take in a registration made through another dispatcher replica (read from the
+        shared registry): add it with no share yet (`limit` 0), or update it in place keeping
+        its health, load and share; its lease ends `lease_remaining` seconds from now."""
+        keys = frozenset(agent_keys)
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            instance = self.register(instance_id, address, keys, capacity)
+            instance.limit = 0
+        elif (instance.address, instance.agent_keys, instance.capacity) != (
+            address,
+            keys,
+            capacity,
+        ):
+            self._unlink(instance)
+            instance.address = address
+            instance.agent_keys = keys
+            instance.capacity = capacity
+            for key in sorted(keys):
+                self._by_key.setdefault(key, []).append(instance)
+        instance.lease_deadline = self._clock() + lease_remaining
+        if last_heartbeat is not None:
+            instance.last_heartbeat = last_heartbeat
+        return instance
+
+    def set_limits(self, limits: dict[str, int]) -> None:
+        """Set this replica's share of each named instance's capacity, then grant slots."""
+        for instance_id, limit in limits.items():
+            instance = self._instances.get(instance_id)
+            if instance is not None:
+                instance.limit = max(limit, 0)
+        self._serve_waiters()
 
     def heartbeat(self, instance_id: str) -> AdapterInstance | None:
         """Renew an instance's lease and put it back in rotation; None if it is not registered
@@ -145,6 +205,11 @@ class AdapterRegistry:
         if agent_key is None:
             return list(self._instances.values())
         return list(self._by_key.get(agent_key, ()))
+
+    def is_registered(self, instance_id: str) -> bool:
+        """Whether a live (unexpired) instance has this id."""
+        self._sweep()
+        return instance_id in self._instances
 
     def serves(self, agent_key: str) -> bool:
         """True if any live instance (healthy or not) serves the key."""
@@ -201,6 +266,10 @@ class AdapterRegistry:
         if instance.in_flight > 0:
             instance.in_flight -= 1
         self._serve_waiters()
+
+    def waiting_keys(self) -> set[str]:
+        """The agent keys that calls are waiting for."""
+        return {w.agent_key for w in self._waiters if not w.future.done()}
 
     @property
     def queued(self) -> int:

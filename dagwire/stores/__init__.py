@@ -5,7 +5,13 @@ Backends live in their own modules so their dependencies load only when used:
 `dagwire.stores.tiered` (small artifacts inline in MongoDB, the rest in S3).
 """
 
-from dagwire.stores.base import ArtifactStore, BatchArtifactStore, ExecutionStore, RunLedger
+from dagwire.stores.base import (
+    ArtifactStore,
+    BatchArtifactStore,
+    ExecutionStore,
+    RunLedger,
+    ServiceRegistry,
+)
 
 __all__ = [
     # interfaces
@@ -13,4 +19,5 @@ __all__ = [
     "BatchArtifactStore",
     "ExecutionStore",
     "RunLedger",
+    "ServiceRegistry",
 ]

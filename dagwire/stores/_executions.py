@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Sequence
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from dagwire.errors import NotFoundError
 from dagwire.models import (
     ExecutionRecord,
+    RegistryEntry,
     RunEventRecord,
     RunRecord,
     RunStatus,
@@ -25,6 +27,7 @@ from dagwire.stores._validate import (
     check_limit,
     check_lookup_id,
     check_record_key,
+    check_registry_entry,
     check_text,
     from_micros,
     to_micros,
@@ -73,6 +76,13 @@ CREATE TABLE IF NOT EXISTS run_claims (
     PRIMARY KEY (run_id, epoch)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS run_cancels (run_id TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS registry (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
 """
 
 _EXECUTION_COLUMNS = (
@@ -314,6 +324,33 @@ class SqliteExecutionStore:
             return set()
         return await self._db.read(partial(_select_cancels, wanted))
 
+    # ------------------------------------------------------------------ ServiceRegistry
+
+    async def put_entry(self, entry: RegistryEntry) -> None:
+        """Insert or replace the registry entry of (kind, key)."""
+        check_registry_entry(entry.kind, entry.key)
+        expires = to_micros(entry.expires_at, "expires_at")
+        body = _registry_body(entry)
+        await self._db.write(partial(_put_entry, entry.kind, entry.key, expires, body))
+
+    async def delete_entry(self, kind: str, key: str) -> None:
+        """Remove the registry entry of (kind, key), if any."""
+        check_registry_entry(kind, key)
+        await self._db.write(partial(_delete_entry, kind, key))
+
+    async def list_entries(
+        self, kind: str, *, after: str = "", limit: int = 1000
+    ) -> builtins.list[RegistryEntry]:
+        """Registry entries of `kind` above key `after`, in key order, at most `limit`."""
+        check_registry_entry(kind)
+        return await self._db.read(partial(_select_entries, kind, after, max(limit, 1)))
+
+    async def prune_entries(self, kind: str, expired_before: datetime) -> int:
+        """Remove the entries of `kind` that expired before `expired_before`."""
+        check_registry_entry(kind)
+        cutoff = to_micros(expired_before, "expired_before")
+        return await self._db.write(partial(_prune_entries, kind, cutoff))
+
     async def aclose(self) -> None:
         """Commit every pending write, then close the database (it reopens on next use)."""
         await self._db.aclose()
@@ -503,3 +540,42 @@ def _select_cancels(run_ids: list[str], conn: sqlite3.Connection) -> set[str]:
         rows = conn.execute(f"SELECT run_id FROM run_cancels WHERE run_id IN ({marks})", part)
         found.update(r for (r,) in rows)
     return found
+
+
+def _registry_body(entry: RegistryEntry) -> str:
+    try:
+        return json.dumps(entry.data, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"registry entry {entry.kind}/{entry.key}: data is not JSON: {exc}"
+        ) from exc
+
+
+def _put_entry(kind: str, key: str, expires: int, body: str, conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO registry (kind, key, expires_at, body) VALUES (?, ?, ?, ?)",
+        (kind, key, expires, body),
+    )
+
+
+def _delete_entry(kind: str, key: str, conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM registry WHERE kind = ? AND key = ?", (kind, key))
+
+
+def _select_entries(
+    kind: str, after: str, limit: int, conn: sqlite3.Connection
+) -> list[RegistryEntry]:
+    rows = conn.execute(
+        "SELECT key, expires_at, body FROM registry WHERE kind = ? AND key > ?"
+        " ORDER BY key LIMIT ?",
+        (kind, after, limit),
+    )
+    return [
+        RegistryEntry(kind, key, from_micros(expires), json.loads(body))
+        for key, expires, body in rows
+    ]
+
+
+def _prune_entries(kind: str, cutoff: int, conn: sqlite3.Connection) -> int:
+    cursor = conn.execute("DELETE FROM registry WHERE kind = ? AND expires_at < ?", (kind, cutoff))
+    return cursor.rowcount

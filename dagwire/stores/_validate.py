@@ -13,6 +13,7 @@ __all__ = [
     "check_limit",
     "check_lookup_id",
     "check_record_key",
+    "check_registry_entry",
     "check_run_status",
     "check_task_status",
     "check_text",
@@ -76,6 +77,18 @@ def utf8_safe(value: str) -> str:
     except UnicodeEncodeError:
         return _SURROGATE.sub("\ufffd", value)
     return value
+
+
+def check_registry_entry(kind: object, key: object = "-") -> None:
+    """Refuse an empty or unstorable registry kind or key.
+
+    Raises:
+        ValueError: the kind or key is empty, not a `str`, holds NUL or is not UTF-8.
+    """
+    for value, name in ((kind, "kind"), (key, "key")):
+        check_text(value, name)
+        if not value:
+            raise ValueError(f"registry entry {name} must be non-empty")
 
 
 def to_micros(value: datetime, field: str) -> int:

@@ -7,7 +7,14 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from dagwire.models import Artifact, ExecutionRecord, RunEventRecord, RunRecord, RunStatus
+from dagwire.models import (
+    Artifact,
+    ExecutionRecord,
+    RegistryEntry,
+    RunEventRecord,
+    RunRecord,
+    RunStatus,
+)
 
 __all__ = [
     "ArtifactStore",
@@ -18,6 +25,7 @@ __all__ = [
     "PagedExecutionStore",
     "RecordKey",
     "RunLedger",
+    "ServiceRegistry",
     "StaleUploadSweeper",
     "record_key",
 ]
@@ -328,4 +336,44 @@ class RunLedger(Protocol):
 
     async def cancel_requests(self, run_ids: Sequence[str]) -> builtins.set[str]:
         """Which of `run_ids` have a recorded cancellation request."""
+        ...
+
+
+@runtime_checkable
+class ServiceRegistry(Protocol):
+    """An optional capability of an execution store: the registry that dispatcher replicas
+    share (adapter registrations, and the replicas themselves; docs/registry.md).
+
+    An entry has exactly one writer at a time: the dispatcher replica an adapter's current
+    Register/Heartbeat call went through (an adapter makes one such call at a time), or the
+    replica an entry describes. `put_entry` replaces the whole entry; nothing here is a
+    read-modify-write (FerretDB 1.x offers no atomic compare-and-set on updates).
+    """
+
+    async def put_entry(self, entry: RegistryEntry) -> None:
+        """Insert `entry`, or replace the entry of its (kind, key); durable on return.
+
+        Raises:
+            ValueError: an empty kind or key, a naive `expires_at`, or data that is not JSON.
+        """
+        ...
+
+    async def delete_entry(self, kind: str, key: str) -> None:
+        """Remove the entry of (kind, key); removing an unknown entry succeeds."""
+        ...
+
+    async def list_entries(
+        self, kind: str, *, after: str = "", limit: int = 1000
+    ) -> builtins.list[RegistryEntry]:
+        """Entries of `kind` with a key above `after`, in key order, at most `limit` (keyset
+        paging: ask again after the last key received). Expired entries are included (the
+        reader decides by its own clock)."""
+        ...
+
+    async def prune_entries(self, kind: str, expired_before: datetime) -> int:
+        """Remove the entries of `kind` that expired before `expired_before`.
+
+        Returns:
+            How many were removed.
+        """
         ...

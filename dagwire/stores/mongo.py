@@ -8,6 +8,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 from bson import encode as bson_encode
 from bson.errors import InvalidDocument
@@ -17,7 +18,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 
 from dagwire.errors import NotFoundError
-from dagwire.models import ExecutionRecord, RunEventRecord, RunRecord, RunStatus, without_details
+from dagwire.models import (
+    ExecutionRecord,
+    RegistryEntry,
+    RunEventRecord,
+    RunRecord,
+    RunStatus,
+    without_details,
+)
 from dagwire.stores._mongo_client import client_options, server_name, unavailable
 from dagwire.stores._mongo_codec import (
     Doc,
@@ -31,9 +39,12 @@ from dagwire.stores._validate import (
     check_limit,
     check_lookup_id,
     check_record_key,
+    check_registry_entry,
     check_run_status,
     check_task_status,
     check_text,
+    from_micros,
+    to_micros,
 )
 from dagwire.stores.base import RecordKey
 
@@ -53,6 +64,9 @@ _INDEXES: dict[str, dict[str, list[tuple[str, int]]]] = {
     },
     "run_events": {
         "run_sequence": [("run_id", ASCENDING), ("sequence", ASCENDING)],
+    },
+    "registry": {
+        "kind_key": [("kind", ASCENDING), ("key", ASCENDING)],
     },
     "runs": {
         "newest": [("created_at_us", DESCENDING), ("run_id", DESCENDING)],
@@ -397,6 +411,66 @@ class MongoExecutionStore:
                     d["_id"] for d in await collection.find({"_id": {"$in": part}}).to_list()
                 )
         return found
+
+    # ------------------------------------------------------------------ ServiceRegistry
+    # Collection ``registry`` (_id "<kind>/<key>"): each entry has one writer at a time (the
+    # ServiceRegistry contract), so the replace-or-insert of one _id never races another.
+
+    async def put_entry(self, entry: RegistryEntry) -> None:
+        """Insert or replace the registry entry of (kind, key)."""
+        check_registry_entry(entry.kind, entry.key)
+        try:
+            body = json.dumps(entry.data, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"registry entry {entry.kind}/{entry.key}: data is not JSON: {exc}"
+            ) from exc
+        doc: Doc = {
+            "_id": f"{entry.kind}/{entry.key}",
+            "kind": entry.kind,
+            "key": entry.key,
+            "expires_at_us": to_micros(entry.expires_at, "expires_at"),
+            "body": body,
+        }
+        collection = await self._collection("registry")
+        async with self._errors():
+            await collection.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    async def delete_entry(self, kind: str, key: str) -> None:
+        """Remove the registry entry of (kind, key), if any."""
+        check_registry_entry(kind, key)
+        collection = await self._collection("registry")
+        async with self._errors():
+            await collection.delete_one({"_id": f"{kind}/{key}"})
+
+    async def list_entries(
+        self, kind: str, *, after: str = "", limit: int = 1000
+    ) -> builtins.list[RegistryEntry]:
+        """Registry entries of `kind` above key `after`, in key order, at most `limit`."""
+        check_registry_entry(kind)
+        collection = await self._collection("registry")
+        async with self._errors():
+            docs = (
+                await collection.find({"kind": kind, "key": {"$gt": after}})
+                .sort([("key", ASCENDING)])
+                .limit(max(limit, 1))
+                .to_list()
+            )
+        return [
+            RegistryEntry(
+                kind, str(d["key"]), from_micros(int(d["expires_at_us"])), json.loads(d["body"])
+            )
+            for d in docs
+        ]
+
+    async def prune_entries(self, kind: str, expired_before: datetime) -> int:
+        """Remove the entries of `kind` that expired before `expired_before`."""
+        check_registry_entry(kind)
+        cutoff = to_micros(expired_before, "expired_before")
+        collection = await self._collection("registry")
+        async with self._errors():
+            result = await collection.delete_many({"kind": kind, "expires_at_us": {"$lt": cutoff}})
+        return int(result.deleted_count)
 
     async def _insert_once(self, name: str, doc: Doc) -> bool:
         collection = await self._collection(name)

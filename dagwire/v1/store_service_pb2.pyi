@@ -9,6 +9,7 @@ import dagwire.v1.common_pb2
 import google.protobuf.descriptor
 import google.protobuf.internal.containers
 import google.protobuf.message
+import google.protobuf.timestamp_pb2
 import sys
 import typing
 
@@ -897,3 +898,200 @@ class BatchGetRunCancelRequestsResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["run_ids", b"run_ids"]) -> None: ...
 
 Global___BatchGetRunCancelRequestsResponse: typing_extensions.TypeAlias = BatchGetRunCancelRequestsResponse
+
+@typing.final
+class RegistryEntry(google.protobuf.message.Message):
+    """RegistryEntry is one entry of the shared service registry."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: builtins.int
+    KEY_FIELD_NUMBER: builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: builtins.int
+    DATA_JSON_FIELD_NUMBER: builtins.int
+    kind: builtins.str
+    """What the entry describes: "adapter" (an adapter registration) or "dispatcher" (a
+    dispatcher replica); required.
+    """
+    key: builtins.str
+    """The entry's key within its kind (an adapter's instance id, a replica's id); required."""
+    data_json: builtins.str
+    """The writer's data as a JSON object (opaque to the store)."""
+    @property
+    def expire_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the entry expires unless written again; required."""
+
+    def __init__(
+        self,
+        *,
+        kind: builtins.str = ...,
+        key: builtins.str = ...,
+        expire_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        data_json: builtins.str = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["expire_time", b"expire_time"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["data_json", b"data_json", "expire_time", b"expire_time", "key", b"key", "kind", b"kind"]) -> None: ...
+
+Global___RegistryEntry: typing_extensions.TypeAlias = RegistryEntry
+
+@typing.final
+class PutRegistryEntryRequest(google.protobuf.message.Message):
+    """PutRegistryEntryRequest holds the entry to write."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: builtins.int
+    @property
+    def entry(self) -> Global___RegistryEntry:
+        """The entry."""
+
+    def __init__(
+        self,
+        *,
+        entry: Global___RegistryEntry | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["entry", b"entry"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["entry", b"entry"]) -> None: ...
+
+Global___PutRegistryEntryRequest: typing_extensions.TypeAlias = PutRegistryEntryRequest
+
+@typing.final
+class PutRegistryEntryResponse(google.protobuf.message.Message):
+    """PutRegistryEntryResponse acknowledges that the entry is durable."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___PutRegistryEntryResponse: typing_extensions.TypeAlias = PutRegistryEntryResponse
+
+@typing.final
+class DeleteRegistryEntryRequest(google.protobuf.message.Message):
+    """DeleteRegistryEntryRequest names the entry to remove."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: builtins.int
+    KEY_FIELD_NUMBER: builtins.int
+    kind: builtins.str
+    """Kind of the entry; required."""
+    key: builtins.str
+    """Key of the entry; required."""
+    def __init__(
+        self,
+        *,
+        kind: builtins.str = ...,
+        key: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["key", b"key", "kind", b"kind"]) -> None: ...
+
+Global___DeleteRegistryEntryRequest: typing_extensions.TypeAlias = DeleteRegistryEntryRequest
+
+@typing.final
+class DeleteRegistryEntryResponse(google.protobuf.message.Message):
+    """DeleteRegistryEntryResponse acknowledges the removal."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___DeleteRegistryEntryResponse: typing_extensions.TypeAlias = DeleteRegistryEntryResponse
+
+@typing.final
+class ListRegistryEntriesRequest(google.protobuf.message.Message):
+    """ListRegistryEntriesRequest asks for the entries of one kind, ordered by key."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    PAGE_SIZE_FIELD_NUMBER: builtins.int
+    kind: builtins.str
+    """Kind of the entries; required."""
+    page_token: builtins.str
+    """next_page_token from the previous response; empty for the first page."""
+    page_size: builtins.int
+    """Maximum entries per page; 0 means 1000, values above 1000 are treated as 1000, and a
+    negative value is INVALID_ARGUMENT.
+    """
+    def __init__(
+        self,
+        *,
+        kind: builtins.str = ...,
+        page_token: builtins.str = ...,
+        page_size: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
+
+Global___ListRegistryEntriesRequest: typing_extensions.TypeAlias = ListRegistryEntriesRequest
+
+@typing.final
+class ListRegistryEntriesResponse(google.protobuf.message.Message):
+    """ListRegistryEntriesResponse is one page of the entries of a kind."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    next_page_token: builtins.str
+    """Token for the next page; empty when there are no more entries."""
+    @property
+    def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___RegistryEntry]:
+        """The entries, in key order."""
+
+    def __init__(
+        self,
+        *,
+        entries: collections.abc.Iterable[Global___RegistryEntry] | None = ...,
+        next_page_token: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]) -> None: ...
+
+Global___ListRegistryEntriesResponse: typing_extensions.TypeAlias = ListRegistryEntriesResponse
+
+@typing.final
+class PruneRegistryEntriesRequest(google.protobuf.message.Message):
+    """PruneRegistryEntriesRequest names the kind and the cutoff."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: builtins.int
+    EXPIRED_BEFORE_FIELD_NUMBER: builtins.int
+    kind: builtins.str
+    """Kind of the entries; required."""
+    @property
+    def expired_before(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """Entries that expired before this time are removed; required."""
+
+    def __init__(
+        self,
+        *,
+        kind: builtins.str = ...,
+        expired_before: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["expired_before", b"expired_before"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["expired_before", b"expired_before", "kind", b"kind"]) -> None: ...
+
+Global___PruneRegistryEntriesRequest: typing_extensions.TypeAlias = PruneRegistryEntriesRequest
+
+@typing.final
+class PruneRegistryEntriesResponse(google.protobuf.message.Message):
+    """PruneRegistryEntriesResponse says how many entries were removed."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: builtins.int
+    removed: builtins.int
+    """How many entries were removed."""
+    def __init__(
+        self,
+        *,
+        removed: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["removed", b"removed"]) -> None: ...
+
+Global___PruneRegistryEntriesResponse: typing_extensions.TypeAlias = PruneRegistryEntriesResponse

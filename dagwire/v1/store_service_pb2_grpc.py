@@ -325,6 +325,26 @@ class ExecutionStoreServiceStub:
                 request_serializer=dagwire_dot_v1_dot_store__service__pb2.BatchGetRunCancelRequestsRequest.SerializeToString,
                 response_deserializer=dagwire_dot_v1_dot_store__service__pb2.BatchGetRunCancelRequestsResponse.FromString,
                 _registered_method=True)
+        self.PutRegistryEntry = channel.unary_unary(
+                '/dagwire.v1.ExecutionStoreService/PutRegistryEntry',
+                request_serializer=dagwire_dot_v1_dot_store__service__pb2.PutRegistryEntryRequest.SerializeToString,
+                response_deserializer=dagwire_dot_v1_dot_store__service__pb2.PutRegistryEntryResponse.FromString,
+                _registered_method=True)
+        self.DeleteRegistryEntry = channel.unary_unary(
+                '/dagwire.v1.ExecutionStoreService/DeleteRegistryEntry',
+                request_serializer=dagwire_dot_v1_dot_store__service__pb2.DeleteRegistryEntryRequest.SerializeToString,
+                response_deserializer=dagwire_dot_v1_dot_store__service__pb2.DeleteRegistryEntryResponse.FromString,
+                _registered_method=True)
+        self.ListRegistryEntries = channel.unary_unary(
+                '/dagwire.v1.ExecutionStoreService/ListRegistryEntries',
+                request_serializer=dagwire_dot_v1_dot_store__service__pb2.ListRegistryEntriesRequest.SerializeToString,
+                response_deserializer=dagwire_dot_v1_dot_store__service__pb2.ListRegistryEntriesResponse.FromString,
+                _registered_method=True)
+        self.PruneRegistryEntries = channel.unary_unary(
+                '/dagwire.v1.ExecutionStoreService/PruneRegistryEntries',
+                request_serializer=dagwire_dot_v1_dot_store__service__pb2.PruneRegistryEntriesRequest.SerializeToString,
+                response_deserializer=dagwire_dot_v1_dot_store__service__pb2.PruneRegistryEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutionStoreServiceServicer:
@@ -437,6 +457,38 @@ class ExecutionStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutRegistryEntry(self, request, context):
+        """PutRegistryEntry inserts an entry of the registry that dispatcher replicas share, or
+        replaces the entry of its (kind, key) whole. Each entry has one writer at a time (the
+        replica an adapter's current registration call went through, or the replica the entry
+        describes); nothing is read-modify-write. Durable when the call returns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRegistryEntry(self, request, context):
+        """DeleteRegistryEntry removes the entry of (kind, key); removing an unknown entry succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRegistryEntries(self, request, context):
+        """ListRegistryEntries returns the entries of one kind in key order, expired ones included
+        (the reader decides by its own clock), one page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneRegistryEntries(self, request, context):
+        """PruneRegistryEntries removes the entries of one kind that expired before a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutionStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -504,6 +556,26 @@ def add_ExecutionStoreServiceServicer_to_server(servicer, server):
                     servicer.BatchGetRunCancelRequests,
                     request_deserializer=dagwire_dot_v1_dot_store__service__pb2.BatchGetRunCancelRequestsRequest.FromString,
                     response_serializer=dagwire_dot_v1_dot_store__service__pb2.BatchGetRunCancelRequestsResponse.SerializeToString,
+            ),
+            'PutRegistryEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutRegistryEntry,
+                    request_deserializer=dagwire_dot_v1_dot_store__service__pb2.PutRegistryEntryRequest.FromString,
+                    response_serializer=dagwire_dot_v1_dot_store__service__pb2.PutRegistryEntryResponse.SerializeToString,
+            ),
+            'DeleteRegistryEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRegistryEntry,
+                    request_deserializer=dagwire_dot_v1_dot_store__service__pb2.DeleteRegistryEntryRequest.FromString,
+                    response_serializer=dagwire_dot_v1_dot_store__service__pb2.DeleteRegistryEntryResponse.SerializeToString,
+            ),
+            'ListRegistryEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegistryEntries,
+                    request_deserializer=dagwire_dot_v1_dot_store__service__pb2.ListRegistryEntriesRequest.FromString,
+                    response_serializer=dagwire_dot_v1_dot_store__service__pb2.ListRegistryEntriesResponse.SerializeToString,
+            ),
+            'PruneRegistryEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneRegistryEntries,
+                    request_deserializer=dagwire_dot_v1_dot_store__service__pb2.PruneRegistryEntriesRequest.FromString,
+                    response_serializer=dagwire_dot_v1_dot_store__service__pb2.PruneRegistryEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -858,6 +930,114 @@ class ExecutionStoreService:
             '/dagwire.v1.ExecutionStoreService/BatchGetRunCancelRequests',
             dagwire_dot_v1_dot_store__service__pb2.BatchGetRunCancelRequestsRequest.SerializeToString,
             dagwire_dot_v1_dot_store__service__pb2.BatchGetRunCancelRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutRegistryEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagwire.v1.ExecutionStoreService/PutRegistryEntry',
+            dagwire_dot_v1_dot_store__service__pb2.PutRegistryEntryRequest.SerializeToString,
+            dagwire_dot_v1_dot_store__service__pb2.PutRegistryEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRegistryEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagwire.v1.ExecutionStoreService/DeleteRegistryEntry',
+            dagwire_dot_v1_dot_store__service__pb2.DeleteRegistryEntryRequest.SerializeToString,
+            dagwire_dot_v1_dot_store__service__pb2.DeleteRegistryEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRegistryEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagwire.v1.ExecutionStoreService/ListRegistryEntries',
+            dagwire_dot_v1_dot_store__service__pb2.ListRegistryEntriesRequest.SerializeToString,
+            dagwire_dot_v1_dot_store__service__pb2.ListRegistryEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneRegistryEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagwire.v1.ExecutionStoreService/PruneRegistryEntries',
+            dagwire_dot_v1_dot_store__service__pb2.PruneRegistryEntriesRequest.SerializeToString,
+            dagwire_dot_v1_dot_store__service__pb2.PruneRegistryEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -438,7 +438,71 @@ _ExecutionStoreServiceBatchGetRunCancelRequestsType = typing_extensions.TypeVar(
     ],
 )
 
-class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecutionsType, _ExecutionStoreServiceRecordOutcomesType, _ExecutionStoreServiceListExecutionRecordsType, _ExecutionStoreServiceSaveRunRecordType, _ExecutionStoreServiceGetRunRecordType, _ExecutionStoreServiceListRunRecordsType, _ExecutionStoreServiceCreateRunRecordType, _ExecutionStoreServiceClaimRunLeaseType, _ExecutionStoreServiceGetRunLeaseClaimType, _ExecutionStoreServiceAppendRunEventsType, _ExecutionStoreServiceReadRunEventsType, _ExecutionStoreServiceRequestRunCancelType, _ExecutionStoreServiceBatchGetRunCancelRequestsType]):
+_ExecutionStoreServicePutRegistryEntryType = typing_extensions.TypeVar(
+    '_ExecutionStoreServicePutRegistryEntryType',
+    grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.PutRegistryEntryRequest,
+        dagwire.v1.store_service_pb2.PutRegistryEntryResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.PutRegistryEntryRequest,
+        dagwire.v1.store_service_pb2.PutRegistryEntryResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.PutRegistryEntryRequest,
+        dagwire.v1.store_service_pb2.PutRegistryEntryResponse,
+    ],
+)
+
+_ExecutionStoreServiceDeleteRegistryEntryType = typing_extensions.TypeVar(
+    '_ExecutionStoreServiceDeleteRegistryEntryType',
+    grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.DeleteRegistryEntryRequest,
+        dagwire.v1.store_service_pb2.DeleteRegistryEntryResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.DeleteRegistryEntryRequest,
+        dagwire.v1.store_service_pb2.DeleteRegistryEntryResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.DeleteRegistryEntryRequest,
+        dagwire.v1.store_service_pb2.DeleteRegistryEntryResponse,
+    ],
+)
+
+_ExecutionStoreServiceListRegistryEntriesType = typing_extensions.TypeVar(
+    '_ExecutionStoreServiceListRegistryEntriesType',
+    grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.ListRegistryEntriesRequest,
+        dagwire.v1.store_service_pb2.ListRegistryEntriesResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.ListRegistryEntriesRequest,
+        dagwire.v1.store_service_pb2.ListRegistryEntriesResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.ListRegistryEntriesRequest,
+        dagwire.v1.store_service_pb2.ListRegistryEntriesResponse,
+    ],
+)
+
+_ExecutionStoreServicePruneRegistryEntriesType = typing_extensions.TypeVar(
+    '_ExecutionStoreServicePruneRegistryEntriesType',
+    grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.PruneRegistryEntriesRequest,
+        dagwire.v1.store_service_pb2.PruneRegistryEntriesResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.PruneRegistryEntriesRequest,
+        dagwire.v1.store_service_pb2.PruneRegistryEntriesResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.PruneRegistryEntriesRequest,
+        dagwire.v1.store_service_pb2.PruneRegistryEntriesResponse,
+    ],
+)
+
+class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecutionsType, _ExecutionStoreServiceRecordOutcomesType, _ExecutionStoreServiceListExecutionRecordsType, _ExecutionStoreServiceSaveRunRecordType, _ExecutionStoreServiceGetRunRecordType, _ExecutionStoreServiceListRunRecordsType, _ExecutionStoreServiceCreateRunRecordType, _ExecutionStoreServiceClaimRunLeaseType, _ExecutionStoreServiceGetRunLeaseClaimType, _ExecutionStoreServiceAppendRunEventsType, _ExecutionStoreServiceReadRunEventsType, _ExecutionStoreServiceRequestRunCancelType, _ExecutionStoreServiceBatchGetRunCancelRequestsType, _ExecutionStoreServicePutRegistryEntryType, _ExecutionStoreServiceDeleteRegistryEntryType, _ExecutionStoreServiceListRegistryEntriesType, _ExecutionStoreServicePruneRegistryEntriesType]):
     """ExecutionStoreService keeps the records of runs and of each task attempt."""
 
     @typing.overload
@@ -495,6 +559,22 @@ class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecu
             dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsRequest,
             dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsResponse,
         ],
+        grpc.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.PutRegistryEntryRequest,
+            dagwire.v1.store_service_pb2.PutRegistryEntryResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.DeleteRegistryEntryRequest,
+            dagwire.v1.store_service_pb2.DeleteRegistryEntryResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.ListRegistryEntriesRequest,
+            dagwire.v1.store_service_pb2.ListRegistryEntriesResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.PruneRegistryEntriesRequest,
+            dagwire.v1.store_service_pb2.PruneRegistryEntriesResponse,
+        ],
     ], channel: grpc.Channel) -> None: ...
 
     @typing.overload
@@ -550,6 +630,22 @@ class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecu
         grpc.aio.UnaryUnaryMultiCallable[
             dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsRequest,
             dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.PutRegistryEntryRequest,
+            dagwire.v1.store_service_pb2.PutRegistryEntryResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.DeleteRegistryEntryRequest,
+            dagwire.v1.store_service_pb2.DeleteRegistryEntryResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.ListRegistryEntriesRequest,
+            dagwire.v1.store_service_pb2.ListRegistryEntriesResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.PruneRegistryEntriesRequest,
+            dagwire.v1.store_service_pb2.PruneRegistryEntriesResponse,
         ],
     ], channel: grpc.aio.Channel) -> None: ...
 
@@ -615,6 +711,24 @@ class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecu
     BatchGetRunCancelRequests: _ExecutionStoreServiceBatchGetRunCancelRequestsType
     """BatchGetRunCancelRequests returns which of the given runs have a cancellation request."""
 
+    PutRegistryEntry: _ExecutionStoreServicePutRegistryEntryType
+    """PutRegistryEntry inserts an entry of the registry that dispatcher replicas share, or
+    replaces the entry of its (kind, key) whole. Each entry has one writer at a time (the
+    replica an adapter's current registration call went through, or the replica the entry
+    describes); nothing is read-modify-write. Durable when the call returns.
+    """
+
+    DeleteRegistryEntry: _ExecutionStoreServiceDeleteRegistryEntryType
+    """DeleteRegistryEntry removes the entry of (kind, key); removing an unknown entry succeeds."""
+
+    ListRegistryEntries: _ExecutionStoreServiceListRegistryEntriesType
+    """ListRegistryEntries returns the entries of one kind in key order, expired ones included
+    (the reader decides by its own clock), one page at a time.
+    """
+
+    PruneRegistryEntries: _ExecutionStoreServicePruneRegistryEntriesType
+    """PruneRegistryEntries removes the entries of one kind that expired before a time."""
+
 ExecutionStoreServiceAsyncStub: typing_extensions.TypeAlias = ExecutionStoreServiceStub[
     grpc.aio.UnaryUnaryMultiCallable[
         dagwire.v1.store_service_pb2.RecordExecutionsRequest,
@@ -667,6 +781,22 @@ ExecutionStoreServiceAsyncStub: typing_extensions.TypeAlias = ExecutionStoreServ
     grpc.aio.UnaryUnaryMultiCallable[
         dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsRequest,
         dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.PutRegistryEntryRequest,
+        dagwire.v1.store_service_pb2.PutRegistryEntryResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.DeleteRegistryEntryRequest,
+        dagwire.v1.store_service_pb2.DeleteRegistryEntryResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.ListRegistryEntriesRequest,
+        dagwire.v1.store_service_pb2.ListRegistryEntriesResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.PruneRegistryEntriesRequest,
+        dagwire.v1.store_service_pb2.PruneRegistryEntriesResponse,
     ],
 ]
 
@@ -799,5 +929,43 @@ class ExecutionStoreServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.BatchGetRunCancelRequestsResponse]]:
         """BatchGetRunCancelRequests returns which of the given runs have a cancellation request."""
+
+    @abc.abstractmethod
+    def PutRegistryEntry(
+        self,
+        request: dagwire.v1.store_service_pb2.PutRegistryEntryRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dagwire.v1.store_service_pb2.PutRegistryEntryResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.PutRegistryEntryResponse]]:
+        """PutRegistryEntry inserts an entry of the registry that dispatcher replicas share, or
+        replaces the entry of its (kind, key) whole. Each entry has one writer at a time (the
+        replica an adapter's current registration call went through, or the replica the entry
+        describes); nothing is read-modify-write. Durable when the call returns.
+        """
+
+    @abc.abstractmethod
+    def DeleteRegistryEntry(
+        self,
+        request: dagwire.v1.store_service_pb2.DeleteRegistryEntryRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dagwire.v1.store_service_pb2.DeleteRegistryEntryResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.DeleteRegistryEntryResponse]]:
+        """DeleteRegistryEntry removes the entry of (kind, key); removing an unknown entry succeeds."""
+
+    @abc.abstractmethod
+    def ListRegistryEntries(
+        self,
+        request: dagwire.v1.store_service_pb2.ListRegistryEntriesRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dagwire.v1.store_service_pb2.ListRegistryEntriesResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.ListRegistryEntriesResponse]]:
+        """ListRegistryEntries returns the entries of one kind in key order, expired ones included
+        (the reader decides by its own clock), one page at a time.
+        """
+
+    @abc.abstractmethod
+    def PruneRegistryEntries(
+        self,
+        request: dagwire.v1.store_service_pb2.PruneRegistryEntriesRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dagwire.v1.store_service_pb2.PruneRegistryEntriesResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.PruneRegistryEntriesResponse]]:
+        """PruneRegistryEntries removes the entries of one kind that expired before a time."""
 
 def add_ExecutionStoreServiceServicer_to_server(servicer: ExecutionStoreServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 
 from dagwire.rpc.adapter_client import AdapterPool
 from dagwire.rpc.logs import setup_logging
-from dagwire.rpc.serve import run_server, serve_main
+from dagwire.rpc.serve import Closeable, run_server, serve_main
 from dagwire.rpc.settings import DispatcherSettings, process_settings
+from dagwire.rpc.store_client import RemoteExecutionStore
 from dagwire.runtime.routing import AdapterRegistry
+from dagwire.runtime.shared_registry import SharedRegistry
 from dagwire_services.dispatcher.servicer import dispatcher_services
 
 __all__ = ["build_pool", "main", "serve"]
@@ -45,14 +47,29 @@ async def serve(settings: DispatcherSettings) -> None:
         ListenError: the listen address cannot be bound.
     """
     pool = build_pool(settings)
+    shared: SharedRegistry | None = None
+    resources: list[Closeable] = [pool]
+    if settings.store_addr:
+        store = RemoteExecutionStore(
+            settings.store_addr, max_message_bytes=settings.max_message_bytes
+        )
+        shared = SharedRegistry(
+            pool.registry, store, refresh_seconds=settings.registry_refresh_seconds
+        )
+        resources = [shared, pool, store]
     await pool.start()
+    if shared is not None:
+        shared.start()
     await run_server(
         settings,
-        dispatcher_services(pool),
+        dispatcher_services(pool, shared),
         process="dispatcher",
         address=settings.listen_addr,
-        resources=[pool],
-        extra_log={"static_adapters": len(settings.static_adapters)},
+        resources=resources,
+        extra_log={
+            "static_adapters": len(settings.static_adapters),
+            "shared_registry": bool(shared),
+        },
     )
 
 

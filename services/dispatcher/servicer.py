@@ -21,6 +21,7 @@ from dagwire.rpc.serve import Service
 from dagwire.rpc.status import InvalidArgumentError
 from dagwire.rpc.uploads import check_required
 from dagwire.runtime.routing import AdapterInstance, AdapterRegistry
+from dagwire.runtime.shared_registry import SharedRegistry
 from dagwire.v1 import dispatcher_service_pb2, dispatcher_service_pb2_grpc
 from dagwire.v1.dispatcher_service_pb2 import (
     ADAPTER_HEALTH_HEALTHY,
@@ -73,11 +74,13 @@ def check_adapter_address(address: str, field: str = "address") -> str:
 
 
 class DispatcherServicer(dispatcher_service_pb2_grpc.DispatcherServiceServicer):
-    """`DispatcherService` over an `AdapterRegistry` and an `AdapterPool`."""
+    """`DispatcherService` over an `AdapterRegistry` and an `AdapterPool`; with a
+    `SharedRegistry`, registrations go through the store (docs/registry.md)."""
 
-    def __init__(self, pool: AdapterPool) -> None:
+    def __init__(self, pool: AdapterPool, shared: SharedRegistry | None = None) -> None:
         self._pool = pool
         self._registry: AdapterRegistry = pool.registry
+        self._shared = shared
 
     async def Dispatch(self, request: DispatchRequest, context: Context) -> DispatchResponse:
         trace_id = request.trace_id or str(current_context().get("trace_id", ""))
@@ -100,13 +103,22 @@ class DispatcherServicer(dispatcher_service_pb2_grpc.DispatcherServiceServicer):
             raise InvalidArgumentError(
                 f"capacity must be at least 1, got {request.capacity}", field="capacity"
             )
-        self._registry.register(instance_id, address, request.agents, request.capacity)
+        if self._shared is not None:
+            await self._shared.register(
+                instance_id, address, list(request.agents), request.capacity
+            )
+        else:
+            self._registry.register(instance_id, address, request.agents, request.capacity)
         duration, expires = self._lease()
         return RegisterAdapterResponse(lease_duration=duration, lease_expire_time=expires)
 
     async def Heartbeat(self, request: HeartbeatRequest, context: Context) -> HeartbeatResponse:
         instance_id = check_required(request.instance_id, "instance_id")
-        if self._registry.heartbeat(instance_id) is None:
+        if self._shared is not None:
+            found = await self._shared.heartbeat(instance_id)
+        else:
+            found = self._registry.heartbeat(instance_id)
+        if found is None:
             raise NotFoundError(
                 f"adapter instance {instance_id!r} is not registered (its lease expired, or "
                 "the dispatcher restarted): register again",
@@ -119,7 +131,11 @@ class DispatcherServicer(dispatcher_service_pb2_grpc.DispatcherServiceServicer):
     async def DeregisterAdapter(
         self, request: DeregisterAdapterRequest, context: Context
     ) -> DeregisterAdapterResponse:
-        self._registry.deregister(check_required(request.instance_id, "instance_id"))
+        instance_id = check_required(request.instance_id, "instance_id")
+        if self._shared is not None:
+            await self._shared.deregister(instance_id)
+        else:
+            self._registry.deregister(instance_id)
         return DeregisterAdapterResponse()
 
     async def ListAdapters(
@@ -141,7 +157,14 @@ class DispatcherServicer(dispatcher_service_pb2_grpc.DispatcherServiceServicer):
             if len(instances) > size
             else ""
         )
-        return ListAdaptersResponse(adapters=[_instance(i) for i in page], next_page_token=token)
+        shared = self._shared
+        return ListAdaptersResponse(
+            adapters=[
+                _instance(i, shared.reported_in_flight(i.instance_id) if shared else 0)
+                for i in page
+            ],
+            next_page_token=token,
+        )
 
     def _lease(self) -> tuple[duration_pb2.Duration, Any]:
         seconds = self._registry.lease_seconds
@@ -150,13 +173,15 @@ class DispatcherServicer(dispatcher_service_pb2_grpc.DispatcherServiceServicer):
         return duration, datetime_to_proto(utc_now() + timedelta(seconds=seconds))
 
 
-def _instance(instance: AdapterInstance) -> AdapterInstanceMessage:
+def _instance(instance: AdapterInstance, elsewhere: int = 0) -> AdapterInstanceMessage:
+    """The wire form of an instance; `elsewhere`: calls other replicas last reported in
+    flight on it (added to this replica's own)."""
     message = AdapterInstanceMessage(
         instance_id=instance.instance_id,
         address=instance.address,
         agents=sorted(instance.agent_keys),
         capacity=instance.capacity,
-        in_flight=instance.in_flight,
+        in_flight=instance.in_flight + elsewhere,
         health=ADAPTER_HEALTH_HEALTHY if instance.healthy else ADAPTER_HEALTH_UNHEALTHY,
     )
     if not instance.static:
@@ -168,15 +193,16 @@ def _instance(instance: AdapterInstance) -> AdapterInstanceMessage:
     return message
 
 
-def dispatcher_services(pool: AdapterPool) -> list[Service]:
+def dispatcher_services(pool: AdapterPool, shared: SharedRegistry | None = None) -> list[Service]:
     """The dispatcher's gRPC service over `pool`.
 
     Args:
         pool: the adapter pool (with its registry).
+        shared: the registry shared with other replicas through the store, if any.
 
     Returns:
         Services for `dagwire.rpc.serve.start_server`/`run_server`.
     """
     name = dispatcher_service_pb2.DESCRIPTOR.services_by_name["DispatcherService"].full_name
     add = dispatcher_service_pb2_grpc.add_DispatcherServiceServicer_to_server
-    return [Service(name, partial(add, DispatcherServicer(pool)))]
+    return [Service(name, partial(add, DispatcherServicer(pool, shared)))]

@@ -13,10 +13,12 @@ import grpc.aio
 
 from dagwire.errors import NotFoundError
 from dagwire.limits import ARTIFACT_CHUNK_BYTES
-from dagwire.models import Artifact, RunEventRecord, without_details
+from dagwire.models import Artifact, RegistryEntry, RunEventRecord, without_details
 from dagwire.rpc.convert import (
     artifact_from_proto,
     artifact_to_proto,
+    datetime_from_proto,
+    datetime_to_proto,
     execution_record_from_proto,
     execution_record_to_proto,
     run_from_proto,
@@ -41,6 +43,7 @@ from dagwire.stores.base import (
     PagedExecutionStore,
     RecordKey,
     RunLedger,
+    ServiceRegistry,
     record_key,
 )
 from dagwire.v1 import common_pb2, store_service_pb2, store_service_pb2_grpc
@@ -53,6 +56,8 @@ from dagwire.v1.store_service_pb2 import (
     ClaimRunLeaseResponse,
     CreateRunRecordRequest,
     CreateRunRecordResponse,
+    DeleteRegistryEntryRequest,
+    DeleteRegistryEntryResponse,
     GetArtifactRequest,
     GetArtifactResponse,
     GetRunLeaseClaimRequest,
@@ -63,11 +68,17 @@ from dagwire.v1.store_service_pb2 import (
     ListArtifactsResponse,
     ListExecutionRecordsRequest,
     ListExecutionRecordsResponse,
+    ListRegistryEntriesRequest,
+    ListRegistryEntriesResponse,
     ListRunRecordsRequest,
     ListRunRecordsResponse,
     OutcomeResult,
+    PruneRegistryEntriesRequest,
+    PruneRegistryEntriesResponse,
     PutArtifactRequest,
     PutArtifactResponse,
+    PutRegistryEntryRequest,
+    PutRegistryEntryResponse,
     ReadRunEventsRequest,
     ReadRunEventsResponse,
     RecordExecutionsRequest,
@@ -82,6 +93,7 @@ from dagwire.v1.store_service_pb2 import (
     StatArtifactResponse,
     StoredRunEvent,
 )
+from dagwire.v1.store_service_pb2 import RegistryEntry as RegistryEntryMessage
 
 __all__ = ["ArtifactStoreServicer", "ExecutionStoreServicer", "store_services"]
 
@@ -425,6 +437,91 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
             raise InvalidArgumentError("at most 1000 run_ids per call", field="run_ids")
         found = await self._ledger().cancel_requests(list(request.run_ids))
         return BatchGetRunCancelRequestsResponse(run_ids=sorted(found))
+
+    # ------------------------------------------------------------------ service registry
+
+    def _registry(self) -> ServiceRegistry:
+        if not isinstance(self._store, ServiceRegistry):
+            raise InvalidArgumentError(
+                "this store service's execution store keeps no service registry", field="store"
+            )
+        return self._store
+
+    async def PutRegistryEntry(
+        self, request: PutRegistryEntryRequest, context: Context
+    ) -> PutRegistryEntryResponse:
+        if not request.HasField("entry"):
+            raise InvalidArgumentError("entry is required", field="entry")
+        await self._registry().put_entry(registry_entry_from_proto(request.entry))
+        return PutRegistryEntryResponse()
+
+    async def DeleteRegistryEntry(
+        self, request: DeleteRegistryEntryRequest, context: Context
+    ) -> DeleteRegistryEntryResponse:
+        kind = check_required(request.kind, "kind")
+        await self._registry().delete_entry(kind, check_required(request.key, "key"))
+        return DeleteRegistryEntryResponse()
+
+    async def ListRegistryEntries(
+        self, request: ListRegistryEntriesRequest, context: Context
+    ) -> ListRegistryEntriesResponse:
+        kind = check_required(request.kind, "kind")
+        if request.page_size < 0:
+            raise InvalidArgumentError("page_size must not be negative", field="page_size")
+        size = min(request.page_size or 1000, 1000)
+        after = (
+            decode_page_token(request.page_token, "registry", kind) if request.page_token else ""
+        )
+        if not isinstance(after, str):
+            raise InvalidArgumentError("page_token is not valid", field="page_token")
+        entries = await self._registry().list_entries(kind, after=after, limit=size + 1)
+        page = entries[:size]
+        token = encode_page_token("registry", kind, page[-1].key) if len(entries) > size else ""
+        return ListRegistryEntriesResponse(
+            entries=[registry_entry_to_proto(e) for e in page], next_page_token=token
+        )
+
+    async def PruneRegistryEntries(
+        self, request: PruneRegistryEntriesRequest, context: Context
+    ) -> PruneRegistryEntriesResponse:
+        kind = check_required(request.kind, "kind")
+        if not request.HasField("expired_before"):
+            raise InvalidArgumentError("expired_before is required", field="expired_before")
+        removed = await self._registry().prune_entries(
+            kind, datetime_from_proto(request.expired_before)
+        )
+        return PruneRegistryEntriesResponse(removed=removed)
+
+
+def registry_entry_to_proto(entry: RegistryEntry) -> RegistryEntryMessage:
+    """The wire form of a registry entry."""
+    return RegistryEntryMessage(
+        kind=entry.kind,
+        key=entry.key,
+        expire_time=datetime_to_proto(entry.expires_at, "expire_time"),
+        data_json=json.dumps(entry.data, ensure_ascii=False),
+    )
+
+
+def registry_entry_from_proto(message: RegistryEntryMessage) -> RegistryEntry:
+    """A registry entry from its wire form.
+
+    Raises:
+        InvalidArgumentError: no kind, key or expire_time, or data_json is not a JSON object.
+    """
+    kind = check_required(message.kind, "entry.kind")
+    key = check_required(message.key, "entry.key")
+    if not message.HasField("expire_time"):
+        raise InvalidArgumentError("entry.expire_time is required", field="entry.expire_time")
+    try:
+        data = json.loads(message.data_json or "{}")
+    except ValueError as exc:
+        raise InvalidArgumentError(
+            f"entry.data_json is not JSON: {exc}", field="entry.data_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidArgumentError("entry.data_json must be a JSON object", field="entry.data_json")
+    return RegistryEntry(kind, key, datetime_from_proto(message.expire_time), data)
 
 
 def _decode_outputs(outputs: Any) -> list[Artifact]:

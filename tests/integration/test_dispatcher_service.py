@@ -295,6 +295,40 @@ async def test_capacity_is_respected_and_queued_calls_run_in_arrival_order(
     assert [r[0].content for r in results] == [f"t{n}".encode() for n in range(6)]
 
 
+async def test_re_registering_an_instance_while_calls_are_in_flight_leaks_no_slot(
+    dispatcher: Dispatcher, adapters: Any
+) -> None:
+    gate = Gate()
+    server = await adapters({"gate": gate}, capacity=2)
+    slow = [
+        asyncio.create_task(
+            dispatcher.client.dispatch(
+                TaskNode(id=f"s{n}", agent="gate", params={"seconds": 0.5}), [], "t"
+            )
+        )
+        for n in range(2)
+    ]
+    await until(lambda: _running(gate, 2))
+    # the adapter registers again under its id (say, after its dispatcher lost it) mid-call
+    await dispatcher.client.register_adapter(server.instance_id, server.address, ["gate"], 2)
+    await asyncio.gather(*slow)
+    listed = await dispatcher.client.list_adapters()
+    assert [i.in_flight for i in listed] == [0]
+    gate.most = 0
+    again = [
+        dispatcher.client.dispatch(
+            TaskNode(id=f"a{n}", agent="gate", params={"seconds": 0.3}), [], "t"
+        )
+        for n in range(2)
+    ]
+    await asyncio.wait_for(asyncio.gather(*again), 10)
+    assert gate.most == 2  # both slots are usable again
+
+
+async def _running(gate: Gate, count: int) -> bool:
+    return gate.running >= count
+
+
 async def test_queue_time_does_not_count_against_the_attempt_timeout(
     dispatcher: Dispatcher, adapters: Any
 ) -> None:

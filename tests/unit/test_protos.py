@@ -69,6 +69,10 @@ EXPECTED_RPCS: dict[str, dict[str, tuple[bool, bool]]] = {
         "ReadRunEvents": (False, False),
         "RequestRunCancel": (False, False),
         "BatchGetRunCancelRequests": (False, False),
+        "PutRegistryEntry": (False, False),
+        "DeleteRegistryEntry": (False, False),
+        "ListRegistryEntries": (False, False),
+        "PruneRegistryEntries": (False, False),
     },
     "AgentAdapterService": {
         "Execute": (False, False),
@@ -147,7 +151,7 @@ def test_every_service_name_ends_in_service() -> None:
 def test_every_list_rpc_pages_with_size_token_and_next_token() -> None:
     list_methods = [m for s in _services().values() for m in s.methods if m.name.startswith("List")]
 
-    assert len(list_methods) == 5
+    assert len(list_methods) == 6
     for method in list_methods:
         request = method.input_type.fields_by_name
         assert request["page_size"].type == request["page_size"].TYPE_INT32, method.name

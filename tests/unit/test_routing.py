@@ -132,6 +132,18 @@ async def test_re_registering_keeps_the_in_flight_count() -> None:
     assert registry.serves("upper")
 
 
+async def test_re_registering_while_calls_are_in_flight_gives_their_slots_back() -> None:
+    registry = AdapterRegistry()
+    registry.register("a", "127.0.0.1:1", ["echo"], capacity=2)
+    held = [await registry.acquire("echo"), await registry.acquire("echo")]
+    registry.register("a", "127.0.0.1:1", ["echo"], capacity=2)  # say, after a lost lease
+    for instance in held:
+        registry.release(instance)  # the calls in flight finish after the re-registration
+    assert [i.in_flight for i in registry.instances("echo")] == [0]
+    again = [await asyncio.wait_for(registry.acquire("echo"), 1) for _ in range(2)]
+    assert {i.instance_id for i in again} == {"a"}
+
+
 async def test_cancelled_waiter_gives_up_its_place() -> None:
     registry = AdapterRegistry()
     only = registry.register("only", "127.0.0.1:1", ["echo"], capacity=1)
