@@ -1,6 +1,6 @@
 """Where the CLI finds each service: a flag, else its `DAGWIRE_*_ADDR` variable, else loopback.
 
-Defaults and validation come from `dagwire.rpc.settings.ClientSettings`, so the CLI and the
+Defaults and validation come from `dagwire.settings.ClientSettings`, so the CLI and the
 services agree on every address.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from dagwire.rpc.settings import ClientSettings
+from dagwire.settings import ClientSettings
 from dagwire_cli.errors import Target
 
 __all__ = [

@@ -38,8 +38,8 @@ from pydantic import ValidationError
 
 from dagwire.errors import DagwireError
 from dagwire.rpc.channels import client_channel
-from dagwire.rpc.settings import DEFAULT_PORTS, SettingsError, StorageSettings
-from dagwire.rpc.storage import build_artifact_store, describe_storage
+from dagwire.settings import DEFAULT_PORTS, SettingsError, StorageSettings
+from dagwire.stores.factory import build_artifact_store, describe_storage
 from dagwire.v1 import dispatcher_service_pb2 as dpb
 from dagwire.v1 import dispatcher_service_pb2_grpc as dpb_grpc
 

@@ -22,17 +22,6 @@ if TYPE_CHECKING:
         serve_main,
         start_server,
     )
-    from dagwire.rpc.settings import (
-        AdapterSettings,
-        ClientSettings,
-        CommonSettings,
-        DispatcherSettings,
-        OrchestratorSettings,
-        SettingsError,
-        StorageSettings,
-        StoreSettings,
-        load_settings,
-    )
     from dagwire.rpc.status import (
         TRACE_ID_KEY,
         InvalidArgumentError,
@@ -42,7 +31,6 @@ if TYPE_CHECKING:
         status_from_error,
         trace_metadata,
     )
-    from dagwire.rpc.storage import build_artifact_store, build_execution_store, describe_storage
     from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
 
 _LAZY = {
@@ -58,15 +46,6 @@ _LAZY = {
     "run_server": "dagwire.rpc.serve",
     "serve_main": "dagwire.rpc.serve",
     "start_server": "dagwire.rpc.serve",
-    "AdapterSettings": "dagwire.rpc.settings",
-    "ClientSettings": "dagwire.rpc.settings",
-    "CommonSettings": "dagwire.rpc.settings",
-    "DispatcherSettings": "dagwire.rpc.settings",
-    "OrchestratorSettings": "dagwire.rpc.settings",
-    "SettingsError": "dagwire.rpc.settings",
-    "StorageSettings": "dagwire.rpc.settings",
-    "StoreSettings": "dagwire.rpc.settings",
-    "load_settings": "dagwire.rpc.settings",
     "TRACE_ID_KEY": "dagwire.rpc.status",
     "InvalidArgumentError": "dagwire.rpc.status",
     "RemoteError": "dagwire.rpc.status",
@@ -74,25 +53,12 @@ _LAZY = {
     "error_from_rpc": "dagwire.rpc.status",
     "status_from_error": "dagwire.rpc.status",
     "trace_metadata": "dagwire.rpc.status",
-    "build_artifact_store": "dagwire.rpc.storage",
-    "build_execution_store": "dagwire.rpc.storage",
-    "describe_storage": "dagwire.rpc.storage",
     "RemoteArtifactStore": "dagwire.rpc.store_client",
     "RemoteExecutionStore": "dagwire.rpc.store_client",
 }
 
 
 __all__ = [  # noqa: RUF022  (grouped by topic, as in Temporal's __init__ files)
-    # settings
-    "AdapterSettings",
-    "ClientSettings",
-    "CommonSettings",
-    "DispatcherSettings",
-    "OrchestratorSettings",
-    "SettingsError",
-    "StorageSettings",
-    "StoreSettings",
-    "load_settings",
     # logging
     "bind",
     "bound",
@@ -115,12 +81,9 @@ __all__ = [  # noqa: RUF022  (grouped by topic, as in Temporal's __init__ files)
     "error_from_rpc",
     "status_from_error",
     "trace_metadata",
-    # storage backends and the store service's clients
+    # the store service's clients
     "RemoteArtifactStore",
     "RemoteExecutionStore",
-    "build_artifact_store",
-    "build_execution_store",
-    "describe_storage",
 ]
 
 

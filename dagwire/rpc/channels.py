@@ -43,7 +43,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES, check_target
+from dagwire.settings import DEFAULT_MAX_MESSAGE_BYTES, check_target
 
 __all__ = [
     "KEEPALIVE_OPTIONS",

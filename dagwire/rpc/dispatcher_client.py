@@ -21,8 +21,8 @@ from dagwire.rpc.adapter_client import current_run_id, input_to_proto, output_fr
 from dagwire.rpc.channels import client_channel
 from dagwire.rpc.convert import datetime_from_proto
 from dagwire.rpc.paging import MAX_PAGE_SIZE
-from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES
 from dagwire.rpc.status import error_from_rpc, trace_metadata
+from dagwire.settings import DEFAULT_MAX_MESSAGE_BYTES
 from dagwire.v1 import dispatcher_service_pb2 as pb
 from dagwire.v1 import dispatcher_service_pb2_grpc as pb_grpc
 

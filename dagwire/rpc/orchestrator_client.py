@@ -25,9 +25,9 @@ from dagwire.rpc.convert import (
     run_status_to_proto,
     run_summary_from_proto,
 )
-from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES
 from dagwire.rpc.status import error_from_rpc, trace_metadata
 from dagwire.runtime.events import RunEvent, RunEventKind
+from dagwire.settings import DEFAULT_MAX_MESSAGE_BYTES
 from dagwire.v1 import common_pb2
 from dagwire.v1 import orchestrator_service_pb2 as pb
 from dagwire.v1 import orchestrator_service_pb2_grpc as pb_grpc

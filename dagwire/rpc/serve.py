@@ -18,8 +18,8 @@ from grpc_reflection.v1alpha import reflection
 
 from dagwire.errors import DagwireError
 from dagwire.rpc.channels import KEEPALIVE_OPTIONS, channel_options, client_channel
-from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES, CommonSettings, SettingsError
 from dagwire.rpc.status import StatusInterceptor
+from dagwire.settings import DEFAULT_MAX_MESSAGE_BYTES, CommonSettings, SettingsError
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS",

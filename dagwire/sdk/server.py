@@ -20,10 +20,10 @@ from dagwire.rpc.serve import (
     serve_main,
     start_server,
 )
-from dagwire.rpc.settings import AdapterSettings, process_settings
 from dagwire.sdk.artifacts import Agent
 from dagwire.sdk.registration import Registration, advertised_address
 from dagwire.sdk.servicer import INLINE_LIMIT, AgentAdapterServicer
+from dagwire.settings import AdapterSettings, process_settings
 from dagwire.v1 import adapter_service_pb2, adapter_service_pb2_grpc
 
 __all__ = ["DEFAULT_CAPACITY", "INLINE_LIMIT", "AdapterServer", "serve"]

@@ -18,10 +18,10 @@ from dagwire.limits import WIRE_INLINE_OUTPUT_BYTES
 from dagwire.models import Artifact, TaskNode
 from dagwire.rpc.convert import artifact_from_proto, artifact_to_proto
 from dagwire.rpc.logs import bound, current_context
-from dagwire.rpc.settings import DEFAULT_MAX_MESSAGE_BYTES
 from dagwire.rpc.status import InvalidArgumentError, RemoteError
 from dagwire.rpc.store_client import RemoteArtifactStore
 from dagwire.sdk.artifacts import Agent, StreamedArtifact
+from dagwire.settings import DEFAULT_MAX_MESSAGE_BYTES
 from dagwire.v1 import adapter_service_pb2_grpc, common_pb2
 from dagwire.v1.adapter_service_pb2 import (
     DescribeRequest,

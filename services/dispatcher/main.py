@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dagwire.rpc.adapter_client import AdapterPool
 from dagwire.rpc.logs import setup_logging
 from dagwire.rpc.serve import Closeable, run_server, serve_main
-from dagwire.rpc.settings import DispatcherSettings, process_settings
 from dagwire.rpc.store_client import RemoteExecutionStore
 from dagwire.runtime.routing import AdapterRegistry
 from dagwire.runtime.shared_registry import SharedRegistry
+from dagwire.settings import DispatcherSettings, process_settings
+from dagwire_services.dispatcher.pool import AdapterPool
 from dagwire_services.dispatcher.servicer import dispatcher_services
 
 __all__ = ["build_pool", "main", "serve"]

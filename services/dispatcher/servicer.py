@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2
 
 from dagwire.errors import NotFoundError
 from dagwire.models import utc_now
-from dagwire.rpc.adapter_client import AdapterCallError, AdapterPool
+from dagwire.rpc.adapter_client import AdapterCallError
 from dagwire.rpc.convert import datetime_to_proto
 from dagwire.rpc.logs import current_context
 from dagwire.rpc.paging import decode_page_token, encode_page_token, page_size
@@ -40,6 +40,7 @@ from dagwire.v1.dispatcher_service_pb2 import (
 from dagwire.v1.dispatcher_service_pb2 import (
     AdapterInstance as AdapterInstanceMessage,
 )
+from dagwire_services.dispatcher.pool import AdapterPool
 
 __all__ = ["DispatcherServicer", "check_adapter_address", "dispatcher_services"]
 

@@ -14,10 +14,10 @@ from dagwire.models import RunRecord
 from dagwire.rpc.channels import client_channel
 from dagwire.rpc.logs import bind, setup_logging
 from dagwire.rpc.serve import RunningServer, serve_main, start_server
-from dagwire.rpc.settings import OrchestratorSettings, process_settings
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
 from dagwire.runtime.dispatcher import TaskDispatcher
 from dagwire.runtime.orchestrator import Orchestrator
+from dagwire.settings import OrchestratorSettings, process_settings
 from dagwire_services.orchestrator.servicer import orchestrator_services
 
 __all__ = ["OrchestratorService", "main", "serve"]

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from dagwire.rpc.logs import setup_logging
 from dagwire.rpc.serve import run_server, serve_main
-from dagwire.rpc.settings import StoreSettings, process_settings
-from dagwire.rpc.storage import build_artifact_store, build_execution_store, describe_storage
+from dagwire.settings import StoreSettings, process_settings
 from dagwire.stores.base import StaleUploadSweeper
+from dagwire.stores.factory import build_artifact_store, build_execution_store, describe_storage
 from dagwire_services.store.memory import tune_allocator
 from dagwire_services.store.servicer import store_services
 

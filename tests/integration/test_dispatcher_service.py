@@ -29,16 +29,16 @@ from dagwire.errors import (
     NotFoundError,
 )
 from dagwire.models import Artifact, TaskNode
-from dagwire.rpc.adapter_client import AdapterPool
 from dagwire.rpc.dispatcher_client import RemoteDispatcher
 from dagwire.rpc.serve import RunningServer, start_server
-from dagwire.rpc.settings import AdapterSettings, DispatcherSettings
 from dagwire.rpc.status import InvalidArgumentError, RemoteError
 from dagwire.sdk import AdapterServer, StreamedArtifact
+from dagwire.settings import AdapterSettings, DispatcherSettings
 from dagwire.v1 import dispatcher_service_pb2 as pb
 from dagwire.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from dagwire_services.adapters.toolbox.servicer import toolbox_agents
 from dagwire_services.dispatcher.main import build_pool
+from dagwire_services.dispatcher.pool import AdapterPool
 from dagwire_services.dispatcher.servicer import dispatcher_services
 from tests.servers import REPO_ROOT, find_free_port, stop_process
 

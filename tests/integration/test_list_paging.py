@@ -16,9 +16,9 @@ import pytest
 from dagwire.limits import DEFAULT_MAX_MESSAGE_BYTES, PAGE_BYTE_BUDGET
 from dagwire.models import NodeSummary, RunRecord, RunStatus, TaskStatus, utc_now
 from dagwire.rpc.orchestrator_client import OrchestratorClient
-from dagwire.rpc.settings import OrchestratorSettings
 from dagwire.rpc.store_client import RemoteExecutionStore
 from dagwire.runtime import Dispatcher
+from dagwire.settings import OrchestratorSettings
 from dagwire_services.orchestrator.main import OrchestratorService
 from tests.stack import Proc, free_address
 

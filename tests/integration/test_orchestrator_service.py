@@ -46,10 +46,10 @@ from dagwire.models import (
     utc_now,
 )
 from dagwire.rpc.orchestrator_client import OrchestratorClient
-from dagwire.rpc.settings import OrchestratorSettings
 from dagwire.rpc.status import InvalidArgumentError
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
 from dagwire.runtime import Dispatcher, Orchestrator, RunEventKind
+from dagwire.settings import OrchestratorSettings
 from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
 from dagwire.toolbox import SleepAgent, toolbox_adapters
 from dagwire.v1 import orchestrator_service_pb2 as pb

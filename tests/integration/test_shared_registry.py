@@ -18,8 +18,8 @@ import pytest
 
 from dagwire.models import Artifact, TaskNode
 from dagwire.rpc.dispatcher_client import RemoteDispatcher
-from dagwire.rpc.settings import AdapterSettings
 from dagwire.sdk import AdapterServer
+from dagwire.settings import AdapterSettings
 from tests.stack import Proc, free_address, start_all, start_toolbox, until, wait_adapters
 
 

@@ -13,9 +13,9 @@ from pymongo import AsyncMongoClient
 
 from dagwire.models import Artifact, ExecutionRecord, TaskStatus, utc_now
 from dagwire.rpc.serve import RunningServer, start_server
-from dagwire.rpc.settings import StoreSettings, load_settings
-from dagwire.rpc.storage import build_artifact_store, describe_storage
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
+from dagwire.settings import StoreSettings, load_settings
+from dagwire.stores.factory import build_artifact_store, describe_storage
 from dagwire.stores.mongo import MongoExecutionStore
 from dagwire.stores.s3 import S3ArtifactStore
 from dagwire.stores.tiered import INLINE_LIMIT, TieredArtifactStore

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dagwire.rpc.settings import (
+from dagwire.settings import (
     DEFAULT_PORTS,
     AdapterSettings,
     CommonSettings,

@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 import dagwire.limits as limits
-from dagwire.rpc import dispatcher_client, paging, settings, store_client
+from dagwire import settings
+from dagwire.rpc import dispatcher_client, paging, store_client
 from dagwire.runtime import _attempts
 from dagwire.sdk import servicer as sdk_servicer
 from dagwire.stores import _artifacts, _files, s3, tiered

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dagwire.rpc.settings import (
+from dagwire.settings import (
     AdapterSettings,
     ClientSettings,
     DispatcherSettings,
@@ -16,7 +16,7 @@ from dagwire.rpc.settings import (
     load_settings,
     settings_parser,
 )
-from dagwire.rpc.storage import build_artifact_store, build_execution_store, describe_storage
+from dagwire.stores.factory import build_artifact_store, build_execution_store, describe_storage
 from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
 
 

@@ -21,10 +21,10 @@ from dagwire.errors import (
 from dagwire.models import Artifact, TaskNode
 from dagwire.rpc.adapter_client import AdapterCallError, AdapterClient
 from dagwire.rpc.serve import RunningServer, start_server
-from dagwire.rpc.settings import AdapterSettings
 from dagwire.rpc.status import RemoteError
 from dagwire.rpc.store_client import RemoteArtifactStore
 from dagwire.sdk import AdapterServer, StreamedArtifact, advertised_address
+from dagwire.settings import AdapterSettings
 from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
 from dagwire.toolbox import EchoAgent
 from dagwire_services.store.servicer import store_services

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
 from dagwire.rpc.channels import RETRY_SAFE_METHODS, client_channel, service_config
-from dagwire.rpc.settings import (
+from dagwire.settings import (
     AdapterSettings,
     ClientSettings,
     DispatcherSettings,

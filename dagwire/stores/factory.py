@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, cast
 
-from dagwire.rpc.settings import SettingsError, StorageSettings
+from dagwire.settings import SettingsError, StorageSettings
 from dagwire.stores.base import ArtifactStore, ExecutionStore
 
 __all__ = ["build_artifact_store", "build_execution_store", "describe_storage"]
