@@ -260,6 +260,19 @@ class _Stack:
         return out
 
 
+async def wait_registered(dispatcher: _Service, toolbox: _Service, within: float = 30) -> None:
+    """Wait until the toolbox's `echo` is registered with the dispatcher."""
+    registry = RemoteDispatcher(dispatcher.address)
+    try:
+        deadline = time.monotonic() + within
+        while not await registry.list_adapters(agent="echo"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the toolbox never registered:\n{toolbox.log_tail()}")
+            await asyncio.sleep(0.1)
+    finally:
+        await registry.aclose()
+
+
 @contextlib.asynccontextmanager
 async def _stack(backend: _Backend, log_dir: Path) -> AsyncIterator[_Stack]:
     store = _Service("store", "dagwire_services.store", [], log_dir, env=backend.store_env)
@@ -277,15 +290,7 @@ async def _stack(backend: _Backend, log_dir: Path) -> AsyncIterator[_Stack]:
         await asyncio.gather(store.wait_serving(), dispatcher.wait_serving())
         toolbox.start()
         await toolbox.wait_serving()
-        registry = RemoteDispatcher(dispatcher.address)
-        try:
-            deadline = time.monotonic() + 30
-            while not await registry.list_adapters(agent="echo"):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the toolbox never registered:\n{toolbox.log_tail()}")
-                await asyncio.sleep(0.1)
-        finally:
-            await registry.aclose()
+        await wait_registered(dispatcher, toolbox)
         yield stack
     finally:
         for service in [*stack.orchestrators, toolbox, dispatcher, store]:

@@ -28,10 +28,9 @@ from typing import Any
 
 import psutil
 
-from bench.full_stack import _backend, _Service
+from bench.full_stack import _backend, _Service, wait_registered
 from bench.table import print_table
 from dagwire.models import RunStatus
-from dagwire.rpc.dispatcher_client import RemoteDispatcher
 from dagwire.rpc.orchestrator_client import OrchestratorClient
 from dagwire.runtime.events import RunEventKind
 
@@ -104,15 +103,7 @@ async def _replicated(store_env: dict[str, str], log_dir: Path) -> AsyncIterator
         for service in [toolbox, *orchestrators]:
             service.start()
         await asyncio.gather(*(s.wait_serving() for s in [toolbox, *orchestrators]))
-        registry = RemoteDispatcher(dispatcher.address)
-        try:
-            deadline = time.monotonic() + 30
-            while not await registry.list_adapters(agent="echo"):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the toolbox never registered:\n{toolbox.log_tail()}")
-                await asyncio.sleep(0.1)
-        finally:
-            await registry.aclose()
+        await wait_registered(dispatcher, toolbox)
         yield stack
     finally:
         for service in stack.services:
