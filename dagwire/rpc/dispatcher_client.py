@@ -170,7 +170,11 @@ class RemoteDispatcher:
                 exc.details() or exc.code().name,
                 extra={"run_id": request.run_id, "node_id": task.id, "attempt": task.attempt},
             )
-            response = await self._call(self._api.Dispatch(request, metadata=metadata))
+            # wait_for_ready: a replica that is (re)connecting takes it, rather than a fast
+            # UNAVAILABLE while no replica is ready (the run's cancellation still ends the wait)
+            response = await self._call(
+                self._api.Dispatch(request, metadata=metadata, wait_for_ready=True)
+            )
         return [output_from_proto(a) for a in response.output_artifacts]
 
     def _input(self, artifact: Artifact) -> Any:
