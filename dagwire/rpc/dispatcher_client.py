@@ -84,7 +84,8 @@ class RemoteDispatcher:
         """Describe the client; does no I/O.
 
         Args:
-            address: ``host:port`` of the dispatcher service.
+            address: a gRPC target of the dispatcher service (``host:port``, ``dns:///name:port``,
+                ``ipv4:A:P,B:P``; see docs/targets.md).
             store_address: the store service holding referenced inputs ("" = the adapter's
                 own configured store).
             channel: an existing channel to use instead of opening one (borrowed).
