@@ -85,7 +85,8 @@ class RemoteDispatcher:
         """Describe the client; does no I/O.
 
         Args:
-            address: ``host:port`` of the dispatcher service.
+            address: a gRPC target of the dispatcher service (``host:port``, ``dns:///name:port``,
+                ``ipv4:A:P,B:P``; see docs/targets.md).
             store_address: the store service holding referenced inputs ("" = the adapter's
                 own configured store).
             channel: an existing channel to use instead of opening one (borrowed).
@@ -171,7 +172,11 @@ class RemoteDispatcher:
                 exc.details() or exc.code().name,
                 extra={"run_id": request.run_id, "node_id": task.id, "attempt": task.attempt},
             )
-            response = await self._call(self._api.Dispatch(request, metadata=metadata))
+            # wait_for_ready: a replica that is (re)connecting takes it, rather than a fast
+            # UNAVAILABLE while no replica is ready (the run's cancellation still ends the wait)
+            response = await self._call(
+                self._api.Dispatch(request, metadata=metadata, wait_for_ready=True)
+            )
         return [output_from_proto(a) for a in response.output_artifacts]
 
     def _input(self, artifact: Artifact) -> Any:

@@ -67,7 +67,8 @@ class OrchestratorClient:
     `OrchestratorUnavailableError` when the service cannot be reached.
 
     Args:
-        address: ``host:port`` of the orchestrator service.
+        address: a gRPC target of the orchestrator service (``host:port``, ``dns:///name:port``,
+            ``ipv4:A:P,B:P``; see docs/targets.md).
         channel: an existing channel to use instead of opening one.
         max_message_bytes: the channel's message size limit (when it opens one).
         reconnect_seconds: how long `watch_run` keeps reconnecting after the stream broke

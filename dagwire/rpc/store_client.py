@@ -182,7 +182,8 @@ class RemoteArtifactStore:
         """Describe the client; does no I/O.
 
         Args:
-            address: ``host:port`` of the store service.
+            address: a gRPC target of the store service (``host:port``, ``dns:///name:port``,
+                ``ipv4:A:P,B:P``; see docs/targets.md).
             channel: an existing channel to use instead of opening one.
             max_message_bytes: the channel's message size limit (when it opens one).
             chunk_bytes: upload chunk size (at most the message limit minus headroom).
@@ -396,7 +397,8 @@ class RemoteExecutionStore:
         """Describe the client; does no I/O.
 
         Args:
-            address: ``host:port`` of the store service.
+            address: a gRPC target of the store service (``host:port``, ``dns:///name:port``,
+                ``ipv4:A:P,B:P``; see docs/targets.md).
             channel: an existing channel to use instead of opening one.
             max_message_bytes: the channel's message size limit (when it opens one).
         """

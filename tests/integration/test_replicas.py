@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from dagwire.models import RunStatus
+from dagwire.models import RunStatus, TaskNode
+from dagwire.rpc.dispatcher_client import RemoteDispatcher
 from dagwire.rpc.orchestrator_client import OrchestratorClient
 from dagwire.runtime import RunEvent, RunEventKind
 from tests.servers import REPO_ROOT
@@ -31,6 +32,7 @@ from tests.stack import (
     HELLO,
     Proc,
     collect_events,
+    dispatcher_proc,
     free_address,
     orchestrator_proc,
     start_all,
@@ -243,3 +245,57 @@ async def test_cli_watch_reconnects_to_the_other_replica_when_its_orchestrator_i
         if " succeeded after " in line and not line.startswith("dagwire")
     ]
     assert finished == ["nap", "wake"], stderr
+
+
+async def test_a_dispatch_lost_with_its_dispatcher_is_resent_once_with_the_same_attempt(
+    tmp_path: Path,
+) -> None:
+    store_addr = free_address()
+    store = Proc(
+        "store",
+        ["dagwire_services.store", "--listen-addr", store_addr, "--data-dir", str(tmp_path / "d")],
+        store_addr,
+        tmp_path / "store.log",
+    )
+    first = dispatcher_proc(tmp_path, name="dispatcher-1")
+    procs = [store, first]
+    try:
+        await start_all(store, first)
+        toolbox = await start_toolbox(tmp_path, first.address, store_addr, debug=True)
+        procs.append(toolbox)
+        await wait_adapters(first.address, {toolbox.address})
+        # the second replica routes to the same adapter; it is named but not up yet, so the
+        # first send lands on the first replica
+        second = dispatcher_proc(
+            tmp_path, static_adapters=f"sleep={toolbox.address}", name="dispatcher-2"
+        )
+        procs.append(second)
+        dispatcher = RemoteDispatcher(f"ipv4:{first.address},{second.address}")
+        task = TaskNode(
+            id="nap", agent="sleep", params={"seconds": 2, "text": "rested"}, run_id="run-1"
+        )
+        try:
+            sent = asyncio.create_task(dispatcher.dispatch(task, [], "0" * 32))
+            await until(lambda: _executions(toolbox, "nap", 1))
+            first.stop(signal.SIGKILL)  # mid-call: the re-send waits for the second replica
+            await start_all(second)
+            async with asyncio.timeout(60):
+                (output,) = await sent
+        finally:
+            await dispatcher.aclose()
+        assert output.content == b"rested"
+        executions = await _executions(toolbox, "nap", 2)
+        assert executions == [("run-1", "nap", 1), ("run-1", "nap", 1)]  # same attempt, same key
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+async def _executions(toolbox: Proc, node_id: str, at_least: int) -> list[tuple[str, str, int]]:
+    """The (run, task, attempt) of each call of `node_id` the adapter began (from its log)."""
+    calls = [
+        (line.get("run_id", ""), line.get("node_id", ""), line.get("attempt", 0))
+        for line in toolbox.log_lines()
+        if str(line.get("message", "")).startswith("executing ") and line.get("node_id") == node_id
+    ]
+    return calls if len(calls) >= at_least else []

@@ -61,12 +61,15 @@ func ParseSettings(prog string, args []string, stderr io.Writer) (Settings, erro
 	if fs.NArg() > 0 {
 		return s, fmt.Errorf("unexpected argument %q (settings are flags, see --help)", fs.Arg(0))
 	}
+	if err := dagwire.CheckAddress("--listen-addr/DAGWIRE_LISTEN_ADDR", s.ListenAddr); err != nil {
+		return s, err
+	}
+	// peers may be replicated: any target (docs/targets.md); listen/advertise stay host:port
 	for _, addr := range []struct{ what, value string }{
-		{"--listen-addr/DAGWIRE_LISTEN_ADDR", s.ListenAddr},
 		{"--dispatcher-addr/DAGWIRE_DISPATCHER_ADDR", s.DispatcherAddr},
 		{"--store-addr/DAGWIRE_STORE_ADDR", s.StoreAddr},
 	} {
-		if err := dagwire.CheckAddress(addr.what, addr.value); err != nil {
+		if err := dagwire.CheckTarget(addr.what, addr.value); err != nil {
 			return s, err
 		}
 	}

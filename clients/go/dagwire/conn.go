@@ -6,11 +6,14 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 )
 
 // Default addresses of the services (DESIGN §1), used when no flag or variable names one.
@@ -70,20 +73,120 @@ func CheckAddress(what, addr string) error {
 	return nil
 }
 
-// Dial opens a long-lived plaintext channel to a dagwire service. It connects lazily: an
-// unreachable address shows up as codes.Unavailable on the first call.
-func Dial(addr string, maxMessageBytes int) (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(
-		"passthrough:///"+addr,
+// CheckTarget says whether target is a gRPC target a dagwire client dials: host:port,
+// dns:///name:port (every address of the name, balanced round-robin; a Kubernetes headless
+// service) or ipv4:A:PORT,B:PORT (a fixed list of replicas). Its error names `what`.
+// See docs/targets.md.
+func CheckTarget(what, target string) error {
+	switch {
+	case strings.HasPrefix(target, "dns:"):
+		rest := strings.TrimPrefix(target, "dns:")
+		if strings.HasPrefix(rest, "//") {
+			slash := strings.Index(rest[2:], "/")
+			if slash < 0 {
+				return fmt.Errorf("%s=%q: want dns:///NAME:PORT, for example dns:///dagwire-orchestrator.default.svc.cluster.local:50051", what, target)
+			}
+			rest = rest[2+slash+1:]
+		}
+		if err := CheckAddress(what, rest); err != nil {
+			return fmt.Errorf("%s=%q: want dns:///NAME:PORT (the port is required), for example dns:///dagwire-orchestrator.default.svc.cluster.local:50051", what, target)
+		}
+		return nil
+	case strings.HasPrefix(target, "ipv4:"):
+		_, err := ipv4Addresses(target)
+		if err != nil {
+			return fmt.Errorf("%s=%q: %v", what, target, err)
+		}
+		return nil
+	case strings.Contains(target, "://"):
+		return fmt.Errorf("%s=%q: want HOST:PORT, dns:///NAME:PORT or ipv4:A:PORT,B:PORT", what, target)
+	}
+	if err := CheckAddress(what, target); err != nil {
+		return fmt.Errorf("%s=%q: want HOST:PORT (for example 127.0.0.1:50051), dns:///NAME:PORT or ipv4:A:PORT,B:PORT", what, target)
+	}
+	return nil
+}
+
+func ipv4Addresses(target string) ([]resolver.Address, error) {
+	var out []resolver.Address
+	for _, item := range strings.Split(strings.TrimPrefix(target, "ipv4:"), ",") {
+		item = strings.TrimSpace(item)
+		host, port, err := net.SplitHostPort(item)
+		ip := net.ParseIP(host)
+		n, perr := strconv.Atoi(port)
+		if err != nil || ip == nil || ip.To4() == nil || perr != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("%q is not an IPv4 address with a port, for example ipv4:10.0.0.5:50051,10.0.0.6:50051", item)
+		}
+		out = append(out, resolver.Address{Addr: item})
+	}
+	return out, nil
+}
+
+// serviceConfig balances calls round-robin over the target's addresses and retries, on
+// UNAVAILABLE (a replica died), only the calls that are safe to repeat: reads, StartRun
+// (idempotent by request_id), CancelRun, and adapter registration (docs/targets.md).
+const serviceConfig = `{
+  "loadBalancingConfig": [{"round_robin": {}}],
+  "methodConfig": [{
+    "name": [
+      {"service": "dagwire.v1.OrchestratorService", "method": "StartRun"},
+      {"service": "dagwire.v1.OrchestratorService", "method": "GetRun"},
+      {"service": "dagwire.v1.OrchestratorService", "method": "ListRuns"},
+      {"service": "dagwire.v1.OrchestratorService", "method": "WatchRun"},
+      {"service": "dagwire.v1.OrchestratorService", "method": "CancelRun"},
+      {"service": "dagwire.v1.ArtifactStoreService", "method": "GetArtifact"},
+      {"service": "dagwire.v1.ArtifactStoreService", "method": "StatArtifact"},
+      {"service": "dagwire.v1.ArtifactStoreService", "method": "ListArtifacts"},
+      {"service": "dagwire.v1.DispatcherService", "method": "RegisterAdapter"},
+      {"service": "dagwire.v1.DispatcherService", "method": "Heartbeat"},
+      {"service": "dagwire.v1.DispatcherService", "method": "DeregisterAdapter"},
+      {"service": "dagwire.v1.DispatcherService", "method": "ListAdapters"}
+    ],
+    "retryPolicy": {
+      "maxAttempts": 4,
+      "initialBackoff": "0.1s",
+      "maxBackoff": "0.5s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]
+    }
+  }]
+}`
+
+var staticTargets atomic.Int64
+
+// Dial opens a long-lived plaintext channel to a dagwire service at a target (CheckTarget),
+// balanced round-robin over its addresses. It connects lazily: an unreachable address shows
+// up as codes.Unavailable on the first call.
+func Dial(target string, maxMessageBytes int) (*grpc.ClientConn, error) {
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithKeepaliveParams(clientKeepalive),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(maxMessageBytes),
 			grpc.MaxCallSendMsgSize(maxMessageBytes),
 		),
-	)
+		grpc.WithDefaultServiceConfig(serviceConfig),
+		grpc.WithDisableServiceConfig(), // ours, not one published in DNS TXT records
+	}
+	dialTarget := "passthrough:///" + target
+	switch {
+	case strings.HasPrefix(target, "dns:"):
+		dialTarget = target
+	case strings.HasPrefix(target, "ipv4:"):
+		// grpc-go has no ipv4: resolver: a manual one holds the fixed list
+		addrs, err := ipv4Addresses(target)
+		if err != nil {
+			return nil, fmt.Errorf("cannot use target %q: %w", target, err)
+		}
+		scheme := fmt.Sprintf("dagwire-ipv4-%d", staticTargets.Add(1))
+		static := manual.NewBuilderWithScheme(scheme)
+		static.InitialState(resolver.State{Addresses: addrs})
+		opts = append(opts, grpc.WithResolvers(static))
+		dialTarget = scheme + ":///replicas"
+	}
+	conn, err := grpc.NewClient(dialTarget, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("cannot use address %q: %w", addr, err)
+		return nil, fmt.Errorf("cannot use address %q: %w", target, err)
 	}
 	return conn, nil
 }

@@ -150,7 +150,7 @@ func runCommand(args []string, maxBytes int) error {
 	if len(positional) != 1 {
 		return fail(exitBadInput, "run: want exactly one workflow FILE, got %d arguments (see --help)", len(positional))
 	}
-	if err := dagwire.CheckAddress("--server", *server); err != nil {
+	if err := dagwire.CheckTarget("--server", *server); err != nil {
 		return fail(exitBadInput, "%v", err)
 	}
 	spec, err := os.ReadFile(positional[0])
@@ -280,7 +280,7 @@ func getCommand(args []string, maxBytes int) error {
 	if len(positional) != 1 {
 		return fail(exitBadInput, "get: want exactly one ARTIFACT_ID, got %d arguments (see --help)", len(positional))
 	}
-	if err := dagwire.CheckAddress("--store", *store); err != nil {
+	if err := dagwire.CheckTarget("--store", *store); err != nil {
 		return fail(exitBadInput, "%v", err)
 	}
 	conn, err := dagwire.Dial(*store, maxBytes)

@@ -2,6 +2,8 @@ package dagwire.client;
 
 import io.grpc.ManagedChannel;
 import io.grpc.ManagedChannelBuilder;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
@@ -54,6 +56,16 @@ final class Settings {
       source = envVar;
     }
     value = value.strip();
+    if (value.startsWith("dns:")) {
+      return new Address(checkDns(value, source), source);
+    }
+    if (value.startsWith("ipv4:") || value.startsWith("ipv6:")) {
+      throw CliException.badInput(
+          source
+              + ": '"
+              + value
+              + "': the Java client takes host:port or dns:///name:port (docs/targets.md)");
+    }
     Matcher match = HOST_PORT.matcher(value);
     if (!match.matches()) {
       throw CliException.badInput(
@@ -64,6 +76,55 @@ final class Settings {
       throw CliException.badInput(source + ": '" + value + "': the port must be 1-65535");
     }
     return new Address(value, source);
+  }
+
+  /**
+   * A {@code dns:///name:port} (or {@code dns://authority/name:port}) target: every address of
+   * the name, balanced round-robin (a Kubernetes headless service; see docs/targets.md).
+   */
+  private static String checkDns(String value, String source) throws CliException {
+    String rest = value.substring("dns:".length());
+    if (rest.startsWith("//")) {
+      int slash = rest.indexOf('/', 2);
+      rest = slash < 0 ? "" : rest.substring(slash + 1);
+    }
+    Matcher match = HOST_PORT.matcher(rest);
+    int port = match.matches() ? Integer.parseInt(match.group(2)) : 0;
+    if (port < 1 || port > 65535) {
+      throw CliException.badInput(
+          source
+              + ": '"
+              + value
+              + "' is not dns:///name:port (the port is required; for example"
+              + " dns:///dagwire-orchestrator:50051)");
+    }
+    return value;
+  }
+
+  /**
+   * Round-robin over the target's addresses, and a retry on UNAVAILABLE (a replica died) of
+   * the calls safe to repeat: reads, StartRun (idempotent by request_id) and CancelRun.
+   */
+  private static Map<String, Object> serviceConfig() {
+    List<Map<String, Object>> names = new ArrayList<>();
+    for (String method : List.of("StartRun", "GetRun", "ListRuns", "WatchRun", "CancelRun")) {
+      names.add(Map.of("service", "dagwire.v1.OrchestratorService", "method", method));
+    }
+    for (String method : List.of("GetArtifact", "StatArtifact", "ListArtifacts")) {
+      names.add(Map.of("service", "dagwire.v1.ArtifactStoreService", "method", method));
+    }
+    Map<String, Object> retry =
+        Map.of(
+            "maxAttempts", 4.0,
+            "initialBackoff", "0.1s",
+            "maxBackoff", "0.5s",
+            "backoffMultiplier", 2.0,
+            "retryableStatusCodes", List.of("UNAVAILABLE"));
+    return Map.of(
+        "loadBalancingConfig",
+        List.of(Map.of("round_robin", Map.of())),
+        "methodConfig",
+        List.of(Map.of("name", names, "retryPolicy", retry)));
   }
 
   /** The send and receive limit per gRPC message, from {@code DAGWIRE_MAX_MESSAGE_BYTES}. */
@@ -91,6 +152,9 @@ final class Settings {
   static ManagedChannel channel(Address address, int maxMessageBytes) {
     return ManagedChannelBuilder.forTarget(address.hostPort())
         .usePlaintext()
+        .defaultServiceConfig(serviceConfig())
+        .disableServiceConfigLookUp()
+        .enableRetry()
         .maxInboundMessageSize(maxMessageBytes)
         .keepAliveTime(30, TimeUnit.SECONDS)
         .keepAliveTimeout(10, TimeUnit.SECONDS)
