@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 
+from dagwire.errors import DagwireError
 from dagwire.rpc.logs import setup_logging
 from dagwire.rpc.serve import Closeable, run_server, serve_main
 from dagwire.rpc.store_client import RemoteExecutionStore
@@ -15,7 +18,11 @@ from dagwire_services.dispatcher.servicer import dispatcher_services
 
 __all__ = ["build_pool", "main", "serve"]
 
+log = logging.getLogger("dagwire.dispatcher")
+
 PROG = "dagwire-dispatcher"
+#: How long start-up waits for the first read of the shared adapter registry.
+_FIRST_REFRESH_SECONDS = 5.0
 DESCRIPTION = (
     "dagwire dispatcher service: keeps the registry of adapter instances (registered with a "
     "lease, or static from DAGWIRE_STATIC_ADAPTERS) and routes each task to one of them."
@@ -59,6 +66,12 @@ async def serve(settings: DispatcherSettings) -> None:
         resources = [shared, pool, store]
     await pool.start()
     if shared is not None:
+        # know every registered adapter before serving: a replica started after another died
+        # routes at once instead of answering "no adapter" until its first background round
+        try:
+            await asyncio.wait_for(shared.refresh(), _FIRST_REFRESH_SECONDS)
+        except (DagwireError, OSError, TimeoutError) as exc:
+            log.warning("serving before the adapter registry could be read from the store: %s", exc)
         shared.start()
     await run_server(
         settings,
