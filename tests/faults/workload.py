@@ -325,7 +325,11 @@ async def check_run(cluster: Cluster, case: RunCase) -> tuple[bool, list[str]]:
                 f"{where}: run_finished at positions {finished} of {len(kinds)} stored events"
             )
         client = next(cluster.live_orchestrators())
-        watched = [e.sequence async for e in client.watch_run(rid)]
+        try:
+            async with asyncio.timeout(30):
+                watched = [e.sequence async for e in client.watch_run(rid)]
+        except TimeoutError:
+            watched = [-1]
         if watched != sequences:
             violations.append(
                 f"{where}: WatchRun replays sequences {_compact(watched)}, "
