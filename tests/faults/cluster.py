@@ -102,6 +102,11 @@ class KillablePostgres(PostgresServer):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         _wait_dead(pid)
+        # The postmaster was reparented when pg_ctl exited; where nothing reaps orphans (PID 1
+        # of a container) it stays a zombie, and its live-looking pid in the lock file makes
+        # the next start refuse. It is dead: remove the lock file as a crash would leave it.
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / "postmaster.pid").unlink()
 
     def restart(self) -> None:
         options = (
