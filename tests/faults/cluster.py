@@ -104,9 +104,10 @@ class KillablePostgres(PostgresServer):
         _wait_dead(pid)
         # The postmaster was reparented when pg_ctl exited; where nothing reaps orphans (PID 1
         # of a container) it stays a zombie, and its live-looking pid in the lock file makes
-        # the next start refuse. It is dead: remove the lock file as a crash would leave it.
-        with contextlib.suppress(FileNotFoundError):
-            (self.data_dir / "postmaster.pid").unlink()
+        # the next start refuse. It is dead: remove its lock files as a crash would leave them.
+        for lock in (self.data_dir / "postmaster.pid", self._dir / f".s.PGSQL.{self.port}.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
 
     def restart(self) -> None:
         options = (

@@ -130,6 +130,9 @@ async def test_runs_survive_kill_9(
         report.violations += violations
     report.violations += workload.errors
     report.seconds = time.monotonic() - began
+    if report.violations:
+        path = cluster.tmp / f"violations-{kind}.txt"
+        await asyncio.to_thread(path.write_text, "\n".join(report.violations) + "\n")
     assert not report.violations, (
         f"{len(report.violations)} invariant violation(s) under kill -9 of {kind} "
         f"(seed {SEED}, logs in {cluster.tmp}):\n" + "\n".join(report.violations)
