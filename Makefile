@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.synced
 
 .PHONY: help lock install protos protos-check buf-lint buf-breaking devservers polyglot lint typecheck \
-	test test-unit test-integration test-e2e test-interop bench run clean
+	test test-unit test-integration test-e2e test-interop faults bench run clean
 
 help: ## Show this help.
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,8 +60,11 @@ typecheck: install ## mypy --strict on the core, the gRPC edge and the services.
 	@mkdir -p $(VENV)/mypy-path && ln -sfn $(CURDIR)/services $(VENV)/mypy-path/dagwire_services && ln -sfn $(CURDIR)/clients/python $(VENV)/mypy-path/dagwire_cli
 	MYPYPATH=$(VENV)/mypy-path $(VENV)/bin/mypy -p dagwire_services -p dagwire_cli
 
+# The fault suite's sample in `make test`: faults per kind (docs/faults.md); `make faults` runs long.
+FAULTS_N ?= 1
+
 test: install lint typecheck protos-check buf-lint buf-breaking devservers polyglot ## Lint, type-check, check protos, build every language, run every test.
-	$(VENV)/bin/pytest tests
+	DAGWIRE_FAULTS_N=$${DAGWIRE_FAULTS_N:-$(FAULTS_N)} $(VENV)/bin/pytest tests
 
 test-unit: install ## Unit tests only (no servers).
 	$(VENV)/bin/pytest tests/unit
@@ -74,6 +77,11 @@ test-e2e: install ## The CLI against `dagwire up`.
 
 test-interop: install devservers polyglot ## Go, TypeScript and Java clients and adapters against the services.
 	$(VENV)/bin/pytest tests/interop
+
+faults: install devservers ## Fault suite: kill -9 every kind of process N times each (N=20, SEED=..., KINDS=a,b).
+	DAGWIRE_FAULTS_N=$(or $(N),20) DAGWIRE_FAULTS_SEED=$(or $(SEED),0) \
+		DAGWIRE_FAULTS_KINDS=$(or $(KINDS),orchestrator,store,adapter,dispatcher,ferretdb,postgres,minio) \
+		$(VENV)/bin/pytest tests/faults
 
 bench: install ## Benchmarks; prints tables.
 	$(PY) -m bench

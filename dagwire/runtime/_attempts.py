@@ -19,6 +19,7 @@ from datetime import datetime
 from dagwire.errors import (
     AdapterNotFoundError,
     AttemptTimeoutError,
+    DagwireError,
     NonRetryableError,
     NotFoundError,
     ResourceExhaustedError,
@@ -37,6 +38,10 @@ from dagwire.runtime._state import (
 from dagwire.runtime.events import RunEventKind
 
 _log = logging.getLogger("dagwire.orchestrator")
+
+
+class AdapterStoreUnavailableError(DagwireError):
+    """An adapter (or the dispatcher) reported that it could not reach its store."""
 
 
 class AttemptsMixin(OrchestratorCore):
@@ -79,7 +84,13 @@ class AttemptsMixin(OrchestratorCore):
             retryable = True
             with_record = False
             try:
-                outputs = await self._call_adapter(state, task, inputs)
+                try:
+                    outputs = await self._call_adapter(state, task, inputs)
+                except StoreUnavailableError as exc:
+                    # the adapter could not reach *its* store: this attempt's failure, retried
+                    # like any other; only this orchestrator's own writes (which wait out an
+                    # outage) may stop the run for the store
+                    raise AdapterStoreUnavailableError(str(exc)) from exc
                 with_record = self._records_with_outputs(outputs)
                 if not with_record:
                     stored = await self._store_outputs(state, node.id, outputs)

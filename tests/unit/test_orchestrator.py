@@ -546,6 +546,28 @@ async def test_run_workflow_rides_out_a_short_store_outage(
     assert len(await executions.list_records(summary.run_id)) == 1
 
 
+async def test_an_adapter_that_cannot_reach_its_store_fails_the_attempt_not_the_run(
+    orchestrator: Orchestrator,
+) -> None:
+    """Found by the fault suite (kill -9 of a store replica): an adapter's STORE_UNAVAILABLE
+    used to fail the whole run at once with "store unavailable"; it is a retryable attempt."""
+    calls: list[int] = []
+
+    async def storeless(task: TaskNode, inputs: list[Artifact], trace_id: str) -> list[Artifact]:
+        calls.append(task.attempt)
+        if task.attempt == 1:
+            raise StoreUnavailableError("store service at 127.0.0.1:1 is unavailable")
+        return [Artifact(name="out", content=b"ok")]
+
+    register(orchestrator, "storeless", FunctionAdapter(storeless))
+    summary = await orchestrator.run_workflow(
+        {"name": "s", "tasks": [{"id": "a", "agent": "storeless", "retry": fast_retry(3)}]}
+    )
+    assert summary.status == RunStatus.SUCCEEDED, summary.error
+    assert calls == [1, 2]
+    assert summary.nodes["a"].attempts == 2
+
+
 async def test_run_workflow_fails_with_store_unavailable_after_the_retry_window(
     stores: tuple[LocalArtifactStore, SqliteExecutionStore],
 ) -> None:
