@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from dagwire.errors import StoreUnavailableError
+from dagwire.errors import DagwireError
 from dagwire.models import RunRecord, RunStatus, utc_now
 from dagwire.runtime._durability import StoreGuard
 from dagwire.runtime._state import RunState
@@ -135,8 +135,15 @@ class OrchestratorCore:
                 return
             except LeaseLostError:
                 return
-            except StoreUnavailableError:
+            except DagwireError:  # unavailable, or a store error that may pass
                 await asyncio.sleep(5.0)
+
+    async def _record_end_eventually(self, state: RunState) -> None:
+        """Store the run's remaining events, then its final record (in that order: a record
+        that says finished has its `run_finished` stored)."""
+        if state.journal is not None:
+            await state.journal.drain_eventually()
+        await self._save_run_eventually(state)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 
-from dagwire.errors import StoreUnavailableError
+from dagwire.errors import DagwireError, StoreUnavailableError
 from dagwire.models import Artifact, NodeSummary, RunStatus, RunSummary, TaskStatus, utc_now
 from dagwire.runtime._attempts import AttemptsMixin
 from dagwire.runtime._core import LeaseLostError
@@ -233,25 +233,33 @@ class DriverMixin(AttemptsMixin):
         self._emit(
             state, RunEventKind.RUN_FINISHED, run_status=run_status, error=error, summary=summary
         )
+        drained = True
         if state.journal is not None:
             try:  # run_finished is durable before the record says so: an adopter finishes it
                 await state.journal.drain()
-            except StoreUnavailableError:
-                _log.error("run events not stored yet", extra={"run_id": state.run_id})
+            except Exception as exc:  # keep trying in the background, then record the end
+                drained = False
+                _log.error(
+                    "run events not stored yet; the final status is recorded once they are",
+                    extra={"run_id": state.run_id, "error": str(exc)},
+                )
         state.record = dataclasses.replace(
             state.record, status=run_status, finished_at=utc_now(), error=error, nodes=nodes
         )
         state.summary = summary
-        try:
-            await self._save_run(state)
-        except LeaseLostError:
-            pass
-        except StoreUnavailableError:
-            _log.error(
-                "final run status not recorded yet; retrying in the background",
-                extra={"run_id": state.run_id},
-            )
-            self._spawn(self._save_run_eventually(state))
+        if not drained:
+            self._spawn(self._record_end_eventually(state))
+        else:
+            try:
+                await self._save_run(state)
+            except LeaseLostError:
+                pass
+            except DagwireError:
+                _log.error(
+                    "final run status not recorded yet; retrying in the background",
+                    extra={"run_id": state.run_id},
+                )
+                self._spawn(self._save_run_eventually(state))
         state.events.publish(len(state.events))
         self._active.pop(state.run_id, None)
         self._finished[state.run_id] = state

@@ -97,6 +97,9 @@ class EventJournal:
         self._guard = guard
         self._log = log
         self.epoch = epoch
+        #: Events up to this sequence are stored (the log may have published more: see
+        #: `publish_all`), so what is left to write never depends on what readers saw.
+        self.durable = log.published
         self._writer: asyncio.Task[None] | None = None
         self._stopped = False
 
@@ -116,7 +119,7 @@ class EventJournal:
         Raises:
             StoreUnavailableError: the store stayed unavailable for the guard's limit.
         """
-        while not self._stopped and self._log.unpublished():
+        while not self._stopped and self.durable < len(self._log):
             self.flush_soon()
             writer = self._writer
             assert writer is not None
@@ -133,7 +136,7 @@ class EventJournal:
         # whose first act is their `task_started`) append first: one write carries them all
         await asyncio.sleep(0)
         while not self._stopped:
-            batch = self._log.unpublished()
+            batch = self._log.snapshot_all(self.durable)
             if not batch:
                 return
             records = [
@@ -143,7 +146,23 @@ class EventJournal:
                 functools.partial(self._ledger.append_events, records),
                 f"storing events of run {self._log.run_id}",
             )
+            self.durable = batch[-1].sequence
             self._log.publish(batch[-1].sequence)
+
+    async def drain_eventually(self, retry_every: float = 5.0) -> None:
+        """`drain`, tried again every `retry_every` seconds whatever fails, until every event
+        is stored or the journal is stopped (the run was handed over)."""
+        while True:
+            try:
+                await self.drain()
+                return
+            except Exception as exc:  # logged once per try; the run's record waits for it
+                _log.warning(
+                    "run events not stored yet; trying again in %g s",
+                    retry_every,
+                    extra={"run_id": self._log.run_id, "error": str(exc)},
+                )
+            await asyncio.sleep(retry_every)
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

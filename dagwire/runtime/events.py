@@ -223,6 +223,10 @@ class EventLog:
                 self._changed.set_result(None)
             self._changed = None
 
+    def snapshot_all(self, after_sequence: int = 0) -> list[RunEvent]:
+        """Every event appended after `after_sequence`, published or not."""
+        return self._events[max(after_sequence, 0) :]
+
     def snapshot(self, after_sequence: int = 0) -> list[RunEvent]:
         """The published events numbered above `after_sequence`."""
         return self._events[max(after_sequence, 0) : self._published]

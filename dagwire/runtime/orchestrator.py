@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from dagwire.errors import (
+    DagwireError,
     NotFoundError,
     RunAlreadyFinishedError,
     StoreUnavailableError,
@@ -788,11 +789,14 @@ class Orchestrator(DriverMixin):
         while self._active or self._adopting:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            with contextlib.suppress(StoreUnavailableError):
-                await self._poll_cancels()
-            if now - last_renewal >= renew_every:
-                last_renewal = now
-                await self._renew_leases()
+            try:  # nothing may stop the keeper: the leases of every run here depend on it
+                with contextlib.suppress(StoreUnavailableError):
+                    await self._poll_cancels()
+                if now - last_renewal >= renew_every:
+                    last_renewal = now
+                    await self._renew_leases()
+            except Exception:
+                _log.exception("renewing leases or polling cancellations failed; trying again")
             if self._adopting and now - last_scan >= renew_every:
                 last_scan = now
                 try:
@@ -827,7 +831,12 @@ class Orchestrator(DriverMixin):
                 await self._save_run(state)
             except LeaseLostError:
                 self._abandon(state)
-            except StoreUnavailableError:
+            except DagwireError as exc:  # unavailable, or a store error that may pass
+                if not isinstance(exc, StoreUnavailableError):
+                    _log.warning(
+                        "could not renew run lease",
+                        extra={"run_id": state.run_id, "error": str(exc)},
+                    )
                 expires = state.record.lease_expires_at
                 margin = self._lease / 3
                 if expires is not None and utc_now() >= expires - margin:

@@ -15,7 +15,7 @@ from bson.errors import InvalidDocument
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from dagwire.errors import NotFoundError
 from dagwire.models import (
@@ -26,7 +26,13 @@ from dagwire.models import (
     RunStatus,
     without_details,
 )
-from dagwire.stores._mongo_client import client_options, server_name, unavailable
+from dagwire.stores._mongo_client import (
+    OUTAGE_ERRORS,
+    client_options,
+    raise_unavailable,
+    server_name,
+    unavailable,
+)
 from dagwire.stores._mongo_codec import (
     Doc,
     execution_doc,
@@ -517,8 +523,8 @@ class MongoExecutionStore:
     async def _errors(self) -> AsyncIterator[None]:
         try:
             yield
-        except ConnectionFailure as exc:
-            raise self._translate(exc) from exc
+        except OUTAGE_ERRORS as exc:
+            raise_unavailable(exc, self._server)
 
     def _translate(self, exc: BaseException) -> BaseException:
         return unavailable(exc, self._server)

@@ -10,12 +10,17 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import ConnectionFailure
 
 from dagwire.limits import STORED_INLINE_BYTES
 from dagwire.models import Artifact, utc_now
 from dagwire.stores._ids import new_id
-from dagwire.stores._mongo_client import client_options, server_name, unavailable
+from dagwire.stores._mongo_client import (
+    OUTAGE_ERRORS,
+    client_options,
+    raise_unavailable,
+    server_name,
+    unavailable,
+)
 from dagwire.stores._mongo_codec import Doc, artifact_doc, artifact_from_doc
 from dagwire.stores._mongo_writer import GroupWriter, Write
 from dagwire.stores._validate import check_artifact, check_limit, check_lookup_id
@@ -324,8 +329,8 @@ class TieredArtifactStore:
             doc: Doc | None = await collection.find_one(
                 {"_id": artifact_id}, None if with_content else _NO_CONTENT
             )
-        except ConnectionFailure as exc:
-            raise self._translate(exc) from exc
+        except OUTAGE_ERRORS as exc:
+            raise_unavailable(exc, self._server, what="for artifacts")
         return doc
 
     async def _list_inline(
@@ -338,8 +343,8 @@ class TieredArtifactStore:
         try:
             cursor = collection.find(query, _NO_CONTENT).sort("_id", ASCENDING).limit(limit)
             docs = await cursor.to_list()
-        except ConnectionFailure as exc:
-            raise self._translate(exc) from exc
+        except OUTAGE_ERRORS as exc:
+            raise_unavailable(exc, self._server, what="for artifacts")
         return [artifact_from_doc(doc) for doc in docs]
 
     async def _collection(self) -> AsyncCollection[Doc]:
@@ -355,8 +360,8 @@ class TieredArtifactStore:
         name, keys = _RUN_INDEX
         try:
             await collection.create_index(keys, name=name)
-        except ConnectionFailure as exc:
-            raise self._translate(exc) from exc
+        except OUTAGE_ERRORS as exc:
+            raise_unavailable(exc, self._server, what="for artifacts")
         return collection
 
     def _translate(self, exc: BaseException) -> BaseException:
