@@ -76,12 +76,21 @@ class S3Endpoint:
         return self.endpoint.startswith("https://")
 
 
+#: Ports this test process handed out: a port is free until its server binds it, so two
+#: servers started together could otherwise be given the same one.
+_HANDED_OUT: set[int] = set()
+
+
 def find_free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """Return a TCP port that is free on ``host`` right now and not handed out before by this
+    process."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def tcp_port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -44,10 +44,8 @@ __all__ = [
     "KillablePostgres",
 ]
 
-#: Dispatcher replicas. One for now: the adapter registry lives in each dispatcher's memory, so a
-#: second replica would not know the adapters registered with the first. Once the registry is in
-#: the store, set this to 2: adapters and orchestrators are already spread over the replicas.
-DISPATCHER_REPLICAS = 1
+#: Dispatcher replicas: they share the adapter registry through the store (docs/registry.md).
+DISPATCHER_REPLICAS = 2
 ORCHESTRATOR_REPLICAS = 2
 STORE_REPLICAS = 2
 ADAPTERS = 2
@@ -276,14 +274,17 @@ class Cluster:
         dispatchers = [
             dispatcher_proc(tmp, name=f"dispatcher-{i}") for i in range(DISPATCHER_REPLICAS)
         ]
+        every_store = _target(stores)
+        every_dispatcher = _target(dispatchers)
         for proc in dispatchers:
             proc.env["DAGWIRE_LEASE_SECONDS"] = str(ADAPTER_LEASE_SECONDS)
+            proc.args += ["--store-addr", every_store]
         adapters = []
         for i in range(ADAPTERS):
             proc = toolbox_proc(
                 tmp,
-                dispatchers[i % len(dispatchers)].address,
-                stores[i % len(stores)].address,
+                every_dispatcher,
+                every_store,
                 name=f"adapter-{i}",
                 debug=True,
             )
@@ -292,8 +293,8 @@ class Cluster:
         orchestrators = [
             orchestrator_proc(
                 tmp,
-                stores[i % len(stores)].address,
-                dispatchers[i % len(dispatchers)].address,
+                every_store,
+                every_dispatcher,
                 "--lease-seconds",
                 str(LEASE_SECONDS),
                 "--store-retry-seconds",
@@ -420,3 +421,8 @@ class Cluster:
             if any(a in cmdline for a in addresses) and _pid_alive(int(entry.name)):
                 out.append(f"process {entry.name} still runs: {cmdline[:160]}")
         return out
+
+
+def _target(procs: list[Proc]) -> str:
+    """A gRPC target balanced over every replica (docs/targets.md)."""
+    return "ipv4:" + ",".join(p.address for p in procs)

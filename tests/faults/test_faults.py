@@ -29,14 +29,7 @@ KINDS = ("orchestrator", "store", "adapter", "dispatcher", "ferretdb", "postgres
 
 #: Fault kinds whose failures are known runtime bugs not fixed yet: the test runs and reports,
 #: and is expected to fail until the bug is fixed (the reason says what breaks).
-KNOWN_ISSUES: dict[str, str] = {
-    "dispatcher": (
-        "a restarted dispatcher knows no adapter until each re-registers (the registry is in its "
-        "memory), and the orchestrator takes 'no adapter is registered for agent key' as "
-        "non-retryable: every task dispatched in that window fails its run at once "
-        "(issue 11 item 2 moves the registry into the store)"
-    ),
-}
+KNOWN_ISSUES: dict[str, str] = {}
 
 FAULTS_PER_KIND = int(os.environ.get("DAGWIRE_FAULTS_N", "1"))
 SEED = int(os.environ.get("DAGWIRE_FAULTS_SEED", "0")) or random.SystemRandom().randrange(10**9)
