@@ -29,7 +29,7 @@ WORKDIR /data
 ENV DAGWIRE_DATA_DIR=/data \
     DAGWIRE_LOG_FORMAT=json
 
-# orchestrator, dispatcher, store, toolbox (DESIGN §1)
+# orchestrator, dispatcher, store, toolbox (docs/contracts.md §1)
 EXPOSE 50051 50052 50053 50060
 
 CMD ["python", "-m", "dagwire_services.orchestrator"]

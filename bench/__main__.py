@@ -12,11 +12,11 @@ import sys
 from bench.table import print_table
 
 GROUPS = {
-    "scheduler": "Scheduler alone (DESIGN §11: 100,000 tasks in seconds, linear)",
+    "scheduler": "Scheduler alone (docs/contracts.md §11: 100,000 tasks in seconds, linear)",
     "stores": "Embedded stores (SQLite execution store, local artifact store)",
     "orchestration": "In-process orchestration overhead, embedded stores, no-op adapter",
     "store_service": "Artifacts through the store service (subprocess) vs direct MinIO; store RSS",
-    "full_stack": "Full service stack (4 processes), echo tasks: ms per task vs DESIGN §11",
+    "full_stack": "Full service stack (4 processes), echo tasks: ms/task, docs/contracts.md §11",
     "compare": "Full service stack: this checkout side by side with the baseline commit",
     "load": "Replicated stack on FerretDB + MinIO: concurrent runs, a 10,000-task run, peak RSS",
 }

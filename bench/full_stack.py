@@ -1,4 +1,5 @@
-"""Per-task overhead through the full service stack (DESIGN §11), and where the time goes.
+"""Per-task overhead through the full service stack (docs/contracts.md §11), and where the time
+goes.
 
 Store, dispatcher, toolbox adapter and orchestrator run as separate processes on free loopback
 ports (``python -m dagwire_services.<name>``), once on embedded storage (SQLite + local files)
@@ -72,7 +73,7 @@ SERVICE_CODE: ServiceCode | None = None
 
 @dataclass(frozen=True)
 class Shape:
-    """One benchmarked workflow shape and its DESIGN §11 target."""
+    """One benchmarked workflow shape and its docs/contracts.md §11 target."""
 
     name: str
     tasks: int
@@ -539,4 +540,4 @@ def run() -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    print_table(run(), title="Full stack: ms per task vs DESIGN §11")
+    print_table(run(), title="Full stack: ms per task vs docs/contracts.md §11")

@@ -4,7 +4,7 @@ Rows: upload and download of 256 MiB (and 1 GiB with ``DAGWIRE_BENCH_BIG=1``) th
 ``python -m dagwire_services.store`` on embedded storage, with the store process's peak RSS
 (sampled every 10 ms with psutil); then the same through the store service on
 `S3ArtifactStore` over a MinIO dev server, next to a direct `minio` SDK
-``put_object``/``get_object`` of the same bytes with the same part size (DESIGN §11: the
+``put_object``/``get_object`` of the same bytes with the same part size (docs/contracts.md §11: the
 service should reach at least 80 % of direct). Every row notes the 1-minute load average when
 it was measured (the machine may be shared: compare rows measured at similar load).
 
@@ -468,4 +468,4 @@ def run() -> list[dict[str, Any]]:
 if __name__ == "__main__":
     from bench.table import print_table
 
-    print_table(run(), title="Artifacts through the store service (DESIGN §11)")
+    print_table(run(), title="Artifacts through the store service (docs/contracts.md §11)")

@@ -228,7 +228,7 @@ class RunSummary:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The `--output json` shape of DESIGN §9 (plus `name` and `trace_id`)."""
+        """The `--output json` shape of docs/contracts.md §9 (plus `name` and `trace_id`)."""
         return {
             "run_id": self.run_id,
             "name": self.name,

@@ -1,4 +1,5 @@
-"""The toolbox agents of DESIGN §8 (echo, upper, concat, fail, sleep, blob) as in-process adapters.
+"""The toolbox agents of docs/contracts.md §8 (echo, upper, concat, fail, sleep, blob) as
+in-process adapters.
 
 The toolbox adapter service serves exactly these over gRPC; tests and benchmarks use them
 in-process too, so both paths share one implementation.

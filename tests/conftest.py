@@ -1,7 +1,7 @@
 """Session fixtures for every test folder: real MongoDB-wire (FerretDB) and S3 (MinIO) servers.
 
 By default the servers are built (``scripts/devservers.sh``) and started once
-per test session on free loopback ports (DESIGN.md §7), and only when a test
+per test session on free loopback ports (docs/contracts.md §7), and only when a test
 asks for them. External servers win when configured:
 
 - ``DAGWIRE_MONGODB_URI`` — a MongoDB URI (MongoDB or FerretDB);

@@ -2,7 +2,7 @@
 
 The servers are built by ``scripts/devservers.sh`` (FerretDB v1.24.0 and MinIO,
 pinned in ``devservers/go.mod``) and PostgreSQL 15 from Debian's package, as
-described in DESIGN.md §7. Each server runs on a free loopback port with a
+described in docs/contracts.md §7. Each server runs on a free loopback port with a
 throwaway directory under ``/tmp`` that holds its data and its log file; the
 log is only shown (its tail) when the server fails to start.
 

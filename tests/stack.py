@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 
-# The seed's data flow: a variable, a chain and a fan-in (DESIGN §2).
+# The seed's data flow: a variable, a chain and a fan-in (docs/contracts.md §2).
 HELLO = """\
 name: hello
 vars:

@@ -1,4 +1,5 @@
-"""The store contract (DESIGN §4, §6), as tests every `ArtifactStore`/`ExecutionStore` must pass.
+"""The store contract (docs/contracts.md §4, §6), as tests every `ArtifactStore`/`ExecutionStore`
+must pass.
 
 A test module runs the suite against a backend by importing it
 (``from tests.store_contract import *``) and providing these fixtures:

@@ -1,4 +1,4 @@
-"""Exit codes (DESIGN §9) and the one place where the CLI turns exceptions into them.
+"""Exit codes (docs/contracts.md §9) and the one place where the CLI turns exceptions into them.
 
 Every command runs its async body through `run_command`, which catches the dagwire exception
 tree, gRPC errors and a few OS errors and prints a one-line message on stderr: a user's

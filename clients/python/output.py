@@ -72,7 +72,7 @@ def artifact_json(artifact: Artifact) -> dict[str, Any]:
 
 
 def summary_json(summary: RunSummary) -> dict[str, Any]:
-    """The `--output json` summary of DESIGN §9, exactly."""
+    """The `--output json` summary of docs/contracts.md §9, exactly."""
     return {
         "run_id": summary.run_id,
         "status": str(summary.status),

@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
-#: The orchestrator's default port; every other port is an offset from it (DESIGN §1).
+#: The orchestrator's default port; every other port is an offset from it (docs/contracts.md §1).
 DEFAULT_PORT_BASE = DEFAULT_PORTS["orchestrator"]
 PORT_OFFSETS: Mapping[str, int] = {
     "orchestrator": 0,
@@ -65,7 +65,8 @@ PORT_OFFSETS: Mapping[str, int] = {
     "store": DEFAULT_PORTS["store"] - DEFAULT_PORT_BASE,
     "toolbox": DEFAULT_PORTS["adapter"] - DEFAULT_PORT_BASE,
 }
-#: The agent keys the toolbox serves (DESIGN §8); the stack is ready once all are routable.
+#: The agent keys the toolbox serves (docs/contracts.md §8); the stack is ready once all are
+#: routable.
 TOOLBOX_AGENTS = frozenset({"echo", "upper", "concat", "fail", "sleep", "blob"})
 
 DEFAULT_START_TIMEOUT = 60.0
@@ -98,7 +99,8 @@ class StartTimeoutError(StackError):
 
 
 def stack_ports(port_base: int = DEFAULT_PORT_BASE) -> dict[str, int]:
-    """The port of each process for a port base (the default base gives DESIGN §1's ports).
+    """The port of each process for a port base (the default base gives docs/contracts.md §1's
+    ports).
 
     Args:
         port_base: the orchestrator's port; the others keep their default offsets (+1, +2, +9).
@@ -165,7 +167,7 @@ class LocalStack:
     Args:
         data_dir: embedded storage directory; logs go to ``data_dir/logs/<process>.log``.
         port_base: the orchestrator's port; dispatcher +1, store +2, toolbox +9 (default:
-            50051, i.e. DESIGN §1's ports).
+            50051, i.e. docs/contracts.md §1's ports).
         host: the loopback address every process listens on.
         verbose: send the processes' logs to this process's stderr instead of files.
         env: extra environment for every process (on top of ``os.environ``).

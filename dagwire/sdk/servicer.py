@@ -208,7 +208,7 @@ async def _run(
 
 
 def _agent_error(agent: str, message: str, exception: str = "") -> RemoteError:
-    """A retryable failure of the agent: UNKNOWN with the message, as DESIGN §4 says."""
+    """A retryable failure of the agent: UNKNOWN with the message, as docs/contracts.md §4 says."""
     metadata = {"agent": agent} | ({"exception": exception} if exception else {})
     return RemoteError(
         message, code=grpc.StatusCode.UNKNOWN, reason="AGENT_FAILED", metadata=metadata

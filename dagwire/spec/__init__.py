@@ -1,4 +1,4 @@
-"""Workflow spec v1 (DESIGN §3): parsing, validation and `${user.*}` resolution."""
+"""Workflow spec v1 (docs/contracts.md §3): parsing, validation and `${user.*}` resolution."""
 
 from dagwire.spec._model import RetryPolicy, TaskSpec, WorkflowSpec
 

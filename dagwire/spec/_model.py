@@ -1,4 +1,5 @@
-"""The workflow spec v1 models (DESIGN §3) and their parse, resolve and dump entry points."""
+"""The workflow spec v1 models (docs/contracts.md §3) and their parse, resolve and dump entry
+points."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Group commit for one MongoDB collection: one writer per key, inserts first, small update batches.
 
-Shaped for FerretDB 1.24 on PostgreSQL (DESIGN §6, §7), and correct on MongoDB too:
+Shaped for FerretDB 1.24 on PostgreSQL (docs/contracts.md §6, §7), and correct on MongoDB too:
 
 - concurrent writes are queued and flushed by one coroutine, batch after batch; writes of the
   same key within a batch are collapsed (in order) into one, so no key is ever written from

@@ -41,7 +41,8 @@ _NO_CONTENT = {"content": 0}
 class TieredArtifactStore:
     """Artifacts of at most 64 KiB inline in a MongoDB collection, the rest in another store.
 
-    DESIGN §6 lets small artifacts live with their metadata in the database: a small output
+    docs/contracts.md §6 lets small artifacts live with their metadata in the database: a small
+    output
     then costs one (group-committed) ``insert_many`` instead of S3 object writes. Layout:
 
     - ``artifacts`` (in `database`, next to ``runs`` and ``executions``): one document per
@@ -87,7 +88,7 @@ class TieredArtifactStore:
                 `S3ArtifactStore`); this store closes it in `aclose()`.
             database: the database holding the ``artifacts`` collection (the execution
                 store's database).
-            inline_limit: most content bytes kept inline (at most 64 KiB, the DESIGN §6
+            inline_limit: most content bytes kept inline (at most 64 KiB, the docs/contracts.md §6
                 bound; 0 sends everything to `large`).
             server_selection_timeout_ms: how long an operation waits for a reachable server
                 before `StoreUnavailableError`.

@@ -235,7 +235,8 @@ def write_spec(directory: Path, name: str, text: str) -> Path:
 
 
 def blob_sha256(size: int, seed: int) -> str:
-    """DESIGN §8's `blob` recomputed: sha256 over the digests of "seed:0", "seed:1", ..."""
+    """docs/contracts.md §8's `blob` recomputed: sha256 over the digests of "seed:0", "seed:1",
+    ..."""
     total = hashlib.sha256()
     written = 0
     index = 0

@@ -1,4 +1,5 @@
-"""The CLI against `dagwire up`, as a user runs it (DESIGN §9): outputs and exit statuses."""
+"""The CLI against `dagwire up`, as a user runs it (docs/contracts.md §9): outputs and exit
+statuses."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`dagwire up`: ready line, busy ports, a dying service, and clean stops (DESIGN §9)."""
+"""`dagwire up`: ready line, busy ports, a dying service, and clean stops (docs/contracts.md §9)."""
 
 from __future__ import annotations
 

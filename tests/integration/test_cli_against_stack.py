@@ -165,7 +165,7 @@ def dagwire(stack: Stack | None, *args: str, timeout: float = 60) -> Result:
 
 
 def _blob(size: int, seed: int) -> bytes:
-    """The toolbox `blob` agent's content (DESIGN §8)."""
+    """The toolbox `blob` agent's content (docs/contracts.md §8)."""
     out = bytearray()
     i = 0
     while len(out) < size:

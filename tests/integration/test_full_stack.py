@@ -75,7 +75,7 @@ def _spec(name: str, *tasks: dict[str, Any], **top: Any) -> str:
 
 
 def _blob(size: int, seed: int) -> bytes:
-    """The toolbox `blob` agent's bytes (DESIGN §8)."""
+    """The toolbox `blob` agent's bytes (docs/contracts.md §8)."""
     out = bytearray()
     i = 0
     while len(out) < size:

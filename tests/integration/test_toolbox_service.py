@@ -1,4 +1,4 @@
-"""The toolbox adapter over gRPC, byte for byte per DESIGN §8, through a real dispatcher.
+"""The toolbox adapter over gRPC, byte for byte per docs/contracts.md §8, through a real dispatcher.
 
 Store, dispatcher and toolbox run as separate processes on free loopback ports (the toolbox
 binds port 0 and registers the port it got), as `dagwire up` runs them.
@@ -131,7 +131,8 @@ def inputs(*contents: bytes) -> list[Artifact]:
 
 
 def blob_digest(size: int, seed: int = 0) -> str:
-    """sha256 of the blob, recomputed from DESIGN §8's definition (not the toolbox's code)."""
+    """sha256 of the blob, recomputed from docs/contracts.md §8's definition (not the toolbox's
+    code)."""
     digest, produced, i = hashlib.sha256(), 0, 0
     while produced < size:
         piece = hashlib.sha256(f"{seed}:{i}".encode()).digest()[: size - produced]

@@ -75,7 +75,7 @@ tasks:
 
 
 def _blob_content(size: int, seed: int) -> bytes:
-    """DESIGN §8's blob content (small sizes only; the test recomputes it in Python)."""
+    """docs/contracts.md §8's blob content (small sizes only; the test recomputes it in Python)."""
     out = bytearray()
     i = 0
     while len(out) < size:

@@ -68,7 +68,8 @@ EXPECTED_TEXT = {
 
 
 def blob_sha256(size: int, seed: int) -> str:
-    """DESIGN §8's `blob` content digest, recomputed here as the fourth language's check."""
+    """docs/contracts.md §8's `blob` content digest, recomputed here as the fourth language's
+    check."""
     digest = hashlib.sha256()
     produced, i = 0, 0
     while produced < size:
@@ -158,7 +159,7 @@ def test_one_workflow_runs_on_python_go_and_typescript_adapters_from_each_client
     data_sha = summary["nodes"]["data"]["artifacts"][0]["sha256"]
     assert data_sha == blob_sha256(BLOB_SIZE, BLOB_SEED)
 
-    # The client's language recomputes the blob digest from DESIGN §8's definition.
+    # The client's language recomputes the blob digest from docs/contracts.md §8's definition.
     recomputed = _run_client(
         polyglot_stack,
         CLIENTS[client],

@@ -3,7 +3,7 @@
 It runs a workflow of toolbox agents on the services (FerretDB + MinIO), and the tests check
 what a Java user sees: the summary JSON on stdout, the event lines on stderr, the exit
 status, and that the artifacts and execution records it names are really in the store. Its
-`blob-sha256` recomputes DESIGN §8's `blob` in Java and must match the store's digest.
+`blob-sha256` recomputes docs/contracts.md §8's `blob` in Java and must match the store's digest.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """docker-compose.yml and the Dockerfile, checked against the code (no Docker engine runs here).
 
-Every dagwire container must run a module that exists, listen on its DESIGN §1 port on all
+Every dagwire container must run a module that exists, listen on its docs/contracts.md §1 port on
+all
 interfaces, reach its peers by compose service name on their ports, set only `DAGWIRE_*`
 variables its settings class knows (with values that class accepts), and be health-checked
 over the gRPC health protocol on its own port.
@@ -34,7 +35,7 @@ COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 
-#: compose service -> (module it runs, its settings class, its DESIGN §1 port)
+#: compose service -> (module it runs, its settings class, its docs/contracts.md §1 port)
 DAGWIRE_SERVICES: dict[str, tuple[str, type[CommonSettings], int]] = {
     "store": ("dagwire_services.store", StoreSettings, DEFAULT_PORTS["store"]),
     "dispatcher": ("dagwire_services.dispatcher", DispatcherSettings, DEFAULT_PORTS["dispatcher"]),

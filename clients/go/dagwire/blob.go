@@ -8,7 +8,7 @@ import (
 	"strconv"
 )
 
-// BlobReader streams the content of DESIGN §8's `blob` agent: the concatenation of the raw
+// BlobReader streams the content of docs/contracts.md §8's `blob` agent: the concatenation of the raw
 // 32-byte digests sha256("{seed}:{i}") for i = 0, 1, 2 ..., truncated to size bytes. It
 // holds one digest at a time, so any size costs constant memory.
 type BlobReader struct {

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/resolver/manual"
 )
 
-// Default addresses of the services (DESIGN §1), used when no flag or variable names one.
+// Default addresses of the services (docs/contracts.md §1), used when no flag or variable names one.
 const (
 	DefaultOrchestratorAddr = "127.0.0.1:50051"
 	DefaultDispatcherAddr   = "127.0.0.1:50052"

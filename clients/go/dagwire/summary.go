@@ -6,7 +6,7 @@ import (
 	dagwirev1 "github.com/dagwire/dagwire/clients/go/gen/dagwire/v1"
 )
 
-// Summary is a finished run in the shape of `dagwire run --output json` (DESIGN §9).
+// Summary is a finished run in the shape of `dagwire run --output json` (docs/contracts.md §9).
 type Summary struct {
 	RunID  string                 `json:"run_id"`
 	Status string                 `json:"status"`

@@ -1,5 +1,5 @@
 /**
- * The `blob` agent's content digest, from its definition (DESIGN §8): the concatenation of the
+ * The `blob` agent's content digest, from its definition (docs/contracts.md §8): the concatenation of the
  * raw 32-byte digests sha256("{seed}:{i}") for i = 0, 1, 2 ... truncated to `size` bytes.
  */
 

@@ -1,4 +1,4 @@
-/** The run summary in DESIGN §9's `--output json` shape, and the status words it uses. */
+/** The run summary in docs/contracts.md §9's `--output json` shape, and the status words it uses. */
 
 import {
   type Artifact,

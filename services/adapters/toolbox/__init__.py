@@ -1,1 +1,2 @@
-"""The toolbox adapter: DESIGN §8's agents (echo, upper, concat, fail, sleep, blob) over gRPC."""
+"""The toolbox adapter: docs/contracts.md §8's agents (echo, upper, concat, fail, sleep, blob) over
+gRPC."""

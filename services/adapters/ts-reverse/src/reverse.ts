@@ -11,7 +11,7 @@ import { status } from "@grpc/grpc-js";
 /** Longest `delay_ms` accepted: one hour. */
 export const MAX_DELAY_MS = 3_600_000;
 
-/** A failure with the gRPC status the adapter answers; the code decides retries (DESIGN §3). */
+/** A failure with the gRPC status the adapter answers; the code decides retries (docs/contracts.md §3). */
 export class AgentError extends Error {
   constructor(
     readonly code: status,

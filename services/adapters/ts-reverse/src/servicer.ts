@@ -1,6 +1,6 @@
 /**
  * `dagwire.v1.AgentAdapterService` for the `reverse` agent: decode the request, run the agent,
- * encode its output, and answer errors with the status codes that decide retries (DESIGN §3):
+ * encode its output, and answer errors with the status codes that decide retries (docs/contracts.md §3):
  * INVALID_ARGUMENT / FAILED_PRECONDITION are never retried, anything else is.
  */
 

@@ -7,7 +7,7 @@ import java.security.NoSuchAlgorithmException;
 import java.util.HexFormat;
 
 /**
- * The content of the toolbox's {@code blob} agent (DESIGN section 8), recomputed in Java.
+ * The content of the toolbox's {@code blob} agent (docs/contracts.md §8), recomputed in Java.
  *
  * <p>The content is the concatenation of the raw 32-byte digests sha256("{seed}:{i}") for i =
  * 0, 1, 2, ... truncated to the requested size. Only its digest is computed here, block by

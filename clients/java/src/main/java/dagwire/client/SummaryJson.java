@@ -10,7 +10,7 @@ import dagwire.v1.Common.NodeSummary;
 import dagwire.v1.Common.Run;
 
 /**
- * A run's summary in the shape of {@code dagwire run --output json} (DESIGN section 9): {@code
+ * A run's summary in the shape of {@code dagwire run --output json} (docs/contracts.md §9): {@code
  * {"run_id", "status", "nodes": {id: {"status", "attempts", "error", "artifacts": [{"artifact_id",
  * "name", "sha256", "size"}]}}}}, tasks in spec order, {@code error} null when empty.
  */

@@ -5,7 +5,7 @@ import dagwire.v1.Common.RunStatus;
 import dagwire.v1.Common.TaskStatus;
 import java.util.Locale;
 
-/** The lowercase status words and durations users see (DESIGN section 4's spelling). */
+/** The lowercase status words and durations users see (docs/contracts.md §4). */
 final class Words {
   private Words() {}
 
