@@ -66,6 +66,12 @@ class OrchestratorCore:
         self._active: dict[str, RunState] = {}
         self._finished: OrderedDict[str, RunState] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
+        self._keeper: asyncio.Task[None] | None = None  # the lease keeper (`_leases`)
+        self._adopting = False  # scanning for orphaned runs (`recover_orphans` was called)
+        self._closing = False
+
+    def _ensure_keeper(self) -> None:
+        """Have the lease keeper running (`_leases.LeasesMixin`; nothing to keep here)."""
 
     async def _durable(self, operation: Callable[[], Awaitable[_T]], what: str) -> _T:
         """Run a store operation, retrying while the store is unavailable (bounded, with backoff).

@@ -12,11 +12,23 @@ import dataclasses
 import logging
 
 from dagwire.errors import DagwireError, StoreUnavailableError
-from dagwire.models import Artifact, NodeSummary, RunStatus, RunSummary, TaskStatus, utc_now
+from dagwire.graph.dag import DAG
+from dagwire.graph.scheduler import Scheduler
+from dagwire.models import (
+    Artifact,
+    NodeSummary,
+    RunRecord,
+    RunStatus,
+    RunSummary,
+    TaskStatus,
+    WorkflowSpec,
+    utc_now,
+)
 from dagwire.runtime._attempts import AttemptsMixin
 from dagwire.runtime._core import LeaseLostError
+from dagwire.runtime._durability import EventJournal
 from dagwire.runtime._state import FINISHED_RUNS_KEPT, NodeOutcome, RunState
-from dagwire.runtime.events import RunEventKind
+from dagwire.runtime.events import EventLog, RunEvent, RunEventKind
 
 _log = logging.getLogger("dagwire.orchestrator")
 
@@ -291,3 +303,26 @@ class DriverMixin(AttemptsMixin):
             error=state.errors.get(node_id) if status is not TaskStatus.SUCCEEDED else None,
             artifacts=tuple(a.without_content() for a in state.artifacts.get(node_id, ())),
         )
+
+    def _new_state(
+        self, record: RunRecord, spec: WorkflowSpec, dag: DAG, *, prior: list[RunEvent]
+    ) -> RunState:
+        ledger = self._ledger
+        events = EventLog(record.run_id, prior=prior, durable=ledger is not None)
+        state = RunState(
+            record=record,
+            spec=spec,
+            dag=dag,
+            scheduler=Scheduler(dag),
+            events=events,
+            statuses=dict.fromkeys(dag.nodes, TaskStatus.PENDING),
+            attempts=dict.fromkeys(dag.nodes, 0),
+            errors={},
+        )
+        if ledger is not None:
+            state.journal = EventJournal(ledger, self._guard, events, record.lease_epoch)
+        return state
+
+    def _start_driver(self, state: RunState) -> None:
+        state.driver = asyncio.create_task(self._drive(state), name=f"dagwire-run-{state.run_id}")
+        self._ensure_keeper()

@@ -7,61 +7,48 @@ This module is the thin public front. The work is split by job:
 - `_attempts`: the attempts of one task (dispatch, outputs, records);
 - `_durability` and `_core`: writes that wait out store outages, events made durable before
   they are published, the run record written by its owner under a lease;
-- `_resume`: rebuilding a run from the store.
+- `_resume`: rebuilding a run from the store (an adopted run's state, a non-owner's view);
+- `_leases`: leases, adoption and hand-over (docs/durability.md): each run is owned by one
+  orchestrator under a lease it renews; when an owner's lease lapses, any live orchestrator
+  claims the next lease epoch (an insert-only claim, so exactly one wins) and resumes the run
+  from its durable records and events.
 
-Leases, adoption and resume live here (docs/durability.md): each run is owned by one
-orchestrator under a lease it renews; when an owner's lease lapses, any live orchestrator
-claims the next lease epoch (an insert-only claim, so exactly one wins) and resumes the run
-from its durable records and events.
+Starting, reading, watching and cancelling runs live here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from dagwire.errors import (
-    DagwireError,
     NotFoundError,
     RunAlreadyFinishedError,
-    StoreUnavailableError,
-    WorkflowValidationError,
 )
 from dagwire.graph.dag import DAG
-from dagwire.graph.scheduler import Scheduler
 from dagwire.ids import new_id, new_trace_id
 from dagwire.models import (
-    ExecutionRecord,
     NodeSummary,
-    RunEventRecord,
     RunRecord,
     RunStatus,
     RunSummary,
-    TaskNode,
     TaskStatus,
     WorkflowSpec,
     utc_now,
 )
-from dagwire.runtime._core import LeaseLostError, OrchestratorCore
-from dagwire.runtime._driver import DriverMixin
-from dagwire.runtime._durability import EventJournal
+from dagwire.runtime._core import OrchestratorCore
+from dagwire.runtime._leases import LeasesMixin
 from dagwire.runtime._resume import events_prefix, fold_events, replay_from_records
 from dagwire.runtime._state import (
-    LOST_ATTEMPT_ERROR,
-    NodeHistory,
-    NodeOutcome,
-    RunState,
     backoff_delay,
 )
 from dagwire.runtime.dispatcher import Dispatcher, TaskDispatcher
-from dagwire.runtime.events import EventLog, RunEvent, RunEventKind
+from dagwire.runtime.events import RunEvent, RunEventKind
 from dagwire.stores.base import ArtifactStore, ExecutionStore
 
 __all__ = ["Orchestrator", "PreparedRun", "backoff_delay", "prepare_run", "run_id_for_request"]
@@ -70,12 +57,8 @@ _log = logging.getLogger("dagwire.orchestrator")
 
 #: Namespace of the run ids derived from request ids (`run_id_for_request`).
 _REQUEST_NAMESPACE = uuid.UUID("6f1d0c4e-3b1a-5e07-9a39-7c2f4b8d2a61")
-#: How often the owner looks for cancellation requests made on other replicas.
-_CANCEL_POLL_SECONDS = 0.5
 #: How often a replica that does not drive a run polls the store for its new events.
 _EVENT_POLL_SECONDS = 0.1
-#: Runs listed per page when looking for runs to adopt.
-_ADOPTION_PAGE = 200
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -121,7 +104,7 @@ def run_id_for_request(request_id: str) -> str:
     return str(uuid.uuid5(_REQUEST_NAMESPACE, request_id))
 
 
-class Orchestrator(DriverMixin):
+class Orchestrator(LeasesMixin):
     """Runs workflows: validates the spec, schedules its DAG, dispatches tasks, records results.
 
     With an execution store that keeps a run ledger (`RunLedger`: the SQLite, MongoDB and
@@ -167,9 +150,6 @@ class Orchestrator(DriverMixin):
             running_record_after=running_record_after,
             on_run_start=on_run_start,
         )
-        self._keeper: asyncio.Task[None] | None = None
-        self._adopting = False
-        self._closing = False
 
     @property
     def dispatcher(self) -> TaskDispatcher:
@@ -302,29 +282,6 @@ class Orchestrator(DriverMixin):
         )
         return run_id
 
-    def _new_state(
-        self, record: RunRecord, spec: WorkflowSpec, dag: DAG, *, prior: list[RunEvent]
-    ) -> RunState:
-        ledger = self._ledger
-        events = EventLog(record.run_id, prior=prior, durable=ledger is not None)
-        state = RunState(
-            record=record,
-            spec=spec,
-            dag=dag,
-            scheduler=Scheduler(dag),
-            events=events,
-            statuses=dict.fromkeys(dag.nodes, TaskStatus.PENDING),
-            attempts=dict.fromkeys(dag.nodes, 0),
-            errors={},
-        )
-        if ledger is not None:
-            state.journal = EventJournal(ledger, self._guard, events, record.lease_epoch)
-        return state
-
-    def _start_driver(self, state: RunState) -> None:
-        state.driver = asyncio.create_task(self._drive(state), name=f"dagwire-run-{state.run_id}")
-        self._ensure_keeper()
-
     # ------------------------------------------------------------------ reading runs
 
     async def wait_run(self, run_id: str) -> RunSummary:
@@ -437,16 +394,6 @@ class Orchestrator(DriverMixin):
         }
         return dataclasses.replace(record, nodes=fold_events(events, pending))
 
-    async def _all_events(self, run_id: str) -> list[RunEvent]:
-        ledger = self._ledger
-        assert ledger is not None
-        stored: list[RunEventRecord] = []
-        while True:
-            page = await ledger.list_events(run_id, after=len(stored), limit=1000)
-            stored += page
-            if len(page) < 1000:
-                return events_prefix(run_id, stored)
-
     async def cancel_run(self, run_id: str) -> RunStatus:
         """Cancel a running run: stop dispatching, cancel in-flight adapter calls, and end every
         unfinished task `cancelled`. Returns the run's status once it stopped (`cancelled`).
@@ -485,408 +432,6 @@ class Orchestrator(DriverMixin):
     async def _stopped_status(self, run_id: str) -> RunStatus:
         summary = await self.wait_run(run_id)
         return summary.status
-
-    # ------------------------------------------------------------------ leases and adoption
-
-    async def recover_orphans(self) -> list[str]:
-        """Adopt and resume the runs left `running` by orchestrators whose lease lapsed (or by
-        this instance before a restart), and keep doing so every third of a lease.
-
-        A run another live orchestrator owns is never touched. Without a run ledger in the
-        execution store, orphans cannot be resumed and are marked `failed` instead.
-
-        Returns:
-            The ids of the runs adopted (or failed) by this scan.
-        """
-        self._adopting = True
-        try:
-            return await self._adopt_orphans()
-        finally:
-            self._ensure_keeper()  # later scans retry whatever this one could not do
-
-    async def _adopt_orphans(self) -> list[str]:
-        now = utc_now()
-        orphans: list[RunRecord] = []
-        after: str | None = None
-        while True:
-            page = await self._execution_store.list_runs(
-                status=RunStatus.RUNNING, limit=_ADOPTION_PAGE, after=after
-            )
-            for record in page:
-                if record.run_id in self._active or record.run_id in self._finished:
-                    continue  # driven here, or ended here with its final record still pending
-                lease_over = record.lease_expires_at is None or record.lease_expires_at <= now
-                if lease_over or record.owner == self.instance_id:
-                    orphans.append(record)
-            if len(page) < _ADOPTION_PAGE:
-                break
-            after = page[-1].run_id
-        adopted: list[str] = []
-        for record in orphans:
-            if self._closing:
-                break
-            try:
-                if await self._adopt(record):
-                    adopted.append(record.run_id)
-            except StoreUnavailableError:
-                raise
-            except Exception as exc:  # one bad run must not stop the others' recovery
-                _log.exception("could not resume run", extra={"run_id": record.run_id})
-                await self._fail_orphan(record, f"could not resume the run: {exc}")
-                adopted.append(record.run_id)
-        return adopted
-
-    async def _adopt(self, record: RunRecord) -> bool:
-        ledger = self._ledger
-        if ledger is None:
-            await self._fail_orphan(
-                record, f"orchestrator restarted: owner {record.owner or '(unknown)'} stopped"
-            )
-            return True
-        epoch = max(record.lease_epoch, 1) + 1
-        if not await ledger.claim_run(record.run_id, epoch, self.instance_id):
-            return False  # another orchestrator adopted it first
-        _log.warning(
-            "adopting run: its owner's lease lapsed",
-            extra={"run_id": record.run_id, "previous_owner": record.owner, "epoch": epoch},
-        )
-        await self._resume(
-            dataclasses.replace(
-                record,
-                owner=self.instance_id,
-                lease_epoch=epoch,
-                lease_expires_at=utc_now() + self._lease,
-            )
-        )
-        return True
-
-    async def _fail_orphan(self, record: RunRecord, error: str) -> None:
-        nodes = {
-            node_id: node
-            if node.status.is_final
-            else dataclasses.replace(node, status=TaskStatus.FAILED, error=error)
-            for node_id, node in record.nodes.items()
-        }
-        failed = dataclasses.replace(
-            record, status=RunStatus.FAILED, finished_at=utc_now(), error=error, nodes=nodes
-        )
-        await self._durable(
-            functools.partial(self._execution_store.save_run, failed),
-            f"marking orphaned run {record.run_id} failed",
-        )
-        _log.warning("orphaned run marked failed", extra={"run_id": record.run_id, "error": error})
-
-    async def _resume(self, record: RunRecord) -> None:
-        """Rebuild an adopted run from its durable records and events and drive it on.
-
-        Succeeded tasks keep their outputs and are never dispatched again; an attempt that was
-        in flight is recorded failed (`LOST_ATTEMPT_ERROR`) and its task gets a new attempt
-        that does not count against `max_attempts`; tasks not started start as usual.
-        """
-        run_id = record.run_id
-        try:
-            spec = WorkflowSpec.from_dict(record.spec)
-            resolved = spec.resolve(dict(record.user_vars))
-        except WorkflowValidationError as exc:
-            raise ValueError(f"its stored spec is no longer valid: {exc}") from exc
-        dag = DAG.from_workflow(resolved)
-        prior = await self._all_events(run_id)
-        finished = next((e for e in prior if e.kind is RunEventKind.RUN_FINISHED), None)
-        if finished is not None and finished.summary is not None:
-            summary = finished.summary
-            await self._durable(
-                lambda: self._execution_store.save_run(
-                    dataclasses.replace(
-                        record,
-                        status=summary.status,
-                        error=summary.error,
-                        nodes=summary.nodes,
-                        finished_at=finished.time,
-                    )
-                ),
-                f"recording the end of run {run_id}",
-            )
-            return
-        records = await self._execution_store.list_records(run_id)
-        state = self._new_state(record, resolved, dag, prior=prior)
-        self._active[run_id] = state
-        try:
-            await self._save_run(state)  # the new owner's first write: lease and epoch
-            await self._restore_tasks(state, prior, records)
-        except BaseException:
-            self._active.pop(run_id, None)
-            state.done.set()
-            raise
-        self._start_driver(state)
-        _log.info(
-            "run resumed",
-            extra={
-                "run_id": run_id,
-                "epoch": state.epoch,
-                "done": sum(s.is_final for s in state.statuses.values()),
-                "tasks": len(dag.nodes),
-            },
-        )
-
-    async def _restore_tasks(
-        self, state: RunState, prior: list[RunEvent], records: list[ExecutionRecord]
-    ) -> None:
-        finished = {
-            e.node_id: e
-            for e in prior
-            if e.kind is RunEventKind.TASK_FINISHED and e.task_status is not None
-        }
-        refused = {
-            (e.node_id, e.attempt)
-            for e in prior
-            if e.kind is RunEventKind.ATTEMPT_FAILED and not e.will_retry
-        }
-        by_node: dict[str, list[ExecutionRecord]] = {}
-        for record in records:
-            by_node.setdefault(record.node_id, []).append(record)
-        recorded = {(r.node_id, r.attempt) for r in records}
-        # an attempt's durable start is its `task_started` event (stored while it is
-        # dispatched); one without a record yet was in flight: it becomes a lost attempt
-        for e in prior:
-            if e.kind is not RunEventKind.TASK_STARTED or e.node_id is None:
-                continue
-            if e.node_id in state.dag.nodes and (e.node_id, e.attempt) not in recorded:
-                by_node.setdefault(e.node_id, []).append(
-                    ExecutionRecord(
-                        run_id=state.run_id,
-                        node_id=e.node_id,
-                        attempt=e.attempt,
-                        agent=state.dag.nodes[e.node_id].agent,
-                        status=TaskStatus.RUNNING,
-                        started_at=e.time,
-                        trace_id=state.trace_id,
-                    )
-                )
-        for node_id in state.dag.topological_order():
-            if state.statuses[node_id] is not TaskStatus.PENDING:
-                continue  # skipped by an upstream failure restored earlier
-            event = finished.get(node_id)
-            if event is not None and event.task_status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
-                assert event.task_status is not None
-                outcome = NodeOutcome(
-                    event.task_status,
-                    event.attempts,
-                    artifacts=list(event.artifacts),
-                    error=event.error,
-                )
-                self._restore_outcome(state, node_id, outcome)
-                continue
-            attempts = sorted(by_node.get(node_id, ()), key=lambda r: r.attempt)
-            if not attempts:
-                continue
-            node = state.dag.nodes[node_id]
-            inputs = [
-                a.artifact_id
-                for dependency in state.dag.dependencies(node_id)
-                for a in state.artifacts.get(dependency, ())
-                if a.artifact_id
-            ]
-            for lost in (r for r in attempts if not TaskStatus(r.status).is_final):
-                await self._record_lost(
-                    state, node, dataclasses.replace(lost, input_artifact_ids=inputs)
-                )
-            succeeded = next((r for r in attempts if r.status == TaskStatus.SUCCEEDED), None)
-            made = attempts[-1].attempt
-            if succeeded is not None:
-                artifacts = [
-                    await self._durable(
-                        functools.partial(self._artifact_store.stat, artifact_id),
-                        f"reading output {artifact_id} of task {node_id!r}",
-                    )
-                    for artifact_id in succeeded.output_artifact_ids
-                ]
-                outcome = NodeOutcome(TaskStatus.SUCCEEDED, made, artifacts=artifacts)
-                self._restore_outcome(state, node_id, outcome, announce=True)
-                continue
-            counted = sum(
-                1
-                for r in attempts
-                if r.status == TaskStatus.FAILED and r.error != LOST_ATTEMPT_ERROR
-            )
-            last = attempts[-1]
-            if (
-                last.status == TaskStatus.FAILED
-                and last.error != LOST_ATTEMPT_ERROR
-                and (counted >= node.retry.max_attempts or (node_id, last.attempt) in refused)
-            ):
-                outcome = NodeOutcome(TaskStatus.FAILED, made, error=last.error)
-                self._restore_outcome(state, node_id, outcome, announce=True)
-                continue
-            state.history[node_id] = NodeHistory(attempts_made=made, attempts_counted=counted)
-            state.attempts[node_id] = made
-        for node_id, status in state.statuses.items():
-            if status is TaskStatus.SUCCEEDED:
-                state.consumers_left[node_id] = sum(
-                    1
-                    for d in state.dag.dependents(node_id)
-                    if state.statuses[d] is TaskStatus.PENDING
-                )
-
-    def _restore_outcome(
-        self, state: RunState, node_id: str, outcome: NodeOutcome, *, announce: bool = False
-    ) -> None:
-        """Apply a task's outcome from before the adoption; `announce` says it again in events
-        (its `task_finished` was not durable yet)."""
-        state.scheduler.mark_running(node_id)
-        if announce:
-            self._settle_node(state, node_id, outcome)
-            return
-        state.statuses[node_id] = outcome.status
-        state.attempts[node_id] = outcome.attempts
-        if outcome.error is not None:
-            state.errors[node_id] = outcome.error
-        if outcome.status is TaskStatus.SUCCEEDED:
-            state.artifacts[node_id] = outcome.artifacts
-            state.scheduler.mark_completed(node_id)
-            return
-        for skipped_id in state.scheduler.mark_failed(node_id) or ():
-            if state.statuses[skipped_id] is TaskStatus.PENDING:
-                state.statuses[skipped_id] = TaskStatus.SKIPPED
-                state.errors[skipped_id] = f"skipped: upstream task {node_id!r} {outcome.status}"
-        if state.spec.fail_fast:
-            state.dispatching = False
-
-    async def _record_lost(self, state: RunState, node: TaskNode, lost: ExecutionRecord) -> None:
-        """Record an attempt that was in flight when its orchestrator died as failed."""
-        task = dataclasses.replace(node, attempt=lost.attempt, run_id=state.run_id)
-        await self._record(
-            state,
-            task,
-            lost.started_at,
-            TaskStatus.FAILED,
-            list(lost.input_artifact_ids),
-            error=LOST_ATTEMPT_ERROR,
-        )
-        self._emit(
-            state,
-            RunEventKind.ATTEMPT_FAILED,
-            node_id=node.id,
-            attempt=lost.attempt,
-            agent=node.agent,
-            error=LOST_ATTEMPT_ERROR,
-            will_retry=True,
-            retry_delay=0.0,
-        )
-
-    def _ensure_keeper(self) -> None:
-        if self._closing:
-            return
-        if self._keeper is None or self._keeper.done():
-            self._keeper = asyncio.create_task(self._keep(), name="dagwire-lease-keeper")
-
-    async def _keep(self) -> None:
-        """Renew the leases of the runs driven here, act on cancellation requests made on other
-        replicas, and (once `recover_orphans` was called) adopt orphaned runs."""
-        renew_every = max(self._lease.total_seconds() / 3, 0.05)
-        tick = min(_CANCEL_POLL_SECONDS, renew_every)
-        last_renewal = last_scan = time.monotonic()
-        scan_failures = 0
-        while self._active or self._adopting:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            try:  # nothing may stop the keeper: the leases of every run here depend on it
-                with contextlib.suppress(StoreUnavailableError):
-                    await self._poll_cancels()
-                if now - last_renewal >= renew_every:
-                    last_renewal = now
-                    await self._renew_leases()
-            except Exception:
-                _log.exception("renewing leases or polling cancellations failed; trying again")
-            if self._adopting and now - last_scan >= renew_every:
-                last_scan = now
-                try:
-                    await self._adopt_orphans()
-                    scan_failures = 0
-                except Exception as exc:
-                    scan_failures += 1
-                    if scan_failures == 1 or scan_failures % 30 == 0:
-                        _log.warning(
-                            "looking for runs to adopt failed; retrying (%d in a row)",
-                            scan_failures,
-                            extra={"error": str(exc)},
-                        )
-
-    async def _poll_cancels(self) -> None:
-        ledger = self._ledger
-        if ledger is None or not self._active:
-            return
-        wanted = [r for r, s in self._active.items() if not s.cancel_requested]
-        if not wanted:
-            return
-        for run_id in await ledger.cancel_requests(wanted):
-            state = self._active.get(run_id)
-            if state is not None:
-                self._request_cancel(state)
-
-    async def _renew_leases(self) -> None:
-        for state in list(self._active.values()):
-            if state.summary is not None or state.abandoned or state.finishing:
-                continue  # a finishing run's final write renews the lease
-            try:
-                await self._save_run(state)
-            except LeaseLostError:
-                self._abandon(state)
-            except DagwireError as exc:  # unavailable, or a store error that may pass
-                if not isinstance(exc, StoreUnavailableError):
-                    _log.warning(
-                        "could not renew run lease",
-                        extra={"run_id": state.run_id, "error": str(exc)},
-                    )
-                expires = state.record.lease_expires_at
-                margin = self._lease / 3
-                if expires is not None and utc_now() >= expires - margin:
-                    self._abandon(state)  # stop before another orchestrator may adopt it
-                else:
-                    _log.warning("could not renew run lease", extra={"run_id": state.run_id})
-
-    async def hand_over(self) -> list[str]:
-        """Stop driving every run here and leave it for another orchestrator to adopt at once.
-
-        For a replica that is being stopped (a rolling update): instead of cancelling its runs,
-        it stops dispatching, cancels its in-flight adapter calls without recording them (the
-        adopter records them lost and tries again, with the same idempotency key numbering),
-        makes its events durable and writes each run's lease as lapsed, so the next scan of any
-        live replica (within a third of a lease) adopts it. Runs whose outcome is decided are
-        left to finish. Does nothing without a run ledger.
-
-        Returns:
-            The ids of the runs handed over.
-        """
-        if self._ledger is None:
-            return []
-        self._adopting = False  # never take back what is being handed over
-        handed: list[str] = []
-        for state in list(self._active.values()):
-            if state.finishing or state.abandoned or state.done.is_set():
-                continue
-            state.abandoned = True  # from here on the driver lets the run go without writing
-            state.dispatching = False
-            if state.driver is not None:
-                state.driver.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await state.driver
-            else:
-                await self._let_go(state)
-            try:
-                if state.journal is not None:
-                    await state.journal.drain()
-                record = dataclasses.replace(state.record, lease_expires_at=utc_now())
-                await self._save_run_as_is(state, record)
-            except (StoreUnavailableError, LeaseLostError):
-                _log.warning(
-                    "could not hand the run over; its lease lapses on its own",
-                    extra={"run_id": state.run_id},
-                )
-            if state.journal is not None:
-                state.journal.stop()
-            handed.append(state.run_id)
-            _log.info("run handed over", extra={"run_id": state.run_id})
-        return handed
 
     async def aclose(self) -> None:
         """Cancel the runs still in progress, wait for them to be recorded, stop background work."""
