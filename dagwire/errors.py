@@ -105,5 +105,18 @@ class RunAlreadyFinishedError(DagwireError):
         self.status = status
 
 
+class LeaseLostError(DagwireError):
+    """A write for a run came from an orchestrator whose lease of it is superseded: another
+    orchestrator claimed a newer lease epoch and owns the run now (docs/durability.md)."""
+
+    def __init__(self, run_id: str, epoch: int = 0, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or f"lease epoch {epoch} of run {run_id!r} is superseded: another orchestrator owns it"
+        )
+        self.run_id = run_id
+        self.epoch = epoch
+
+
 class StoreUnavailableError(DagwireError):
     """The execution or artifact store did not answer (retryable)."""

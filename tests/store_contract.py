@@ -23,18 +23,25 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from dagwire.errors import NotFoundError
+from dagwire.errors import LeaseLostError, NotFoundError
 from dagwire.models import (
     Artifact,
     ExecutionRecord,
     NodeSummary,
     RegistryEntry,
+    RunEventRecord,
     RunRecord,
     RunStatus,
     TaskStatus,
 )
 from dagwire.stores import ArtifactStore, ExecutionStore, ServiceRegistry
-from dagwire.stores.base import PagedArtifactStore, PagedExecutionStore, record_key
+from dagwire.stores.base import (
+    FencedStore,
+    PagedArtifactStore,
+    PagedExecutionStore,
+    RunLedger,
+    record_key,
+)
 
 __all__ = [
     "test_artifact_store_fresh_instance_loads_every_stored_artifact",
@@ -42,7 +49,13 @@ __all__ = [
     "test_execution_store_fresh_instance_sees_every_record_and_run",
     "test_execution_store_keeps_a_service_registry",
     "test_execution_store_satisfies_the_protocol",
+    "test_fenced_store_refuses_writes_of_a_superseded_epoch_and_keeps_the_others",
     "test_get_run_unknown_id_returns_none",
+    "test_ledger_claims_each_epoch_exactly_once_even_concurrently",
+    "test_ledger_creates_a_run_once_per_run_id",
+    "test_ledger_events_are_listed_in_order_and_repeats_are_ignored",
+    "test_ledger_superseded_names_the_runs_whose_next_epoch_was_claimed",
+    "test_ledger_truncate_removes_only_earlier_epochs_events_after_the_prefix",
     "test_list_page_walks_every_artifact_once_in_list_order",
     "test_list_records_is_ordered_by_start_time_then_node_then_attempt",
     "test_list_records_of_a_run_larger_than_one_page_lists_each_once",
@@ -755,3 +768,120 @@ async def test_registry_refuses_empty_keys_and_naive_expiry(
     with pytest.raises(ValueError, match="expires_at"):
         await registry.put_entry(_entry("a", datetime(2026, 1, 1)))
     assert await registry.list_entries("adapter") == []
+
+
+# ---------------------------------------------------------------------- the run ledger
+
+
+def _ledger(store: ExecutionStore) -> RunLedger:
+    if not isinstance(store, RunLedger):
+        pytest.skip("this execution store keeps no run ledger")
+    return store
+
+
+def _event(run_id: str, sequence: int, epoch: int = 1) -> RunEventRecord:
+    return RunEventRecord(run_id, sequence, epoch, {"kind": "task_started", "n": sequence})
+
+
+async def test_ledger_creates_a_run_once_per_run_id(execution_store: ExecutionStore) -> None:
+    ledger = _ledger(execution_store)
+    results = await asyncio.gather(
+        *(ledger.create_run(_run("run-c", name=f"w{i}")) for i in range(5))
+    )
+    assert sorted(results) == [False, False, False, False, True]
+    stored = await execution_store.get_run("run-c")
+    assert stored is not None and stored.name == f"w{results.index(True)}"
+
+
+async def test_ledger_claims_each_epoch_exactly_once_even_concurrently(
+    execution_store: ExecutionStore,
+) -> None:
+    ledger = _ledger(execution_store)
+    claims = await asyncio.gather(*(ledger.claim_run("run-l", 2, f"o{i}") for i in range(6)))
+    assert claims.count(True) == 1
+    assert await ledger.lease_claimed("run-l", 2)
+    assert not await ledger.lease_claimed("run-l", 3)
+    assert await ledger.claim_run("run-l", 3, "o9")  # the next epoch is free again
+
+
+async def test_ledger_superseded_names_the_runs_whose_next_epoch_was_claimed(
+    execution_store: ExecutionStore,
+) -> None:
+    ledger = _ledger(execution_store)
+    assert await ledger.claim_run("run-a", 2, "adopter")
+    assert await ledger.claim_run("run-b", 2, "adopter")
+    leases = {"run-a": 1, "run-b": 2, "run-c": 1, "run-d": 0}
+    # run-a's owner of epoch 1 was fenced off; run-b's epoch-2 owner is the adopter itself;
+    # run-c was never claimed; epoch 0 is never fenced
+    assert await ledger.superseded(leases) == {"run-a"}
+    assert await ledger.superseded({}) == set()
+
+
+async def test_ledger_events_are_listed_in_order_and_repeats_are_ignored(
+    execution_store: ExecutionStore,
+) -> None:
+    ledger = _ledger(execution_store)
+    await ledger.append_events([_event("run-e", n) for n in (1, 2, 3)])
+    await ledger.append_events([_event("run-e", n, epoch=1) for n in (2, 3, 4)])  # a retry
+    listed = await ledger.list_events("run-e")
+    assert [(e.sequence, e.data["n"]) for e in listed] == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    assert [e.sequence for e in await ledger.list_events("run-e", after=2, limit=1)] == [3]
+
+
+async def test_ledger_truncate_removes_only_earlier_epochs_events_after_the_prefix(
+    execution_store: ExecutionStore,
+) -> None:
+    ledger = _ledger(execution_store)
+    # an interrupted batch left a hole: 1, then 6 and 7 (never published)
+    await ledger.append_events([_event("run-t", n) for n in (1, 6, 7)])
+    await ledger.append_events([_event("run-other", n) for n in (1, 6)])
+    assert await ledger.truncate_events("run-t", 1, 2) == 2
+    assert [e.sequence for e in await ledger.list_events("run-t")] == [1]
+    await ledger.append_events([_event("run-t", n, epoch=2) for n in (2, 3)])
+    assert await ledger.truncate_events("run-t", 1, 2) == 0  # epoch 2's own events stay
+    assert [(e.sequence, e.epoch) for e in await ledger.list_events("run-t")] == [
+        (1, 1),
+        (2, 2),
+        (3, 2),
+    ]
+    assert [e.sequence for e in await ledger.list_events("run-other")] == [1, 6]
+
+
+async def test_fenced_store_refuses_writes_of_a_superseded_epoch_and_keeps_the_others(
+    execution_store: ExecutionStore,
+) -> None:
+    ledger = _ledger(execution_store)
+    if not isinstance(execution_store, FencedStore):
+        pytest.skip("this execution store does not fence writes (only the store service does)")
+    assert await ledger.create_run(_run("run-old", lease_epoch=1))
+    assert await ledger.create_run(_run("run-ok", lease_epoch=1))
+    execution_store.fence("run-old", 1)
+    execution_store.fence("run-ok", 1)
+    assert await ledger.claim_run("run-old", 2, "adopter")  # another orchestrator took it
+    with pytest.raises(LeaseLostError, match="run-old"):
+        await execution_store.save_run(_run("run-old", lease_epoch=1, name="stale"))
+    # writes of two runs coalesced into one call: only the superseded run's are refused
+    results = await asyncio.gather(
+        execution_store.record(_record(run_id="run-old")),
+        execution_store.record(_record(run_id="run-ok")),
+        ledger.append_events([_event("run-old", 1)]),
+        ledger.append_events([_event("run-ok", 1)]),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in results] == [
+        "LeaseLostError",
+        "NoneType",
+        "LeaseLostError",
+        "NoneType",
+    ]
+    assert await execution_store.list_records("run-old") == []
+    assert [r.run_id for r in await execution_store.list_records("run-ok")] == ["run-ok"]
+    assert await ledger.list_events("run-old") == []
+    assert len(await ledger.list_events("run-ok")) == 1
+    stored = await execution_store.get_run("run-old")
+    assert stored is not None and stored.name == "wf"
+    # the adopter, writing under epoch 2, is not fenced
+    execution_store.fence("run-old", 2)
+    await execution_store.save_run(_run("run-old", lease_epoch=2, name="adopted"))
+    stored = await execution_store.get_run("run-old")
+    assert stored is not None and stored.name == "adopted"

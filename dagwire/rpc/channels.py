@@ -24,7 +24,8 @@ Methods retried on UNAVAILABLE (`RETRY_SAFE_METHODS`), and why each is safe to r
   ``ListRunRecords``, ``GetRunLeaseClaim``, ``ReadRunEvents``, ``BatchGetRunCancelRequests``);
   ``RecordExecutions`` and ``SaveRunRecord`` (upserts keyed by the record's id: the same
   value written twice is written once); ``AppendRunEvents`` (a repeated (run, sequence) is
-  ignored); ``RequestRunCancel`` (sets a flag). Not retried: ``CreateRunRecord`` and
+  ignored); ``TruncateRunEvents`` (a repeat finds nothing more to delete);
+  ``RequestRunCancel`` (sets a flag). Not retried: ``CreateRunRecord`` and
   ``ClaimRunLease`` (create-only: a repeat after a lost reply answers "someone else won" to
   the caller that won), and ``RecordOutcomes`` (stores new artifacts and appends their ids).
 - ``AgentAdapterService``: ``Describe`` reads; ``Execute`` is the dispatcher's to re-route.
@@ -86,6 +87,7 @@ RETRY_SAFE_METHODS: Mapping[str, tuple[str, ...]] = {
         "GetRunLeaseClaim",
         "AppendRunEvents",
         "ReadRunEvents",
+        "TruncateRunEvents",
         "RequestRunCancel",
         "BatchGetRunCancelRequests",
     ),

@@ -12,6 +12,7 @@ turns a failed call back into the same exception class with the same fields.
 | NoHealthyAdapterError      | UNAVAILABLE         | NO_HEALTHY_ADAPTER                      |
 | NotFoundError              | NOT_FOUND           | RUN_NOT_FOUND / ARTIFACT_NOT_FOUND / .. |
 | RunAlreadyFinishedError    | FAILED_PRECONDITION | RUN_ALREADY_FINISHED                    |
+| LeaseLostError             | ABORTED             | LEASE_SUPERSEDED                        |
 | StoreUnavailableError      | UNAVAILABLE         | STORE_UNAVAILABLE                       |
 | AttemptTimeoutError        | DEADLINE_EXCEEDED   | ATTEMPT_TIMEOUT                         |
 | ResourceExhaustedError     | RESOURCE_EXHAUSTED  | RESOURCE_EXHAUSTED (+ RetryInfo)        |
@@ -39,6 +40,7 @@ from dagwire.errors import (
     AdapterNotFoundError,
     AttemptTimeoutError,
     DagwireError,
+    LeaseLostError,
     NoHealthyAdapterError,
     NonRetryableError,
     NotFoundError,
@@ -154,6 +156,12 @@ def _classify(exc: BaseException) -> _Mapped | None:
             grpc.StatusCode.FAILED_PRECONDITION,
             "RUN_ALREADY_FINISHED",
             _ids(run_id=exc.run_id, status=exc.status),
+        )
+    if isinstance(exc, LeaseLostError):
+        return _Mapped(
+            grpc.StatusCode.ABORTED,
+            "LEASE_SUPERSEDED",
+            _ids(run_id=exc.run_id, epoch=str(exc.epoch)),
         )
     if isinstance(exc, StoreUnavailableError):
         return _Mapped(grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE", {})
@@ -287,6 +295,9 @@ def _rebuild(
         return NoHealthyAdapterError(meta.get("agent_key", ""), message)
     if code == grpc.StatusCode.NOT_FOUND and (reason.endswith("NOT_FOUND") or not reason):
         return NotFoundError(message, kind=meta.get("kind", ""), id=meta.get("id", ""))
+    if reason == "LEASE_SUPERSEDED" and "run_id" in meta:
+        epoch = meta.get("epoch", "0")
+        return LeaseLostError(meta["run_id"], int(epoch) if epoch.isdigit() else 0, message)
     if reason == "RUN_ALREADY_FINISHED" and "run_id" in meta:
         return RunAlreadyFinishedError(meta["run_id"], meta.get("status", ""))
     if reason == "STORE_UNAVAILABLE":

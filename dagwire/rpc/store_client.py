@@ -13,14 +13,22 @@ import builtins
 import dataclasses
 import hashlib
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
 
-from dagwire.errors import DagwireError, NotFoundError, StoreUnavailableError
+from dagwire.errors import DagwireError, LeaseLostError, NotFoundError, StoreUnavailableError
 from dagwire.limits import (
     ARTIFACT_CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -73,14 +81,15 @@ class _Coalescer(Generic[_I, _R]):
 
     Every `submit` of the current tick is queued; at the end of the tick (`call_soon`) the
     queue goes out as batches of at most `max_items` items and `max_bytes` bytes, each through
-    `send`, which returns one result per item in order. A failed batch fails each of its
-    callers with the same exception. A lone call costs one extra loop iteration, nothing else;
-    under load (many tasks finishing together) one RPC serves them all.
+    `send`, which returns one result per item in order (an exception in place of a result
+    fails that caller only). A failed batch fails each of its callers with the same exception.
+    A lone call costs one extra loop iteration, nothing else; under load (many tasks finishing
+    together) one RPC serves them all.
     """
 
     def __init__(
         self,
-        send: Callable[[builtins.list[_I]], Awaitable[builtins.list[_R]]],
+        send: Callable[[builtins.list[_I]], Awaitable[builtins.list[_R | Exception]]],
         *,
         max_items: int = _BATCH_ITEMS,
         max_bytes: int = WIRE_BATCH_BYTES,
@@ -132,7 +141,11 @@ class _Coalescer(Generic[_I, _R]):
                 raise
             return
         for (_, _, future), result in zip(batch, results, strict=True):
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
                 future.set_result(result)
 
 
@@ -404,6 +417,8 @@ class RemoteExecutionStore:
         """
         self._conn = _Connection(address, channel, max_message_bytes)
         self._stub: Any = None
+        #: Lease epoch this client writes each run under (`fence`): sent with its writes.
+        self._leases: dict[str, int] = {}
         self._records: _Coalescer[common_pb2.ExecutionRecord, None] = _Coalescer(
             self._send_records, max_bytes=max_message_bytes // 2
         )
@@ -418,6 +433,20 @@ class RemoteExecutionStore:
     def address(self) -> str:
         """``host:port`` of the store service."""
         return self._conn.address
+
+    def fence(self, run_id: str, epoch: int) -> None:
+        """Send lease epoch `epoch` with every write for `run_id` from now on: the store
+        service refuses them (`LeaseLostError`) once another orchestrator claims the next
+        epoch (docs/durability.md, fencing)."""
+        self._leases[run_id] = epoch
+
+    def unfence(self, run_id: str) -> None:
+        """Stop sending a lease epoch with the writes for `run_id` (the run ended here)."""
+        self._leases.pop(run_id, None)
+
+    def _lease_epochs(self, run_ids: Iterable[str]) -> dict[str, int]:
+        leases = self._leases
+        return {r: leases[r] for r in run_ids if r in leases}
 
     def records_outputs_for(self, artifact_store: object) -> bool:
         """Whether `record_outcome` stores outputs where `artifact_store` keeps them: it is a
@@ -471,8 +500,10 @@ class RemoteExecutionStore:
 
     async def _send_outcomes(
         self, outcomes: builtins.list[pb.AttemptOutcome]
-    ) -> builtins.list[pb.OutcomeResult]:
-        request = pb.RecordOutcomesRequest(outcomes=outcomes)
+    ) -> builtins.list[pb.OutcomeResult | Exception]:
+        request = pb.RecordOutcomesRequest(
+            outcomes=outcomes, lease_epochs=self._lease_epochs(o.record.run_id for o in outcomes)
+        )
         response = await self._unary(self._api.RecordOutcomes(request))
         results: builtins.list[pb.OutcomeResult] = list(response.results)
         if len(results) != len(outcomes):
@@ -480,11 +511,23 @@ class RemoteExecutionStore:
                 f"store service at {self._conn.address} answered RecordOutcomes with "
                 f"{len(results)} results for {len(outcomes)} outcomes"
             )
-        return results
+        return _fenced(
+            [o.record.run_id for o in outcomes], results, response.superseded_run_ids, self._leases
+        )
 
-    async def _send_records(self, records: builtins.list[common_pb2.ExecutionRecord]) -> list[None]:
-        await self._unary(self._api.RecordExecutions(pb.RecordExecutionsRequest(records=records)))
-        return [None] * len(records)
+    async def _send_records(
+        self, records: builtins.list[common_pb2.ExecutionRecord]
+    ) -> list[Exception | None]:
+        request = pb.RecordExecutionsRequest(
+            records=records, lease_epochs=self._lease_epochs(r.run_id for r in records)
+        )
+        response = await self._unary(self._api.RecordExecutions(request))
+        return _fenced(
+            [r.run_id for r in records],
+            [None] * len(records),
+            response.superseded_run_ids,
+            self._leases,
+        )
 
     @property
     def _api(self) -> pb_grpc.ExecutionStoreServiceAsyncStub:
@@ -514,9 +557,13 @@ class RemoteExecutionStore:
         if not records:
             return
         request = pb.RecordExecutionsRequest(
-            records=[execution_record_to_proto(r) for r in records]
+            records=[execution_record_to_proto(r) for r in records],
+            lease_epochs=self._lease_epochs(r.run_id for r in records),
         )
-        await self._unary(self._api.RecordExecutions(request))
+        response = await self._unary(self._api.RecordExecutions(request))
+        if response.superseded_run_ids:
+            run_id = response.superseded_run_ids[0]
+            raise LeaseLostError(run_id, self._leases.get(run_id, 0))
 
     async def list_records(self, run_id: str) -> list[ExecutionRecord]:
         """Every attempt of `run_id`, ordered by start time (all pages).
@@ -640,9 +687,32 @@ class RemoteExecutionStore:
         elif pending:
             await asyncio.gather(*pending)
 
-    async def _send_events(self, events: builtins.list[pb.StoredRunEvent]) -> list[None]:
-        await self._unary(self._api.AppendRunEvents(pb.AppendRunEventsRequest(events=events)))
-        return [None] * len(events)
+    async def _send_events(
+        self, events: builtins.list[pb.StoredRunEvent]
+    ) -> list[Exception | None]:
+        request = pb.AppendRunEventsRequest(events=events)
+        response = await self._unary(self._api.AppendRunEvents(request))
+        epochs = {e.run_id: int(e.epoch) for e in events}
+        return _fenced(
+            [e.run_id for e in events], [None] * len(events), response.superseded_run_ids, epochs
+        )
+
+    async def superseded(self, leases: Mapping[str, int]) -> builtins.set[str]:
+        """The runs of `leases` whose lease epoch after the given one was claimed."""
+        wanted = [(r, e) for r, e in leases.items() if e >= 1]
+        claimed = await asyncio.gather(*(self.lease_claimed(r, e + 1) for r, e in wanted))
+        return {r for (r, _), hit in zip(wanted, claimed, strict=True) if hit}
+
+    async def truncate_events(self, run_id: str, after: int, below_epoch: int) -> int:
+        """Delete the run's events above `after` written by epochs below `below_epoch`.
+
+        Raises:
+            LeaseLostError: epoch `below_epoch` of the run is superseded.
+        """
+        request = pb.TruncateRunEventsRequest(
+            run_id=run_id, after_sequence=after, epoch=below_epoch
+        )
+        return int((await self._unary(self._api.TruncateRunEvents(request))).deleted_count)
 
     async def list_events(
         self, run_id: str, *, after: int = 0, limit: int = 1000
@@ -738,6 +808,22 @@ class RemoteExecutionStore:
             return await call
         except grpc.aio.AioRpcError as exc:
             raise self._conn.error(exc) from None
+
+
+def _fenced(
+    run_ids: Sequence[str],
+    results: Sequence[T],
+    superseded: Sequence[str],
+    epochs: Mapping[str, int],
+) -> list[T | Exception]:
+    """`results`, with a `LeaseLostError` in place of each item of a superseded run."""
+    if not superseded:
+        return list(results)
+    lost = set(superseded)
+    return [
+        LeaseLostError(run_id, epochs.get(run_id, 0)) if run_id in lost else result
+        for run_id, result in zip(run_ids, results, strict=True)
+    ]
 
 
 def _header(artifact: Artifact, sha256: str | None, size: int | None) -> pb.ArtifactHeader:

@@ -10,20 +10,22 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from dagwire.errors import DagwireError
+from dagwire.errors import DagwireError, LeaseLostError
 from dagwire.models import RunRecord, RunStatus, utc_now
 from dagwire.runtime._durability import StoreGuard
 from dagwire.runtime._state import RunState
 from dagwire.runtime.dispatcher import TaskDispatcher
 from dagwire.runtime.events import RunEvent, RunEventKind
-from dagwire.stores.base import ArtifactStore, ExecutionStore, OutcomeRecorder, RunLedger
+from dagwire.stores.base import (
+    ArtifactStore,
+    ExecutionStore,
+    FencedStore,
+    OutcomeRecorder,
+    RunLedger,
+)
 
 _log = logging.getLogger("dagwire.orchestrator")
 _T = TypeVar("_T")
-
-
-class LeaseLostError(Exception):
-    """This orchestrator no longer owns the run (another one claimed a newer lease epoch)."""
 
 
 class OrchestratorCore:
@@ -47,6 +49,12 @@ class OrchestratorCore:
         self._ledger: RunLedger | None = (
             execution_store if isinstance(execution_store, RunLedger) else None
         )
+        #: Fences writes at the store (docs/durability.md): the owner needs no check of its own.
+        self._fenced: FencedStore | None = (
+            execution_store
+            if self._ledger is not None and isinstance(execution_store, FencedStore)
+            else None
+        )
         self._dispatcher = dispatcher
         self.instance_id = instance_id
         self._lease = timedelta(seconds=lease_seconds)
@@ -69,6 +77,9 @@ class OrchestratorCore:
         self._keeper: asyncio.Task[None] | None = None  # the lease keeper (`_leases`)
         self._adopting = False  # scanning for orphaned runs (`recover_orphans` was called)
         self._closing = False
+        #: Runs whose next epoch someone claimed without ever writing the run record (a
+        #: claimer that died at once): run id → (the epoch, when first seen contested).
+        self._contested: dict[str, tuple[int, float]] = {}
 
     def _ensure_keeper(self) -> None:
         """Have the lease keeper running (`_leases.LeasesMixin`; nothing to keep here)."""
@@ -97,7 +108,7 @@ class OrchestratorCore:
         """
         async with state.save_lock:  # one writer per run record
             if state.abandoned:
-                raise LeaseLostError(state.run_id)
+                raise LeaseLostError(state.run_id, state.epoch)
             await self._check_lease(state)
             record = state.record
             if not RunStatus(record.status).is_final:
@@ -108,16 +119,18 @@ class OrchestratorCore:
             state.record = record
 
     async def _check_lease(self, state: RunState) -> None:
-        """Raise `LeaseLostError` when another orchestrator claimed the run's next epoch."""
+        """Raise `LeaseLostError` when another orchestrator claimed the run's next epoch.
+
+        Only where the store does not fence the run's writes itself (an in-process store)."""
         ledger = self._ledger
-        if ledger is None or not state.epoch:
+        if ledger is None or not state.epoch or self._fenced is not None:
             return
         claimed = await self._durable(
             lambda: ledger.lease_claimed(state.run_id, state.epoch + 1),
             f"checking the lease of run {state.run_id}",
         )
         if claimed:
-            raise LeaseLostError(state.run_id)
+            raise LeaseLostError(state.run_id, state.epoch)
 
     async def _save_run_as_is(self, state: RunState, record: RunRecord) -> None:
         """Write `record` as the run's owner without renewing its lease (a hand-over).
@@ -138,6 +151,7 @@ class OrchestratorCore:
             try:
                 await self._save_run(state)
                 _log.info("final run status recorded", extra={"run_id": state.run_id})
+                self._unfence(state)
                 return
             except LeaseLostError:
                 return
@@ -150,6 +164,11 @@ class OrchestratorCore:
         if state.journal is not None:
             await state.journal.drain_eventually()
         await self._save_run_eventually(state)
+
+    def _unfence(self, state: RunState) -> None:
+        """The run's final record is durable: its writes need no lease epoch any more."""
+        if self._fenced is not None and RunStatus(state.record.status).is_final:
+            self._fenced.unfence(state.run_id)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

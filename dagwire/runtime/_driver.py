@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 
-from dagwire.errors import DagwireError, StoreUnavailableError
+from dagwire.errors import DagwireError, LeaseLostError, StoreUnavailableError
 from dagwire.graph.dag import DAG
 from dagwire.graph.scheduler import Scheduler
 from dagwire.models import (
@@ -25,7 +25,6 @@ from dagwire.models import (
     utc_now,
 )
 from dagwire.runtime._attempts import AttemptsMixin
-from dagwire.runtime._core import LeaseLostError
 from dagwire.runtime._durability import EventJournal
 from dagwire.runtime._state import FINISHED_RUNS_KEPT, NodeOutcome, RunState
 from dagwire.runtime.events import EventLog, RunEvent, RunEventKind
@@ -100,7 +99,10 @@ class DriverMixin(AttemptsMixin):
         if task.cancelled():
             outcome = NodeOutcome(TaskStatus.CANCELLED, state.attempts[node_id], error="cancelled")
         elif (exc := task.exception()) is not None:
-            if isinstance(exc, StoreUnavailableError):
+            if isinstance(exc, LeaseLostError):  # the store refused a write: not ours any more
+                self._abandon(state)
+                outcome = NodeOutcome(TaskStatus.CANCELLED, state.attempts[node_id], error=str(exc))
+            elif isinstance(exc, StoreUnavailableError):
                 outcome = NodeOutcome(
                     TaskStatus.FAILED, state.attempts[node_id], error=str(exc), store_error=exc
                 )
@@ -264,6 +266,7 @@ class DriverMixin(AttemptsMixin):
         else:
             try:
                 await self._save_run(state)
+                self._unfence(state)
             except LeaseLostError:
                 pass
             except DagwireError:
@@ -320,7 +323,15 @@ class DriverMixin(AttemptsMixin):
             errors={},
         )
         if ledger is not None:
-            state.journal = EventJournal(ledger, self._guard, events, record.lease_epoch)
+            state.journal = EventJournal(
+                ledger,
+                self._guard,
+                events,
+                record.lease_epoch,
+                on_lease_lost=lambda: self._abandon(state),
+            )
+            if self._fenced is not None:
+                self._fenced.fence(record.run_id, record.lease_epoch)
         return state
 
     def _start_driver(self, state: RunState) -> None:

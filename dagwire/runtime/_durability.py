@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from dagwire.errors import StoreUnavailableError
+from dagwire.errors import LeaseLostError, StoreUnavailableError
 from dagwire.models import RunEventRecord
 from dagwire.runtime.events import EventLog
 from dagwire.stores.base import RunLedger
@@ -92,8 +92,17 @@ class EventJournal:
     next write (batched with the other runs' by the store client).
     """
 
-    def __init__(self, ledger: RunLedger, guard: StoreGuard, log: EventLog, epoch: int) -> None:
+    def __init__(
+        self,
+        ledger: RunLedger,
+        guard: StoreGuard,
+        log: EventLog,
+        epoch: int,
+        *,
+        on_lease_lost: Callable[[], None] | None = None,
+    ) -> None:
         self._ledger = ledger
+        self._on_lease_lost = on_lease_lost
         self._guard = guard
         self._log = log
         self.epoch = epoch
@@ -142,10 +151,16 @@ class EventJournal:
             records = [
                 RunEventRecord(self._log.run_id, e.sequence, self.epoch, e.to_json()) for e in batch
             ]
-            await self._guard.run(
-                functools.partial(self._ledger.append_events, records),
-                f"storing events of run {self._log.run_id}",
-            )
+            try:
+                await self._guard.run(
+                    functools.partial(self._ledger.append_events, records),
+                    f"storing events of run {self._log.run_id}",
+                )
+            except LeaseLostError:  # the store fenced this writer off: write nothing more
+                self._stopped = True
+                if self._on_lease_lost is not None:
+                    self._on_lease_lost()
+                raise
             self.durable = batch[-1].sequence
             self._log.publish(batch[-1].sequence)
 

@@ -11,9 +11,8 @@ import functools
 import logging
 import time
 
-from dagwire.errors import DagwireError, StoreUnavailableError
+from dagwire.errors import DagwireError, LeaseLostError, StoreUnavailableError
 from dagwire.models import RunRecord, RunStatus, TaskStatus, utc_now
-from dagwire.runtime._core import LeaseLostError
 from dagwire.runtime._resume import ResumeMixin
 
 __all__ = ["LeasesMixin"]
@@ -62,6 +61,9 @@ class LeasesMixin(ResumeMixin):
             if len(page) < _ADOPTION_PAGE:
                 break
             after = page[-1].run_id
+        listed = {record.run_id for record in orphans}
+        for run_id in [r for r in self._contested if r not in listed]:
+            del self._contested[run_id]  # adopted (or ended) meanwhile
         adopted: list[str] = []
         for record in orphans:
             if self._closing:
@@ -71,10 +73,8 @@ class LeasesMixin(ResumeMixin):
                     adopted.append(record.run_id)
             except StoreUnavailableError:
                 raise
-            except Exception as exc:  # one bad run must not stop the others' recovery
-                _log.exception("could not resume run", extra={"run_id": record.run_id})
-                await self._fail_orphan(record, f"could not resume the run: {exc}")
-                adopted.append(record.run_id)
+            except Exception:  # one bad run must not stop the others'; the next scan retries
+                _log.exception("could not adopt run", extra={"run_id": record.run_id})
         return adopted
 
     async def _adopt(self, record: RunRecord) -> bool:
@@ -84,21 +84,46 @@ class LeasesMixin(ResumeMixin):
                 record, f"orchestrator restarted: owner {record.owner or '(unknown)'} stopped"
             )
             return True
+        run_id = record.run_id
         epoch = max(record.lease_epoch, 1) + 1
-        if not await ledger.claim_run(record.run_id, epoch, self.instance_id):
+        contested = self._contested.get(run_id)
+        if (
+            contested is not None
+            and contested[0] >= epoch
+            and time.monotonic() - contested[1] > 2 * self._lease.total_seconds()
+        ):
+            epoch = contested[0] + 1  # its claimer never wrote the record: claim past it
+        if not await ledger.claim_run(run_id, epoch, self.instance_id):
+            if contested is None or contested[0] != epoch:
+                self._contested[run_id] = (epoch, time.monotonic())
             return False  # another orchestrator adopted it first
+        self._contested.pop(run_id, None)
         _log.warning(
             "adopting run: its owner's lease lapsed",
-            extra={"run_id": record.run_id, "previous_owner": record.owner, "epoch": epoch},
+            extra={"run_id": run_id, "previous_owner": record.owner, "epoch": epoch},
         )
-        await self._resume(
-            dataclasses.replace(
-                record,
-                owner=self.instance_id,
-                lease_epoch=epoch,
-                lease_expires_at=utc_now() + self._lease,
+        adopted = dataclasses.replace(
+            record,
+            owner=self.instance_id,
+            lease_epoch=epoch,
+            lease_expires_at=utc_now() + self._lease,
+        )
+        try:
+            # the record says who owns the run before its history is read: a claim whose
+            # record never follows is a claimer that died within milliseconds
+            await self._durable(
+                functools.partial(self._execution_store.save_run, adopted),
+                f"taking over run {run_id}",
             )
-        )
+            await self._resume(adopted)
+        except LeaseLostError:
+            _log.warning("another orchestrator took the run over first", extra={"run_id": run_id})
+            return False
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:  # a run that cannot be resumed is failed, under our epoch
+            _log.exception("could not resume run", extra={"run_id": run_id})
+            await self._fail_orphan(adopted, f"could not resume the run: {exc}")
         return True
 
     async def _fail_orphan(self, record: RunRecord, error: str) -> None:

@@ -145,7 +145,8 @@ class ResumeMixin(DriverMixin):
         assert ledger is not None
         stored: list[RunEventRecord] = []
         while True:
-            page = await ledger.list_events(run_id, after=len(stored), limit=1000)
+            after = stored[-1].sequence if stored else 0
+            page = await ledger.list_events(run_id, after=after, limit=1000)
             stored += page
             if len(page) < 1000:
                 return events_prefix(run_id, stored)
@@ -181,6 +182,20 @@ class ResumeMixin(DriverMixin):
                 f"recording the end of run {run_id}",
             )
             return
+        ledger = self._ledger
+        assert ledger is not None
+        # an interrupted write of the previous owner can leave events after a hole (FerretDB
+        # stores the rest of a failed ordered batch); never published, they would collide with
+        # the numbering this owner continues from the prefix
+        removed = await self._durable(
+            functools.partial(ledger.truncate_events, run_id, len(prior), record.lease_epoch),
+            f"removing unpublished events of run {run_id}",
+        )
+        if removed:
+            _log.warning(
+                "removed events stored after a gap by the previous owner",
+                extra={"run_id": run_id, "events": removed, "after_sequence": len(prior)},
+            )
         records = await self._execution_store.list_records(run_id)
         state = self._new_state(record, resolved, dag, prior=prior)
         self._active[run_id] = state

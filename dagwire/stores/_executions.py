@@ -6,7 +6,7 @@ import builtins
 import json
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -295,6 +295,18 @@ class SqliteExecutionStore:
             return False
         return await self._db.read(partial(_claim_exists, run_id, int(epoch)))
 
+    async def superseded(self, leases: Mapping[str, int]) -> builtins.set[str]:
+        """The runs of `leases` whose lease epoch after the given one was claimed."""
+        wanted = [(r, int(e) + 1) for r, e in leases.items() if int(e) >= 1]
+        if not wanted:
+            return set()
+        return await self._db.read(partial(_claimed_runs, wanted))
+
+    async def truncate_events(self, run_id: str, after: int, below_epoch: int) -> int:
+        """Delete the run's events above `after` written by epochs below `below_epoch`."""
+        check_text(run_id, "run_id")
+        return await self._db.write(partial(_delete_events, run_id, int(after), int(below_epoch)))
+
     async def append_events(self, events: Sequence[RunEventRecord]) -> None:
         """Store run events keyed by (run_id, sequence); repeats are ignored."""
         rows = []
@@ -508,6 +520,25 @@ def _claim_exists(run_id: str, epoch: int, conn: sqlite3.Connection) -> bool:
         "SELECT 1 FROM run_claims WHERE run_id = ? AND epoch = ?", (run_id, epoch)
     ).fetchone()
     return row is not None
+
+
+def _claimed_runs(wanted: list[tuple[str, int]], conn: sqlite3.Connection) -> set[str]:
+    return {
+        run_id
+        for run_id, epoch in wanted
+        if conn.execute(
+            "SELECT 1 FROM run_claims WHERE run_id = ? AND epoch = ?", (run_id, epoch)
+        ).fetchone()
+        is not None
+    }
+
+
+def _delete_events(run_id: str, after: int, below: int, conn: sqlite3.Connection) -> int:
+    cursor = conn.execute(
+        "DELETE FROM run_events WHERE run_id = ? AND sequence > ? AND epoch < ?",
+        (run_id, after, below),
+    )
+    return cursor.rowcount
 
 
 def _insert_events(rows: list[tuple[Any, ...]], conn: sqlite3.Connection) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -287,6 +287,21 @@ class OutcomeRecorder(Protocol):
 
 
 @runtime_checkable
+class FencedStore(Protocol):
+    """An optional capability of an execution store client: it sends the writer's lease epoch
+    of a run with every write for it, and the store refuses a write whose epoch was
+    superseded, raising `LeaseLostError` (the store service does: docs/durability.md)."""
+
+    def fence(self, run_id: str, epoch: int) -> None:
+        """Send lease epoch `epoch` with the writes for `run_id` from now on."""
+        ...
+
+    def unfence(self, run_id: str) -> None:
+        """Send no lease epoch with the writes for `run_id` any more."""
+        ...
+
+
+@runtime_checkable
 class RunLedger(Protocol):
     """An optional capability of an execution store: what replicated orchestrators share to
     own, resume, watch and cancel runs (docs/durability.md).
@@ -314,6 +329,23 @@ class RunLedger(Protocol):
     async def lease_claimed(self, run_id: str, epoch: int) -> bool:
         """Whether someone claimed epoch `epoch` of the run (an owner of `epoch - 1` that
         sees True has lost the run and must stop writing for it)."""
+        ...
+
+    async def superseded(self, leases: Mapping[str, int]) -> builtins.set[str]:
+        """The runs of `leases` (run id → a writer's lease epoch) whose next epoch was claimed:
+        a write for them from that writer must be refused. Epochs below 1 are not fenced.
+
+        Claims are consecutive (epoch e + 1 is claimed before e + 2), so one lookup per run
+        tells."""
+        ...
+
+    async def truncate_events(self, run_id: str, after: int, below_epoch: int) -> int:
+        """Delete the run's stored events numbered above `after` that epochs below
+        `below_epoch` wrote; return how many.
+
+        For an adopter: events after the gap-free prefix it resumes from were never
+        published (an interrupted batch can leave a hole before them); its own numbering
+        continues from the prefix and must not collide with them."""
         ...
 
     async def append_events(self, events: Sequence[RunEventRecord]) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import builtins
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 
@@ -349,6 +349,29 @@ class MongoExecutionStore:
         collection = await self._collection("run_claims")
         async with self._errors():
             return await collection.find_one({"_id": f"{run_id}/{int(epoch)}"}) is not None
+
+    async def superseded(self, leases: Mapping[str, int]) -> builtins.set[str]:
+        """The runs of `leases` whose lease epoch after the given one was claimed."""
+        ids = {f"{r}/{int(e) + 1}": r for r, e in leases.items() if int(e) >= 1}
+        if not ids:
+            return set()
+        collection = await self._collection("run_claims")
+        async with self._errors():
+            docs = await collection.find({"_id": {"$in": list(ids)}}, {"_id": 1}).to_list()
+        return {ids[d["_id"]] for d in docs if d["_id"] in ids}
+
+    async def truncate_events(self, run_id: str, after: int, below_epoch: int) -> int:
+        """Delete the run's events above `after` written by epochs below `below_epoch`."""
+        check_text(run_id, "run_id")
+        collection = await self._collection("run_events")
+        query = {
+            "run_id": run_id,
+            "sequence": {"$gt": int(after)},
+            "epoch": {"$lt": int(below_epoch)},
+        }
+        async with self._errors():
+            result = await collection.delete_many(query)
+        return int(result.deleted_count)
 
     async def append_events(self, events: Sequence[RunEventRecord]) -> None:
         """Store run events keyed by (run_id, sequence); repeats are ignored."""

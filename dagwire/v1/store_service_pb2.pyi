@@ -276,17 +276,42 @@ class RecordExecutionsRequest(google.protobuf.message.Message):
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
+    @typing.final
+    class LeaseEpochsEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        value: builtins.int
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: builtins.int = ...,
+        ) -> None: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
     RECORDS_FIELD_NUMBER: builtins.int
+    LEASE_EPOCHS_FIELD_NUMBER: builtins.int
     @property
     def records(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[dagwire.v1.common_pb2.ExecutionRecord]:
         """The records; an empty batch is allowed and does nothing."""
+
+    @property
+    def lease_epochs(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.int]:
+        """The writer's lease epoch per run (run_id to epoch): the records of a run whose next epoch
+        was claimed are not written (fencing). Runs absent, or with an epoch below 1, are not
+        fenced.
+        """
 
     def __init__(
         self,
         *,
         records: collections.abc.Iterable[dagwire.v1.common_pb2.ExecutionRecord] | None = ...,
+        lease_epochs: collections.abc.Mapping[builtins.str, builtins.int] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["records", b"records"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["lease_epochs", b"lease_epochs", "records", b"records"]) -> None: ...
 
 Global___RecordExecutionsRequest: typing_extensions.TypeAlias = RecordExecutionsRequest
 
@@ -296,9 +321,17 @@ class RecordExecutionsResponse(google.protobuf.message.Message):
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
+    SUPERSEDED_RUN_IDS_FIELD_NUMBER: builtins.int
+    @property
+    def superseded_run_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Runs whose records were not written: the writer's lease epoch of them is superseded."""
+
     def __init__(
         self,
+        *,
+        superseded_run_ids: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["superseded_run_ids", b"superseded_run_ids"]) -> None: ...
 
 Global___RecordExecutionsResponse: typing_extensions.TypeAlias = RecordExecutionsResponse
 
@@ -337,17 +370,41 @@ class RecordOutcomesRequest(google.protobuf.message.Message):
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
+    @typing.final
+    class LeaseEpochsEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        value: builtins.int
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: builtins.int = ...,
+        ) -> None: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
     OUTCOMES_FIELD_NUMBER: builtins.int
+    LEASE_EPOCHS_FIELD_NUMBER: builtins.int
     @property
     def outcomes(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AttemptOutcome]:
         """The outcomes; an empty batch is allowed and does nothing."""
+
+    @property
+    def lease_epochs(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.int]:
+        """The writer's lease epoch per run, as in RecordExecutionsRequest: the outcomes of a
+        superseded run are neither stored nor recorded.
+        """
 
     def __init__(
         self,
         *,
         outcomes: collections.abc.Iterable[Global___AttemptOutcome] | None = ...,
+        lease_epochs: collections.abc.Mapping[builtins.str, builtins.int] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["outcomes", b"outcomes"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["lease_epochs", b"lease_epochs", "outcomes", b"outcomes"]) -> None: ...
 
 Global___RecordOutcomesRequest: typing_extensions.TypeAlias = RecordOutcomesRequest
 
@@ -384,16 +441,22 @@ class RecordOutcomesResponse(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: builtins.int
+    SUPERSEDED_RUN_IDS_FIELD_NUMBER: builtins.int
     @property
     def results(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___OutcomeResult]:
-        """One result per outcome, in request order."""
+        """One result per outcome, in request order (empty for the outcomes of a superseded run)."""
+
+    @property
+    def superseded_run_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Runs whose outcomes were not written: the writer's lease epoch of them is superseded."""
 
     def __init__(
         self,
         *,
         results: collections.abc.Iterable[Global___OutcomeResult] | None = ...,
+        superseded_run_ids: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["results", b"results"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["results", b"results", "superseded_run_ids", b"superseded_run_ids"]) -> None: ...
 
 Global___RecordOutcomesResponse: typing_extensions.TypeAlias = RecordOutcomesResponse
 
@@ -775,11 +838,69 @@ class AppendRunEventsResponse(google.protobuf.message.Message):
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
+    SUPERSEDED_RUN_IDS_FIELD_NUMBER: builtins.int
+    @property
+    def superseded_run_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Runs whose events were not written: the epoch the events carry is superseded (another
+        orchestrator claimed the next one).
+        """
+
     def __init__(
         self,
+        *,
+        superseded_run_ids: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["superseded_run_ids", b"superseded_run_ids"]) -> None: ...
 
 Global___AppendRunEventsResponse: typing_extensions.TypeAlias = AppendRunEventsResponse
+
+@typing.final
+class TruncateRunEventsRequest(google.protobuf.message.Message):
+    """TruncateRunEventsRequest names the stored events an adopter removes before it numbers its
+    own: those after the gap-free prefix it resumes from, written by earlier epochs.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: builtins.int
+    EPOCH_FIELD_NUMBER: builtins.int
+    run_id: builtins.str
+    """Id of the run; required."""
+    after_sequence: builtins.int
+    """Events with a sequence above this are removed."""
+    epoch: builtins.int
+    """The caller's lease epoch (at least 2): only events of lower epochs are removed, and the
+    call is ABORTED (LEASE_SUPERSEDED) when the next epoch was claimed.
+    """
+    def __init__(
+        self,
+        *,
+        run_id: builtins.str = ...,
+        after_sequence: builtins.int = ...,
+        epoch: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["after_sequence", b"after_sequence", "epoch", b"epoch", "run_id", b"run_id"]) -> None: ...
+
+Global___TruncateRunEventsRequest: typing_extensions.TypeAlias = TruncateRunEventsRequest
+
+@typing.final
+class TruncateRunEventsResponse(google.protobuf.message.Message):
+    """TruncateRunEventsResponse says how many events were removed."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    DELETED_COUNT_FIELD_NUMBER: builtins.int
+    deleted_count: builtins.int
+    """Number of events removed."""
+    def __init__(
+        self,
+        *,
+        deleted_count: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["deleted_count", b"deleted_count"]) -> None: ...
+
+Global___TruncateRunEventsResponse: typing_extensions.TypeAlias = TruncateRunEventsResponse
 
 @typing.final
 class ReadRunEventsRequest(google.protobuf.message.Message):

@@ -315,6 +315,11 @@ class ExecutionStoreServiceStub:
                 request_serializer=dagwire_dot_v1_dot_store__service__pb2.ReadRunEventsRequest.SerializeToString,
                 response_deserializer=dagwire_dot_v1_dot_store__service__pb2.ReadRunEventsResponse.FromString,
                 _registered_method=True)
+        self.TruncateRunEvents = channel.unary_unary(
+                '/dagwire.v1.ExecutionStoreService/TruncateRunEvents',
+                request_serializer=dagwire_dot_v1_dot_store__service__pb2.TruncateRunEventsRequest.SerializeToString,
+                response_deserializer=dagwire_dot_v1_dot_store__service__pb2.TruncateRunEventsResponse.FromString,
+                _registered_method=True)
         self.RequestRunCancel = channel.unary_unary(
                 '/dagwire.v1.ExecutionStoreService/RequestRunCancel',
                 request_serializer=dagwire_dot_v1_dot_store__service__pb2.RequestRunCancelRequest.SerializeToString,
@@ -381,7 +386,12 @@ class ExecutionStoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SaveRunRecord(self, request, context):
-        """SaveRunRecord upserts a run record, keyed by run_id.
+        """SaveRunRecord upserts a run record, keyed by run_id. A record whose lease_epoch is 1 or
+        more is refused with ABORTED (LEASE_SUPERSEDED) once that epoch's successor was claimed:
+        every write for a run carries its writer's lease epoch, and the store fences writers
+        whose lease another orchestrator took over (RecordExecutions, RecordOutcomes and
+        AppendRunEvents name the refused runs in their response instead, as a batch may carry
+        several runs).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -437,6 +447,14 @@ class ExecutionStoreServiceServicer:
     def ReadRunEvents(self, request, context):
         """ReadRunEvents returns a run's stored events after a sequence number, in order (the
         sequence is the cursor: ask again from the last one received).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TruncateRunEvents(self, request, context):
+        """TruncateRunEvents removes the events an interrupted write of an earlier epoch left after
+        a gap (never published); an adopter calls it before it continues the numbering.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -546,6 +564,11 @@ def add_ExecutionStoreServiceServicer_to_server(servicer, server):
                     servicer.ReadRunEvents,
                     request_deserializer=dagwire_dot_v1_dot_store__service__pb2.ReadRunEventsRequest.FromString,
                     response_serializer=dagwire_dot_v1_dot_store__service__pb2.ReadRunEventsResponse.SerializeToString,
+            ),
+            'TruncateRunEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.TruncateRunEvents,
+                    request_deserializer=dagwire_dot_v1_dot_store__service__pb2.TruncateRunEventsRequest.FromString,
+                    response_serializer=dagwire_dot_v1_dot_store__service__pb2.TruncateRunEventsResponse.SerializeToString,
             ),
             'RequestRunCancel': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestRunCancel,
@@ -876,6 +899,33 @@ class ExecutionStoreService:
             '/dagwire.v1.ExecutionStoreService/ReadRunEvents',
             dagwire_dot_v1_dot_store__service__pb2.ReadRunEventsRequest.SerializeToString,
             dagwire_dot_v1_dot_store__service__pb2.ReadRunEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TruncateRunEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dagwire.v1.ExecutionStoreService/TruncateRunEvents',
+            dagwire_dot_v1_dot_store__service__pb2.TruncateRunEventsRequest.SerializeToString,
+            dagwire_dot_v1_dot_store__service__pb2.TruncateRunEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

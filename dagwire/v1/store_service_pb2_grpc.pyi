@@ -406,6 +406,22 @@ _ExecutionStoreServiceReadRunEventsType = typing_extensions.TypeVar(
     ],
 )
 
+_ExecutionStoreServiceTruncateRunEventsType = typing_extensions.TypeVar(
+    '_ExecutionStoreServiceTruncateRunEventsType',
+    grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.TruncateRunEventsRequest,
+        dagwire.v1.store_service_pb2.TruncateRunEventsResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.TruncateRunEventsRequest,
+        dagwire.v1.store_service_pb2.TruncateRunEventsResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.TruncateRunEventsRequest,
+        dagwire.v1.store_service_pb2.TruncateRunEventsResponse,
+    ],
+)
+
 _ExecutionStoreServiceRequestRunCancelType = typing_extensions.TypeVar(
     '_ExecutionStoreServiceRequestRunCancelType',
     grpc.UnaryUnaryMultiCallable[
@@ -502,7 +518,7 @@ _ExecutionStoreServicePruneRegistryEntriesType = typing_extensions.TypeVar(
     ],
 )
 
-class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecutionsType, _ExecutionStoreServiceRecordOutcomesType, _ExecutionStoreServiceListExecutionRecordsType, _ExecutionStoreServiceSaveRunRecordType, _ExecutionStoreServiceGetRunRecordType, _ExecutionStoreServiceListRunRecordsType, _ExecutionStoreServiceCreateRunRecordType, _ExecutionStoreServiceClaimRunLeaseType, _ExecutionStoreServiceGetRunLeaseClaimType, _ExecutionStoreServiceAppendRunEventsType, _ExecutionStoreServiceReadRunEventsType, _ExecutionStoreServiceRequestRunCancelType, _ExecutionStoreServiceBatchGetRunCancelRequestsType, _ExecutionStoreServicePutRegistryEntryType, _ExecutionStoreServiceDeleteRegistryEntryType, _ExecutionStoreServiceListRegistryEntriesType, _ExecutionStoreServicePruneRegistryEntriesType]):
+class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecutionsType, _ExecutionStoreServiceRecordOutcomesType, _ExecutionStoreServiceListExecutionRecordsType, _ExecutionStoreServiceSaveRunRecordType, _ExecutionStoreServiceGetRunRecordType, _ExecutionStoreServiceListRunRecordsType, _ExecutionStoreServiceCreateRunRecordType, _ExecutionStoreServiceClaimRunLeaseType, _ExecutionStoreServiceGetRunLeaseClaimType, _ExecutionStoreServiceAppendRunEventsType, _ExecutionStoreServiceReadRunEventsType, _ExecutionStoreServiceTruncateRunEventsType, _ExecutionStoreServiceRequestRunCancelType, _ExecutionStoreServiceBatchGetRunCancelRequestsType, _ExecutionStoreServicePutRegistryEntryType, _ExecutionStoreServiceDeleteRegistryEntryType, _ExecutionStoreServiceListRegistryEntriesType, _ExecutionStoreServicePruneRegistryEntriesType]):
     """ExecutionStoreService keeps the records of runs and of each task attempt."""
 
     @typing.overload
@@ -550,6 +566,10 @@ class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecu
         grpc.UnaryUnaryMultiCallable[
             dagwire.v1.store_service_pb2.ReadRunEventsRequest,
             dagwire.v1.store_service_pb2.ReadRunEventsResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.TruncateRunEventsRequest,
+            dagwire.v1.store_service_pb2.TruncateRunEventsResponse,
         ],
         grpc.UnaryUnaryMultiCallable[
             dagwire.v1.store_service_pb2.RequestRunCancelRequest,
@@ -624,6 +644,10 @@ class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecu
             dagwire.v1.store_service_pb2.ReadRunEventsResponse,
         ],
         grpc.aio.UnaryUnaryMultiCallable[
+            dagwire.v1.store_service_pb2.TruncateRunEventsRequest,
+            dagwire.v1.store_service_pb2.TruncateRunEventsResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
             dagwire.v1.store_service_pb2.RequestRunCancelRequest,
             dagwire.v1.store_service_pb2.RequestRunCancelResponse,
         ],
@@ -669,7 +693,13 @@ class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecu
     """ListExecutionRecords returns a run's execution records, ordered by start time."""
 
     SaveRunRecord: _ExecutionStoreServiceSaveRunRecordType
-    """SaveRunRecord upserts a run record, keyed by run_id."""
+    """SaveRunRecord upserts a run record, keyed by run_id. A record whose lease_epoch is 1 or
+    more is refused with ABORTED (LEASE_SUPERSEDED) once that epoch's successor was claimed:
+    every write for a run carries its writer's lease epoch, and the store fences writers
+    whose lease another orchestrator took over (RecordExecutions, RecordOutcomes and
+    AppendRunEvents name the refused runs in their response instead, as a batch may carry
+    several runs).
+    """
 
     GetRunRecord: _ExecutionStoreServiceGetRunRecordType
     """GetRunRecord returns one run record; NOT_FOUND (RUN_NOT_FOUND) if unknown."""
@@ -701,6 +731,11 @@ class ExecutionStoreServiceStub(typing.Generic[_ExecutionStoreServiceRecordExecu
     ReadRunEvents: _ExecutionStoreServiceReadRunEventsType
     """ReadRunEvents returns a run's stored events after a sequence number, in order (the
     sequence is the cursor: ask again from the last one received).
+    """
+
+    TruncateRunEvents: _ExecutionStoreServiceTruncateRunEventsType
+    """TruncateRunEvents removes the events an interrupted write of an earlier epoch left after
+    a gap (never published); an adopter calls it before it continues the numbering.
     """
 
     RequestRunCancel: _ExecutionStoreServiceRequestRunCancelType
@@ -775,6 +810,10 @@ ExecutionStoreServiceAsyncStub: typing_extensions.TypeAlias = ExecutionStoreServ
         dagwire.v1.store_service_pb2.ReadRunEventsResponse,
     ],
     grpc.aio.UnaryUnaryMultiCallable[
+        dagwire.v1.store_service_pb2.TruncateRunEventsRequest,
+        dagwire.v1.store_service_pb2.TruncateRunEventsResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
         dagwire.v1.store_service_pb2.RequestRunCancelRequest,
         dagwire.v1.store_service_pb2.RequestRunCancelResponse,
     ],
@@ -843,7 +882,13 @@ class ExecutionStoreServiceServicer(metaclass=abc.ABCMeta):
         request: dagwire.v1.store_service_pb2.SaveRunRecordRequest,
         context: _ServicerContext,
     ) -> typing.Union[dagwire.v1.store_service_pb2.SaveRunRecordResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.SaveRunRecordResponse]]:
-        """SaveRunRecord upserts a run record, keyed by run_id."""
+        """SaveRunRecord upserts a run record, keyed by run_id. A record whose lease_epoch is 1 or
+        more is refused with ABORTED (LEASE_SUPERSEDED) once that epoch's successor was claimed:
+        every write for a run carries its writer's lease epoch, and the store fences writers
+        whose lease another orchestrator took over (RecordExecutions, RecordOutcomes and
+        AppendRunEvents name the refused runs in their response instead, as a batch may carry
+        several runs).
+        """
 
     @abc.abstractmethod
     def GetRunRecord(
@@ -910,6 +955,16 @@ class ExecutionStoreServiceServicer(metaclass=abc.ABCMeta):
     ) -> typing.Union[dagwire.v1.store_service_pb2.ReadRunEventsResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.ReadRunEventsResponse]]:
         """ReadRunEvents returns a run's stored events after a sequence number, in order (the
         sequence is the cursor: ask again from the last one received).
+        """
+
+    @abc.abstractmethod
+    def TruncateRunEvents(
+        self,
+        request: dagwire.v1.store_service_pb2.TruncateRunEventsRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dagwire.v1.store_service_pb2.TruncateRunEventsResponse, collections.abc.Awaitable[dagwire.v1.store_service_pb2.TruncateRunEventsResponse]]:
+        """TruncateRunEvents removes the events an interrupted write of an earlier epoch left after
+        a gap (never published); an adopter calls it before it continues the numbering.
         """
 
     @abc.abstractmethod

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
 import grpc.aio
 
-from dagwire.errors import NotFoundError
+from dagwire.errors import LeaseLostError, NotFoundError
 from dagwire.limits import ARTIFACT_CHUNK_BYTES
 from dagwire.models import Artifact, RegistryEntry, RunEventRecord, without_details
 from dagwire.rpc.convert import (
@@ -92,6 +92,8 @@ from dagwire.v1.store_service_pb2 import (
     StatArtifactRequest,
     StatArtifactResponse,
     StoredRunEvent,
+    TruncateRunEventsRequest,
+    TruncateRunEventsResponse,
 )
 from dagwire.v1.store_service_pb2 import RegistryEntry as RegistryEntryMessage
 
@@ -202,19 +204,32 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
         self._store = store
         self._artifacts = artifacts
 
+    async def _superseded(self, leases: Mapping[str, int]) -> set[str]:
+        """The runs among `leases` (run id → the writer's lease epoch) whose writer was
+        fenced off: another orchestrator claimed the next epoch (docs/durability.md)."""
+        fenced = {run_id: epoch for run_id, epoch in leases.items() if epoch >= 1}
+        if not fenced or not isinstance(self._store, RunLedger):
+            return set()
+        return await self._store.superseded(fenced)
+
     async def RecordExecutions(
         self, request: RecordExecutionsRequest, context: Context
     ) -> RecordExecutionsResponse:
         records = [execution_record_from_proto(r) for r in request.records]
+        superseded = await self._superseded(request.lease_epochs)
+        if superseded:
+            records = [r for r in records if r.run_id not in superseded]
         if records:
             await self._store.record_many(records)
-        return RecordExecutionsResponse()
+        return RecordExecutionsResponse(superseded_run_ids=sorted(superseded))
 
     async def RecordOutcomes(
         self, request: RecordOutcomesRequest, context: Context
     ) -> RecordOutcomesResponse:
-        records = [execution_record_from_proto(o.record) for o in request.outcomes]
-        stored = await self._store_all_outputs([o.outputs for o in request.outcomes])
+        superseded = await self._superseded(request.lease_epochs)
+        outcomes = [o for o in request.outcomes if o.record.run_id not in superseded]
+        records = [execution_record_from_proto(o.record) for o in outcomes]
+        stored = await self._store_all_outputs([o.outputs for o in outcomes])
         results: list[OutcomeResult] = []
         durable = []
         for record, outputs in zip(records, stored, strict=True):
@@ -230,7 +245,13 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
             )
         if durable:
             await self._store.record_many(durable)
-        return RecordOutcomesResponse(results=results)
+        if superseded:  # one result per outcome in request order: the fenced ones empty
+            kept = iter(results)
+            results = [
+                OutcomeResult() if o.record.run_id in superseded else next(kept)
+                for o in request.outcomes
+            ]
+        return RecordOutcomesResponse(results=results, superseded_run_ids=sorted(superseded))
 
     async def _store_all_outputs(self, batches: list[Any]) -> list[list[Artifact] | str]:
         """Store the outputs of every outcome: in one write when the artifact store can
@@ -306,7 +327,10 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
     ) -> SaveRunRecordResponse:
         if not request.HasField("run"):
             raise InvalidArgumentError("run is required", field="run")
-        check_required(request.run.run_id, "run.run_id")
+        run_id = check_required(request.run.run_id, "run.run_id")
+        epoch = request.run.lease_epoch
+        if await self._superseded({run_id: epoch}):
+            raise LeaseLostError(run_id, epoch)
         await self._store.save_run(run_from_proto(request.run))
         return SaveRunRecordResponse()
 
@@ -398,9 +422,36 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
                     f"events[{index}].data_json must be a JSON object", field="events"
                 )
             events.append(RunEventRecord(event.run_id, event.sequence, event.epoch, data))
+        if not events:
+            return AppendRunEventsResponse()
+        ledger = self._ledger()
+        leases: dict[str, int] = {}
+        for e in events:  # a batch's events of one run share the writer's epoch
+            leases[e.run_id] = max(leases.get(e.run_id, 0), e.epoch)
+        superseded = await self._superseded(leases)
+        if superseded:
+            events = [e for e in events if e.run_id not in superseded]
         if events:
-            await self._ledger().append_events(events)
-        return AppendRunEventsResponse()
+            await ledger.append_events(events)
+        return AppendRunEventsResponse(superseded_run_ids=sorted(superseded))
+
+    async def TruncateRunEvents(
+        self, request: TruncateRunEventsRequest, context: Context
+    ) -> TruncateRunEventsResponse:
+        run_id = check_required(request.run_id, "run_id")
+        if request.epoch < 2:
+            raise InvalidArgumentError(
+                "epoch must be at least 2 (only an adopter truncates)", field="epoch"
+            )
+        if request.after_sequence < 0:
+            raise InvalidArgumentError(
+                "after_sequence must not be negative", field="after_sequence"
+            )
+        ledger = self._ledger()
+        if await self._superseded({run_id: request.epoch}):
+            raise LeaseLostError(run_id, request.epoch)
+        deleted = await ledger.truncate_events(run_id, request.after_sequence, request.epoch)
+        return TruncateRunEventsResponse(deleted_count=deleted)
 
     async def ReadRunEvents(
         self, request: ReadRunEventsRequest, context: Context

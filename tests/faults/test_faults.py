@@ -29,17 +29,7 @@ KINDS = ("orchestrator", "store", "adapter", "dispatcher", "ferretdb", "postgres
 
 #: Fault kinds whose failures are known runtime bugs not fixed yet: the test runs and reports,
 #: and is expected to fail until the bug is fixed (the reason says what breaks).
-KNOWN_ISSUES: dict[str, str] = {
-    "postgres": (
-        "FerretDB 1.24 does not stop an ordered insert_many at the first failure when its "
-        "PostgreSQL dies mid-batch: a batch of run events can be stored with a hole (seen: "
-        "[1, 6, 7, ...]). If the owner then gives the run up (it could not renew its lease "
-        "during the outage) before its retry fills the hole, the adopter resumes from the "
-        "gap-free prefix and its numbering collides with the stored tail; the run fails with "
-        "'could not resume the run'. Fix: the adopter removes the previous epoch's events "
-        "after the prefix (a truncate in the run ledger) before it numbers new ones"
-    ),
-}
+KNOWN_ISSUES: dict[str, str] = {}
 
 FAULTS_PER_KIND = int(os.environ.get("DAGWIRE_FAULTS_N", "1"))
 SEED = int(os.environ.get("DAGWIRE_FAULTS_SEED", "0")) or random.SystemRandom().randrange(10**9)

@@ -179,6 +179,50 @@ async def test_a_run_whose_orchestrator_is_killed_is_resumed_by_the_other_replic
     assert records[("slow", 2)].input_artifact_ids == records[("first", 1)].output_artifact_ids
 
 
+async def test_an_owner_paused_past_its_lease_is_fenced_off_by_the_store(
+    replicas: Replicas,
+) -> None:
+    # A pause (GC, a frozen VM, SIGSTOP) outlasts the lease: the other replica adopts the run.
+    # When the old owner wakes up with `slow`'s reply in its socket, the store refuses its
+    # writes (they carry a superseded lease epoch), so it cannot overwrite the adopter's
+    # record of the lost attempt nor append events to the adopter's numbering.
+    owner, other = replicas.client(0), replicas.client(1)
+    run_id = await owner.start_run(CHAIN)
+    await first_event(owner, run_id, started("slow"))
+    paused = replicas.orchestrators[0]
+    assert paused.popen is not None
+    paused.popen.send_signal(signal.SIGSTOP)
+    try:
+
+        async def adopted() -> bool:
+            return (await other.get_run(run_id)).lease_epoch == 2
+
+        await until(adopted)
+        await asyncio.sleep(4.5)  # the first owner's attempt of `slow` has ended meanwhile
+    finally:
+        paused.popen.send_signal(signal.SIGCONT)
+
+    events = await collect_events(other, run_id)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].run_status is RunStatus.SUCCEEDED, events[-1].error
+
+    async def let_go() -> bool:
+        return any(
+            line.get("message") == "lost the lease of a run; handing it over"
+            for line in paused.log_lines()
+        )
+
+    await until(let_go, within=10)
+    records = {(r.node_id, r.attempt): r for r in await replicas.executions.list_records(run_id)}
+    assert records[("slow", 1)].status == TaskStatus.FAILED
+    assert records[("slow", 1)].error == LOST_ATTEMPT_ERROR
+    assert records[("slow", 2)].status == TaskStatus.SUCCEEDED
+    record = await other.get_run(run_id)
+    assert record.status is RunStatus.SUCCEEDED and record.lease_epoch == 2
+    stored = await replicas.executions.list_events(run_id)
+    assert [e.sequence for e in stored] == [e.sequence for e in events]
+
+
 async def test_the_same_request_id_on_both_replicas_at_once_makes_one_run(
     replicas: Replicas,
 ) -> None:

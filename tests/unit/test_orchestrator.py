@@ -22,7 +22,15 @@ from dagwire.errors import (
     StoreUnavailableError,
     WorkflowValidationError,
 )
-from dagwire.models import Artifact, RetryPolicy, RunRecord, RunStatus, TaskNode, TaskStatus
+from dagwire.models import (
+    Artifact,
+    RetryPolicy,
+    RunEventRecord,
+    RunRecord,
+    RunStatus,
+    TaskNode,
+    TaskStatus,
+)
 from dagwire.runtime import Dispatcher, FunctionAdapter, Orchestrator, RunEventKind, backoff_delay
 from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
 from dagwire.toolbox import blob_chunks, toolbox_adapters
@@ -762,6 +770,62 @@ async def test_a_run_whose_owner_stopped_mid_attempt_is_resumed_by_another_orche
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     lost = [e for e in events if e.kind is RunEventKind.ATTEMPT_FAILED]
     assert [(e.node_id, e.attempt, e.will_retry) for e in lost] == [("slow", 1, True)]
+
+
+async def test_an_adopter_resumes_past_unpublished_events_its_predecessor_left_after_a_hole(
+    stores: tuple[LocalArtifactStore, SqliteExecutionStore],
+) -> None:
+    # FerretDB that loses PostgreSQL mid-batch can store the tail of an ordered batch without
+    # its head: events 1..n, a hole, then n+4 and n+5. The adopter must not collide with them.
+    artifacts, executions = stores
+
+    def dispatcher(delay: float) -> Dispatcher:
+        d = Dispatcher()
+        d.register_adapter("quick", Recorder())
+        d.register_adapter("slow", Recorder(delay=delay))
+        return d
+
+    spec = {
+        "name": "hole",
+        "tasks": [
+            {"id": "first", "agent": "quick"},
+            {"id": "slow", "agent": "slow", "depends_on": ["first"]},
+            {"id": "last", "agent": "quick", "depends_on": ["slow"]},
+        ],
+    }
+    owner = Orchestrator(
+        artifacts, executions, dispatcher=dispatcher(60), instance_id="owner", lease_seconds=0.3
+    )
+    adopter = Orchestrator(
+        artifacts, executions, dispatcher=dispatcher(0), instance_id="adopter", lease_seconds=0.3
+    )
+    run_id = await owner.start_run(spec)
+    async for event in adopter.watch_run(run_id):
+        if event.kind is RunEventKind.TASK_STARTED and event.node_id == "slow":
+            published = event.sequence
+            break
+    for state in list(owner._active.values()):
+        owner._abandon(state)
+    await owner.aclose()
+    stray = {"kind": "task_finished", "node_id": "slow", "task_status": "succeeded"}
+    await executions.append_events(
+        [RunEventRecord(run_id, published + gap, 1, stray) for gap in (4, 5)]
+    )
+
+    await adopter.recover_orphans()
+    async with asyncio.timeout(10):
+        while (stored := await executions.get_run(run_id)) is None or stored.owner != "adopter":
+            await asyncio.sleep(0.02)
+        summary = await adopter.wait_run(run_id)
+    await adopter.aclose()
+
+    assert summary.status is RunStatus.SUCCEEDED, summary.error
+    stored_events = await executions.list_events(run_id)
+    assert [e.sequence for e in stored_events] == list(range(1, len(stored_events) + 1))
+    assert all(e.epoch == 2 for e in stored_events[published:])  # the strays are gone
+    events = [e async for e in Orchestrator(artifacts, executions).watch_run(run_id)]
+    assert events[-1].kind is RunEventKind.RUN_FINISHED
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
 
 
 async def test_events_come_in_causal_order_a_failed_tasks_end_before_its_dependents_skips(

@@ -67,6 +67,7 @@ EXPECTED_RPCS: dict[str, dict[str, tuple[bool, bool]]] = {
         "GetRunLeaseClaim": (False, False),
         "AppendRunEvents": (False, False),
         "ReadRunEvents": (False, False),
+        "TruncateRunEvents": (False, False),
         "RequestRunCancel": (False, False),
         "BatchGetRunCancelRequests": (False, False),
         "PutRegistryEntry": (False, False),
