@@ -12,8 +12,14 @@ asks for them. External servers win when configured:
 
 from __future__ import annotations
 
-import logging
 import os
+
+# gRPC's fork handlers can crash a process that forks (subprocess) from a worker thread while
+# gRPC is busy in another thread; the tests fork only to exec, which needs none of them. Set
+# before anything imports grpc.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import logging
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack

@@ -322,6 +322,18 @@ class PostgresServer(_Server):
         self._as_root = os.geteuid() == 0
         self._running = False
 
+    #: Whether a commit waits for its WAL write: "off" acknowledges commits that a kill -9 of
+    #: the server then loses (fine for a throwaway cluster nobody kills).
+    synchronous_commit = "off"
+
+    def server_options(self, socket_dir: Path) -> str:
+        """The ``postgres`` options this cluster runs with."""
+        options = f"-p {self.port} -k {socket_dir} -c listen_addresses={self.host}"
+        if not self.durable:  # fsync and full pages only matter when the OS itself crashes
+            options += " -c fsync=off -c full_page_writes=off"
+            options += f" -c synchronous_commit={self.synchronous_commit}"
+        return options
+
     @property
     def data_dir(self) -> Path:
         return self._dir / "data"
@@ -375,9 +387,7 @@ class PostgresServer(_Server):
             timeout=self.start_timeout,
         )
         self.port = find_free_port()
-        options = f"-p {self.port} -k {base} -c listen_addresses={self.host}"
-        if not self.durable:
-            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        options = self.server_options(base)
         self._running = True  # from here on, stop() must run pg_ctl stop
         self._run(
             [

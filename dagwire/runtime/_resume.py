@@ -184,9 +184,9 @@ class ResumeMixin(DriverMixin):
             return
         ledger = self._ledger
         assert ledger is not None
-        # an interrupted write of the previous owner can leave events after a hole (FerretDB
-        # stores the rest of a failed ordered batch); never published, they would collide with
-        # the numbering this owner continues from the prefix
+        # events stored after a hole (an interrupted batch, a database that lost its last
+        # commits) were never published; left in place they would collide with the numbering
+        # this owner continues from the prefix (docs/durability.md)
         removed = await self._durable(
             functools.partial(ledger.truncate_events, run_id, len(prior), record.lease_epoch),
             f"removing unpublished events of run {run_id}",

@@ -107,11 +107,13 @@ class KillablePostgres(PostgresServer):
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
 
+    #: A commit is acknowledged once its WAL is written (to the OS, which a kill -9 of the
+    #: server does not lose): a database that forgets acknowledged writes when it is killed
+    #: is not one any runtime can be durable on (docs/faults.md).
+    synchronous_commit = "on"
+
     def restart(self) -> None:
-        options = (
-            f"-p {self.port} -k {self._dir} -c listen_addresses={self.host}"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
+        options = self.server_options(self._dir)
         self._run(
             [
                 postgres_program("pg_ctl"),

@@ -775,8 +775,8 @@ async def test_a_run_whose_owner_stopped_mid_attempt_is_resumed_by_another_orche
 async def test_an_adopter_resumes_past_unpublished_events_its_predecessor_left_after_a_hole(
     stores: tuple[LocalArtifactStore, SqliteExecutionStore],
 ) -> None:
-    # FerretDB that loses PostgreSQL mid-batch can store the tail of an ordered batch without
-    # its head: events 1..n, a hole, then n+4 and n+5. The adopter must not collide with them.
+    # An interrupted batch (or a database that lost its last commits) can leave stored events
+    # 1..n, a hole, then n+4 and n+5, never published. The adopter must not collide with them.
     artifacts, executions = stores
 
     def dispatcher(delay: float) -> Dispatcher:
