@@ -55,7 +55,7 @@ from dagwire.rpc.convert import (
     run_status_to_proto,
     run_to_proto,
 )
-from dagwire.rpc.paging import MAX_PAGE_SIZE, encode_page_token
+from dagwire.rpc.paging import MAX_PAGE_SIZE
 from dagwire.rpc.status import InvalidArgumentError, error_from_rpc
 from dagwire.stores._validate import check_registry_entry
 from dagwire.v1 import common_pb2
@@ -772,11 +772,13 @@ class RemoteExecutionStore:
         check_registry_entry(kind)
         out: list[RegistryEntry] = []
         wanted = max(limit, 1)
-        # a start key of the caller's goes as the token the server would have made for it
-        token = encode_page_token("registry", kind, after) if after else ""
+        token = ""
         while len(out) < wanted:
             request = pb.ListRegistryEntriesRequest(
-                kind=kind, page_token=token, page_size=min(wanted - len(out), 1000)
+                kind=kind,
+                page_token=token,
+                after_key=after if not token else "",
+                page_size=min(wanted - len(out), 1000),
             )
             response = await self._unary(self._api.ListRegistryEntries(request))
             out += [

@@ -1131,6 +1131,7 @@ class ListRegistryEntriesRequest(google.protobuf.message.Message):
     KIND_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
     PAGE_SIZE_FIELD_NUMBER: builtins.int
+    AFTER_KEY_FIELD_NUMBER: builtins.int
     kind: builtins.str
     """Kind of the entries; required."""
     page_token: builtins.str
@@ -1139,14 +1140,19 @@ class ListRegistryEntriesRequest(google.protobuf.message.Message):
     """Maximum entries per page; 0 means 1000, values above 1000 are treated as 1000, and a
     negative value is INVALID_ARGUMENT.
     """
+    after_key: builtins.str
+    """List the entries with a key above this one (a start of the caller's choosing); give
+    page_token or after_key, not both.
+    """
     def __init__(
         self,
         *,
         kind: builtins.str = ...,
         page_token: builtins.str = ...,
         page_size: builtins.int = ...,
+        after_key: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["after_key", b"after_key", "kind", b"kind", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
 
 Global___ListRegistryEntriesRequest: typing_extensions.TypeAlias = ListRegistryEntriesRequest
 

@@ -520,8 +520,12 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
         if request.page_size < 0:
             raise InvalidArgumentError("page_size must not be negative", field="page_size")
         size = min(request.page_size or 1000, 1000)
+        if request.page_token and request.after_key:
+            raise InvalidArgumentError("give page_token or after_key, not both", field="after_key")
         after = (
-            decode_page_token(request.page_token, "registry", kind) if request.page_token else ""
+            decode_page_token(request.page_token, "registry", kind)
+            if request.page_token
+            else request.after_key
         )
         if not isinstance(after, str):
             raise InvalidArgumentError("page_token is not valid", field="page_token")
