@@ -288,11 +288,14 @@ class LocalStack:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         try:
-            # The store and the dispatcher need nobody; the orchestrator recovers orphaned runs
-            # from the store and the toolbox registers with the dispatcher, so they come second.
+            # The store needs nobody; the dispatcher keeps the adapter registry in the store (a
+            # restarted dispatcher knows every adapter at once: docs/registry.md); the
+            # orchestrator recovers orphaned runs from the store and the toolbox registers
+            # with the dispatcher, so they come last.
             await self._spawn("store", "store", {"DAGWIRE_DATA_DIR": str(self.data_dir)})
-            await self._spawn("dispatcher", "dispatcher", {})
-            await self._wait_serving(["store", "dispatcher"], started)
+            await self._wait_serving(["store"], started)
+            await self._spawn("dispatcher", "dispatcher", {"DAGWIRE_STORE_ADDR": self.store_addr})
+            await self._wait_serving(["dispatcher"], started)
             peers = {
                 "DAGWIRE_DISPATCHER_ADDR": self.dispatcher_addr,
                 "DAGWIRE_STORE_ADDR": self.store_addr,

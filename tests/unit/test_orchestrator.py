@@ -828,6 +828,44 @@ async def test_an_adopter_resumes_past_unpublished_events_its_predecessor_left_a
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
 
 
+async def test_a_claim_whose_claimer_died_before_writing_the_run_record_is_claimed_past(
+    stores: tuple[LocalArtifactStore, SqliteExecutionStore],
+) -> None:
+    artifacts, executions = stores
+    spec = {"name": "claimed", "tasks": [{"id": "a", "agent": "quick"}]}
+
+    def dispatcher(delay: float) -> Dispatcher:
+        d = Dispatcher()
+        d.register_adapter("quick", Recorder(delay=delay))
+        return d
+
+    owner = Orchestrator(
+        artifacts, executions, dispatcher=dispatcher(60), instance_id="owner", lease_seconds=0.3
+    )
+    run_id = await owner.start_run(spec)
+    async for event in owner.watch_run(run_id):
+        if event.kind is RunEventKind.TASK_STARTED:
+            break
+    for state in list(owner._active.values()):
+        owner._abandon(state)
+    await owner.aclose()
+    # an adopter that won epoch 2 and died before its next write: the record still says 1
+    assert await executions.claim_run(run_id, 2, "died-at-once")
+
+    adopter = Orchestrator(
+        artifacts, executions, dispatcher=dispatcher(0), instance_id="adopter", lease_seconds=0.3
+    )
+    await adopter.recover_orphans()
+    async with asyncio.timeout(10):
+        while (stored := await executions.get_run(run_id)) is None or stored.owner != "adopter":
+            await asyncio.sleep(0.02)
+        summary = await adopter.wait_run(run_id)
+    await adopter.aclose()
+    assert summary.status is RunStatus.SUCCEEDED, summary.error
+    stored = await executions.get_run(run_id)
+    assert stored is not None and stored.lease_epoch == 3
+
+
 async def test_events_come_in_causal_order_a_failed_tasks_end_before_its_dependents_skips(
     orchestrator: Orchestrator,
 ) -> None:
