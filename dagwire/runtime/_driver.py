@@ -174,7 +174,9 @@ class DriverMixin(AttemptsMixin):
             state.journal.stop()
         for task in state.running.values():
             task.cancel()
-        if state.driver is not None:
+        if state.driver is not None and not state.finishing:
+            # a finishing driver is left to end (it writes nothing more: the journal is
+            # stopped and `_save_run` refuses), so that the run's waiters are released
             state.driver.cancel()
 
     async def _let_go(self, state: RunState) -> None:

@@ -11,6 +11,7 @@ from dagwire.errors import (
     AdapterNotFoundError,
     AttemptTimeoutError,
     DagwireError,
+    LeaseLostError,
     NoHealthyAdapterError,
     NonRetryableError,
     NotFoundError,
@@ -71,6 +72,7 @@ TABLE = [
         grpc.StatusCode.FAILED_PRECONDITION,
         "RUN_ALREADY_FINISHED",
     ),
+    (LeaseLostError("r", 3), grpc.StatusCode.ABORTED, "LEASE_SUPERSEDED"),
     (
         StoreUnavailableError("MongoDB at h:1 is down"),
         grpc.StatusCode.UNAVAILABLE,
@@ -137,6 +139,13 @@ def test_run_already_finished_comes_back_with_run_id_and_status() -> None:
     back = _round_trip(RunAlreadyFinishedError("r1", "failed"))
     assert isinstance(back, RunAlreadyFinishedError)
     assert (back.run_id, back.status) == ("r1", "failed")
+
+
+def test_lease_lost_comes_back_with_run_id_and_epoch() -> None:
+    back = _round_trip(LeaseLostError("r1", 4))
+    assert isinstance(back, LeaseLostError)
+    assert (back.run_id, back.epoch) == ("r1", 4)
+    assert "superseded" in str(back)
 
 
 def test_resource_exhausted_comes_back_with_retry_after_from_retry_info() -> None:
