@@ -1,7 +1,11 @@
 """Load through a replicated stack on FerretDB + MinIO: many runs at once, one very large run.
 
 Two store replicas on one FerretDB + MinIO, two orchestrator replicas (each run lands on one
-of them, alternating), a dispatcher and a toolbox adapter, every process its own. Two loads:
+of them, alternating), two dispatcher replicas sharing the adapter registry through the store
+(docs/registry.md) and a toolbox adapter, every process its own. The dispatchers reach the
+stores, and the orchestrators the dispatchers, through an ``ipv4:`` target listing every
+replica (docs/targets.md); the toolbox registers once, through the first dispatcher, and the
+other one routes to it from the registry in the store. Two loads:
 
 - ``DAGWIRE_BENCH_LOAD_RUNS`` (default 100) runs of ``DAGWIRE_BENCH_LOAD_TASKS`` (default 100)
   `echo` tasks each, all started at once (10 layers of 10 tasks, each task needing the whole
@@ -64,13 +68,18 @@ def _fan_out(name: str, tasks: int, parallel: int = 500) -> dict[str, Any]:
 @dataclass
 class _Replicated:
     stores: list[_Service]
-    dispatcher: _Service
+    dispatchers: list[_Service]
     toolbox: _Service
     orchestrators: list[_Service]
 
     @property
     def services(self) -> list[_Service]:
-        return [*self.orchestrators, self.toolbox, self.dispatcher, *self.stores]
+        return [*self.orchestrators, self.toolbox, *self.dispatchers, *self.stores]
+
+
+def _target(services: list[_Service]) -> str:
+    """A gRPC target balanced over every replica (docs/targets.md)."""
+    return "ipv4:" + ",".join(s.address for s in services)
 
 
 @contextlib.asynccontextmanager
@@ -79,31 +88,45 @@ async def _replicated(store_env: dict[str, str], log_dir: Path) -> AsyncIterator
         _Service(f"store-{i}", "dagwire_services.store", [], log_dir, env=store_env)
         for i in range(REPLICAS)
     ]
-    dispatcher = _Service("dispatcher", "dagwire_services.dispatcher", [], log_dir)
+    dispatchers = [
+        _Service(
+            f"dispatcher-{i}",
+            "dagwire_services.dispatcher",
+            ["--store-addr", _target(stores)],
+            log_dir,
+        )
+        for i in range(REPLICAS)
+    ]
+    # Registered once, through one replica: the registry lives in the store.
     toolbox = _Service(
         "toolbox",
         "dagwire_services.adapters.toolbox",
-        ["--dispatcher-addr", dispatcher.address, "--store-addr", stores[0].address],
+        ["--dispatcher-addr", dispatchers[0].address, "--store-addr", stores[0].address],
         log_dir,
     )
     orchestrators = [
         _Service(
             f"orchestrator-{i}",
             "dagwire_services.orchestrator",
-            ["--store-addr", stores[i].address, "--dispatcher-addr", dispatcher.address],
+            ["--store-addr", stores[i].address, "--dispatcher-addr", _target(dispatchers)],
             log_dir,
         )
         for i in range(REPLICAS)
     ]
-    stack = _Replicated(stores, dispatcher, toolbox, orchestrators)
+    stack = _Replicated(stores, dispatchers, toolbox, orchestrators)
     try:
-        for service in [*stores, dispatcher]:
+        for service in stores:
             service.start()
-        await asyncio.gather(*(s.wait_serving() for s in [*stores, dispatcher]))
+        await asyncio.gather(*(s.wait_serving() for s in stores))
+        for service in dispatchers:
+            service.start()
+        await asyncio.gather(*(s.wait_serving() for s in dispatchers))
         for service in [toolbox, *orchestrators]:
             service.start()
         await asyncio.gather(*(s.wait_serving() for s in [toolbox, *orchestrators]))
-        await wait_registered(dispatcher, toolbox)
+        # Every replica routes to the toolbox before the load starts (the second one adopts
+        # it from the store within a refresh interval).
+        await asyncio.gather(*(wait_registered(d, toolbox) for d in dispatchers))
         yield stack
     finally:
         for service in stack.services:

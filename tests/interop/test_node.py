@@ -22,6 +22,8 @@ import grpc
 import pytest
 
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
+from dagwire.v1 import adapter_service_pb2 as apb
+from dagwire.v1 import adapter_service_pb2_grpc as apb_grpc
 from dagwire.v1 import dispatcher_service_pb2 as dpb
 from dagwire.v1 import dispatcher_service_pb2_grpc as dpb_grpc
 from tests.interop.conftest import NODE_CLIENT, TS_REVERSE_ADAPTER, InteropStack
@@ -307,3 +309,78 @@ def test_ts_adapter_killed_mid_task_fails_that_task_and_the_run_still_ends(
     assert summary["nodes"]["after"]["status"] == "skipped"
     assert summary["nodes"]["other"]["status"] == "succeeded"
     assert "task slow attempt 1 failed" in stderr
+
+
+def _dns(address: str) -> str:
+    """`dns:///localhost:PORT` for a loopback `host:port`: the name is looked up by grpc-js."""
+    return f"dns:///localhost:{address.rsplit(':', 1)[1]}"
+
+
+def test_ts_adapter_registers_and_uploads_through_dns_targets(
+    interop_stack: InteropStack, node_built: None
+) -> None:
+    dispatcher, store = _dns(interop_stack.dispatcher_addr), _dns(interop_stack.store_addr)
+    adapter = interop_stack.start_adapter(
+        "ts-reverse-dns",
+        TS_REVERSE_ADAPTER,
+        {"reverse"},
+        env={"DAGWIRE_DISPATCHER_ADDR": dispatcher, "DAGWIRE_STORE_ADDR": store},
+    )
+    try:
+        text = "ab" * (600 * 1024)  # reversed it is over the 1 MiB inline limit: uploaded
+        with grpc.insecure_channel(adapter.address) as channel:
+            reply = apb_grpc.AgentAdapterServiceStub(channel).Execute(
+                apb.ExecuteRequest(
+                    agent="reverse",
+                    params_json=json.dumps({"text": text}),
+                    run_id="dns-targets",
+                    node_id="big",
+                    attempt=1,
+                ),
+                timeout=30,
+            )
+        (out,) = reply.output_artifacts
+        assert out.WhichOneof("body") == "reference"
+        assert out.reference.store_address == store
+        content = asyncio.run(_read_artifact(interop_stack.store_addr, out.artifact_id))
+        assert content == text[::-1].encode()
+        assert f"dispatcher {dispatcher}, store {store}" in adapter.log_tail()
+    finally:
+        adapter.stop()
+
+
+async def _read_artifact(store_addr: str, artifact_id: str) -> bytes:
+    store = RemoteArtifactStore(store_addr)
+    try:
+        return b"".join([c async for c in store.open(artifact_id)])
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "reason"),
+    [
+        ("DAGWIRE_DISPATCHER_ADDR", "dns:///dispatcher", "is not dns:///name:port (the port is"),
+        ("DAGWIRE_DISPATCHER_ADDR", "dns://resolver-only", "is not dns:///name:port"),
+        ("DAGWIRE_DISPATCHER_ADDR", "http://dispatcher:50052", "is not a host:port address"),
+        ("DAGWIRE_STORE_ADDR", "dns:///store:0", "is not dns:///name:port"),
+        ("DAGWIRE_STORE_ADDR", "ipv4:store-a:50053", 'has "store-a:50053", which is not an IPv4'),
+        ("DAGWIRE_STORE_ADDR", "store", "is not a host:port address"),
+    ],
+)
+def test_ts_adapter_refuses_a_malformed_peer_target_with_one_line_naming_it(
+    node_built: None, setting: str, value: str, reason: str
+) -> None:
+    done = subprocess.run(
+        TS_REVERSE_ADAPTER,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env={**os.environ, "DAGWIRE_LISTEN_ADDR": "127.0.0.1:0", setting: value},
+        check=False,
+    )
+
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"ts-reverse: {setting}={json.dumps(value)} {reason}")
+    assert done.stdout == ""

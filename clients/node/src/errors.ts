@@ -68,8 +68,11 @@ export function fromServiceError(err: unknown, what: string, address: string): C
   }
 }
 
-/** grpc-js's "No connection established. Last error: Error: connect ECONNREFUSED ..." made short. */
+/**
+ * grpc-js's "No connection established. Last error: Error: connect ECONNREFUSED ..." made short: the
+ * innermost error, as round_robin nests one such message in another.
+ */
 function readable(details: string): string {
-  const last = /Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/s.exec(details);
+  const last = /^.*Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/s.exec(details);
   return last?.[1] ?? details;
 }

@@ -17,6 +17,7 @@
 import { randomUUID } from "node:crypto";
 
 import { type ChannelOptions, Server, ServerCredentials } from "@grpc/grpc-js";
+import { serviceConfig } from "@dagwire/node-client/targets";
 import { HealthImplementation } from "grpc-health-check";
 
 import { AgentAdapterServiceService } from "./gen/dagwire/v1/adapter_service";
@@ -30,13 +31,33 @@ import { Stores } from "./store";
 const SERVICE_NAME =
   AgentAdapterServiceService.execute.path.split("/")[1] ?? "dagwire.v1.AgentAdapterService";
 
-function channelOptions(settings: Settings): ChannelOptions {
+/** The server's options: message limits and keepalive. */
+function serverOptions(settings: Settings): ChannelOptions {
   return {
     "grpc.max_send_message_length": settings.maxMessageBytes,
     "grpc.max_receive_message_length": settings.maxMessageBytes,
     "grpc.keepalive_time_ms": 30_000,
     "grpc.keepalive_timeout_ms": 10_000,
     "grpc.keepalive_permit_without_calls": 1,
+  };
+}
+
+/** Calls to the dispatcher and the store that are safe to repeat (docs/targets.md). */
+const SAFE_METHODS: Record<string, string[]> = {
+  "dagwire.v1.DispatcherService": ["ListAdapters", "RegisterAdapter", "Heartbeat", "DeregisterAdapter"],
+  "dagwire.v1.ArtifactStoreService": ["GetArtifact", "StatArtifact", "ListArtifacts"],
+};
+
+/**
+ * Options of the channels to the dispatcher and the stores: the server's, plus round-robin over
+ * every address a target resolves to and retries on UNAVAILABLE of the safe calls only; ours,
+ * not a service config from DNS.
+ */
+function channelOptions(settings: Settings): ChannelOptions {
+  return {
+    ...serverOptions(settings),
+    "grpc.service_config": serviceConfig(SAFE_METHODS),
+    "grpc.service_config_disable_resolution": 1,
   };
 }
 
@@ -63,7 +84,7 @@ async function main(): Promise<number> {
   const stores = new Stores(settings.storeAddr, options);
   const servicer = new ReverseServicer(stores, settings.capacity);
   const health = new HealthImplementation({ "": "SERVING", [SERVICE_NAME]: "SERVING" });
-  const server = new Server(options);
+  const server = new Server(serverOptions(settings));
   server.addService(AgentAdapterServiceService, servicer.handlers());
   health.addToServer(server);
 

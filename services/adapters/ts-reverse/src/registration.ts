@@ -129,9 +129,12 @@ function seconds(duration: Duration | undefined): number | undefined {
   return value > 0 ? value : undefined;
 }
 
-/** The error's text; grpc-js's "No connection established. Last error: ..." made short. */
+/**
+ * The error's text; grpc-js's "No connection established. Last error: ..." made short (the
+ * innermost error: round_robin nests one such message in another).
+ */
 function detail(err: unknown): string {
   const e = err as Partial<ServiceError>;
   const text = e.details ?? e.message ?? String(err);
-  return /Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/s.exec(text)?.[1] ?? text;
+  return /^.*Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/s.exec(text)?.[1] ?? text;
 }

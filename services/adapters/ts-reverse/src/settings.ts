@@ -2,15 +2,23 @@
 
 import { networkInterfaces } from "node:os";
 
+import { targetProblem } from "@dagwire/node-client/targets";
+
 /** Where the adapter listens, what it registers, and whom it talks to. */
 export interface Settings {
   /** Address to listen on (`DAGWIRE_LISTEN_ADDR`); port 0 picks a free one. */
   listenAddr: string;
   /** Address to register (`DAGWIRE_ADVERTISE_ADDR`); empty: the bound listen address. */
   advertiseAddr: string;
-  /** The dispatcher (`DAGWIRE_DISPATCHER_ADDR`). */
+  /**
+   * The dispatcher (`DAGWIRE_DISPATCHER_ADDR`): a gRPC target, `host:port`, `dns:///name:port`
+   * or `ipv4:A:PORT,B:PORT` (docs/targets.md).
+   */
   dispatcherAddr: string;
-  /** The store for inputs held by reference without an address, and for large outputs. */
+  /**
+   * The store for inputs held by reference without an address, and for large outputs
+   * (`DAGWIRE_STORE_ADDR`): a gRPC target like `dispatcherAddr`.
+   */
   storeAddr: string;
   /** Registration lease in seconds (`DAGWIRE_LEASE_SECONDS`); heartbeats every third of it. */
   leaseSeconds: number;
@@ -37,8 +45,8 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
   return {
     listenAddr: address("DAGWIRE_LISTEN_ADDR", get("DAGWIRE_LISTEN_ADDR") ?? "127.0.0.1:50060", true),
     advertiseAddr: advertise === undefined ? "" : dialable("DAGWIRE_ADVERTISE_ADDR", advertise),
-    dispatcherAddr: dialable("DAGWIRE_DISPATCHER_ADDR", get("DAGWIRE_DISPATCHER_ADDR") ?? "127.0.0.1:50052"),
-    storeAddr: dialable("DAGWIRE_STORE_ADDR", get("DAGWIRE_STORE_ADDR") ?? "127.0.0.1:50053"),
+    dispatcherAddr: target("DAGWIRE_DISPATCHER_ADDR", get("DAGWIRE_DISPATCHER_ADDR") ?? "127.0.0.1:50052"),
+    storeAddr: target("DAGWIRE_STORE_ADDR", get("DAGWIRE_STORE_ADDR") ?? "127.0.0.1:50053"),
     leaseSeconds: number("DAGWIRE_LEASE_SECONDS", get("DAGWIRE_LEASE_SECONDS"), 10, 0.1),
     maxMessageBytes: number(
       "DAGWIRE_MAX_MESSAGE_BYTES",
@@ -98,6 +106,18 @@ function dialable(name: string, value: string): string {
     );
   }
   return value;
+}
+
+/**
+ * A peer's gRPC target (docs/targets.md), checked as the node client checks its own; a plain
+ * `host:port` must also be one others can dial (not a wildcard).
+ */
+function target(name: string, value: string): string {
+  const problem = targetProblem(value);
+  if (problem !== undefined) {
+    throw new SettingsError(`${name}=${JSON.stringify(value)} ${problem}`);
+  }
+  return value.startsWith("dns:") || value.startsWith("ipv4:") ? value : dialable(name, value);
 }
 
 function number(
