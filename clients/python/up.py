@@ -23,6 +23,7 @@ from dagwire_cli.stack import (
     StackError,
     StackSettingsError,
 )
+from dagwire_cli.terminal import terminal_text
 
 __all__ = ["register"]
 
@@ -122,8 +123,9 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(asyncio.run(_health(address, service, timeout)))
 
 
-def _say(line: str) -> None:
-    sys.stderr.write(line + "\n")
+def _say(text: str) -> None:
+    """`text` on stderr: its lines (a dying service's log tail) each escaped."""
+    sys.stderr.write("".join(terminal_text(line) + "\n" for line in text.split("\n")))
     sys.stderr.flush()
 
 
