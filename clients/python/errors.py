@@ -28,6 +28,7 @@ from dagwire.errors import (
 )
 from dagwire.rpc.orchestrator_client import OrchestratorUnavailableError
 from dagwire.rpc.status import InvalidArgumentError, RemoteError
+from dagwire.settings import redact
 from dagwire_cli.terminal import terminal_text
 
 __all__ = [
@@ -90,8 +91,8 @@ class Target:
 
 def say(command: str, message: str) -> None:
     """One line on stderr, prefixed with the command (``dagwire run: ...``); what servers
-    said in `message` is escaped (`terminal_text`)."""
-    sys.stderr.write(f"dagwire {command}: {terminal_text(message, one_line=True)}\n")
+    said in `message` is escaped (`terminal_text`) and credentials are masked (`redact`)."""
+    sys.stderr.write(f"dagwire {command}: {terminal_text(redact(message), one_line=True)}\n")
     sys.stderr.flush()
 
 

@@ -15,6 +15,7 @@ import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dagwire.rpc.channels import client_channel
+from dagwire.settings import redact
 from dagwire_cli.stack import (
     DEFAULT_PORT_BASE,
     PORT_OFFSETS,
@@ -124,8 +125,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _say(text: str) -> None:
-    """`text` on stderr: its lines (a dying service's log tail) each escaped."""
-    sys.stderr.write("".join(terminal_text(line) + "\n" for line in text.split("\n")))
+    """`text` on stderr: its lines (a dying service's log tail) each escaped, credentials
+    masked."""
+    sys.stderr.write("".join(terminal_text(redact(line)) + "\n" for line in text.split("\n")))
     sys.stderr.flush()
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from dagwire.models import Artifact, NodeSummary, RunStatus, RunSummary, TaskStatus
 from dagwire.rpc.dispatcher_client import AdapterInfo
 from dagwire.runtime.events import RunEvent, RunEventKind
+from dagwire.settings import StorageSettings
 from dagwire_cli.adapters import adapter_lines
 from dagwire_cli.errors import say
 from dagwire_cli.output import print_json, print_summary
@@ -148,3 +149,11 @@ def test_messages_on_stderr_are_escaped(capsys: pytest.CaptureFixture[str]) -> N
     err = capsys.readouterr().err
     _clean(err)
     assert err == f"dagwire artifacts get: {SHOWN} 3 bytes\n"
+
+
+def test_messages_on_stderr_never_show_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    StorageSettings(s3_endpoint="http://127.0.0.1:1", s3_access_key="AK-cli-0001")
+    say("up", "error: mongodb://me:hunter22@db:27017/?password=opt-cli-9 refused AK-cli-0001")
+    err = capsys.readouterr().err
+    for secret in ("hunter22", "opt-cli-9", "AK-cli-0001"):
+        assert secret not in err, err
