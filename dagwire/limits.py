@@ -11,6 +11,11 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_PAGE_SIZE",
     "FILE_IO_CHUNK_BYTES",
+    "MAX_ARTIFACT_NAME_BYTES",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_ENTRIES",
+    "MAX_METADATA_KEY_BYTES",
+    "MAX_METADATA_VALUE_BYTES",
     "MAX_PAGE_SIZE",
     "MAX_SPEC_BYTES",
     "MAX_SPEC_DEPTH",
@@ -73,3 +78,16 @@ MAX_SPEC_DEPTH = 100
 
 MAX_SPEC_VALUES = 10_000_000
 """Most values in a spec once YAML aliases are expanded (an alias bomb stops here)."""
+
+# --------------------------------------------------------------------------------- artifacts
+MAX_ARTIFACT_NAME_BYTES = 1024
+"""Longest artifact name (UTF-8 bytes): a file name is at most 255, an S3 key 1024."""
+MAX_METADATA_ENTRIES = 256
+"""Most entries in one artifact's metadata."""
+MAX_METADATA_KEY_BYTES = 1024
+"""Longest metadata key (UTF-8 bytes)."""
+MAX_METADATA_VALUE_BYTES = 64 << 10
+"""Longest metadata value (UTF-8 bytes)."""
+MAX_METADATA_BYTES = 256 << 10
+"""Most bytes of one artifact's metadata in all (keys and values, UTF-8): a stored artifact
+document stays far below MongoDB's 16 MiB, and a header far below the message limit."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
@@ -27,8 +28,10 @@ __all__ = [
     "StorageSettings",
     "StoreSettings",
     "check_target",
+    "keep_secret",
     "load_settings",
     "process_settings",
+    "redact",
     "settings_parser",
 ]
 
@@ -37,7 +40,29 @@ DEFAULT_PORTS = {"orchestrator": 50051, "dispatcher": 50052, "store": 50053, "ad
 
 S = TypeVar("S", bound="CommonSettings")
 
-_CREDENTIALS = re.compile(r"(://[^:/@]*:)[^@/]*@")
+_CREDENTIALS = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+"""The password in a URI's ``user:password@``."""
+_SECRET_OPTION_NAMES = (
+    "password",
+    "authMechanismProperties",
+    "tlsCertificateKeyFilePassword",
+    "sslPEMKeyPassword",
+    "secret_key",
+    "secretKey",
+    "access_key",
+    "accessKey",
+    "session_token",
+    "sessionToken",
+)
+"""URI options (MongoDB's, and the S3 names) whose values are credentials."""
+_SECRET_OPTION = re.compile(
+    r"(?i)(\b(?:" + "|".join(_SECRET_OPTION_NAMES) + r")['\"]?\s*[=:]\s*['\"]?)[^&;,\s'\"}]+"
+)
+"""``password=...`` in a URI's options, and ``'password': '...'`` in a dict a library printed."""
+_MIN_SECRET_CHARS = 4
+"""Shorter known secrets are not masked in free text (they would mask ordinary words); URI
+passwords and secret options are masked whatever their length."""
+_known_secrets: set[str] = set()
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
 
 
@@ -227,10 +252,10 @@ class CommonSettings(BaseSettings):
         out: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                value = "***" if value.get_secret_value() else ""
-            elif isinstance(value, str) and "://" in value:
-                value = _without_password(value)
+            if isinstance(value, SecretStr) or (name in _MASKED_FIELDS and value):
+                value = "***" if _plain(value) else ""
+            elif isinstance(value, str):
+                value = redact(value)
             elif isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, tuple):
@@ -254,6 +279,12 @@ class StorageSettings(CommonSettings):
     s3_access_key: str | None = Field(None, description="S3 access key")
     s3_secret_key: SecretStr | None = Field(None, description="S3 secret key")
     s3_bucket: str = Field("dagwire-artifacts", min_length=3, description="S3 bucket name")
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Remember the credentials these settings hold, so that `redact` masks them in every
+        log line and error message of this process."""
+        secret = self.s3_secret_key.get_secret_value() if self.s3_secret_key else None
+        keep_secret(self.s3_access_key, secret, *_uri_secrets(self.mongodb_uri or ""))
 
 
 class StoreSettings(StorageSettings):
@@ -469,7 +500,7 @@ def process_settings(
             cls, sys.argv[1:] if argv is None else argv, prog=prog, description=description
         )
     except SettingsError as exc:
-        sys.stderr.write(f"{prog}: error: {exc}\n")
+        sys.stderr.write(f"{prog}: error: {redact(str(exc))}\n")
         return None
 
 
@@ -480,11 +511,52 @@ def _settings_error(exc: ValidationError, given: dict[str, Any]) -> SettingsErro
         source = f"{_flag(field)}" if field in given else _env_name(field)
         value = error.get("input")
         message = str(error["msg"]).removeprefix("Value error, ")
-        shown = "" if "secret" in field else f"={value!r}"
+        shown = "" if "secret" in field or field in _MASKED_FIELDS else f"={redact(repr(value))}"
         problems.append(f"invalid {source}{shown}: {message}")
     return SettingsError("; ".join(problems))
 
 
-def _without_password(uri: str) -> str:
-    """`uri` with the password of its ``user:password@`` part replaced by ``***``."""
-    return _CREDENTIALS.sub(r"\1***@", uri)
+_MASKED_FIELDS = frozenset({"s3_access_key"})
+"""Plain `str` settings that are credentials all the same: logged as ``***``."""
+
+
+def _plain(value: object) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value or "")
+
+
+def keep_secret(*values: str | None) -> None:
+    """Remember credentials of this process (as given, and percent-encoded or -decoded), so
+    that `redact` masks them wherever they appear. Settings call it for their own."""
+    for value in values:
+        if value and len(value) >= _MIN_SECRET_CHARS:
+            _known_secrets.update({value, quote(value, safe=""), unquote(value)})
+
+
+def _uri_secrets(uri: str) -> Iterator[str]:
+    """The credentials inside a URI: the password of its userinfo and the values of its
+    secret options (each part of ``authMechanismProperties=NAME:VALUE,...`` too)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        yield userinfo.partition(":")[2]
+    names = {name.lower() for name in _SECRET_OPTION_NAMES}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name.lower() in names:
+            yield value
+            yield from (item.partition(":")[2] for item in value.split(","))
+
+
+def redact(text: str) -> str:
+    """`text` with every credential masked as ``***``: URI passwords (``user:***@``), secret
+    URI options (``password=***``, ``authMechanismProperties=***``), and the credentials the
+    process's settings hold wherever they appear (`keep_secret`). Every log line and every
+    start-up error of a service, and every message of the CLI, passes through it."""
+    text = _CREDENTIALS.sub(r"\1***@", text)
+    text = _SECRET_OPTION.sub(r"\1***", text)
+    for secret in sorted(_known_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text

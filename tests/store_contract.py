@@ -24,6 +24,13 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from dagwire.errors import LeaseLostError, NotFoundError
+from dagwire.limits import (
+    MAX_ARTIFACT_NAME_BYTES,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_KEY_BYTES,
+    MAX_METADATA_VALUE_BYTES,
+)
 from dagwire.models import (
     Artifact,
     ExecutionRecord,
@@ -75,6 +82,8 @@ __all__ = [
     "test_metadata_keys_with_dot_and_dollar_come_back_unchanged",
     "test_name_that_is_not_utf8_is_a_value_error_naming_the_field",
     "test_name_with_nul_is_a_value_error_naming_the_field",
+    "test_names_and_metadata_at_their_limits_round_trip",
+    "test_names_and_metadata_over_their_limits_are_refused_and_nothing_is_stored",
     "test_open_and_stat_unknown_id_raise_not_found",
     "test_open_yields_chunks_of_at_most_1_mib",
     "test_record_datetimes_round_trip_as_timezone_aware_utc",
@@ -885,3 +894,54 @@ async def test_fenced_store_refuses_writes_of_a_superseded_epoch_and_keeps_the_o
     await execution_store.save_run(_run("run-old", lease_epoch=2, name="adopted"))
     stored = await execution_store.get_run("run-old")
     assert stored is not None and stored.name == "adopted"
+
+
+# ---------------------------------------------------------------------- artifact limits
+
+_OVER_LIMITS: dict[str, tuple[dict[str, object], str]] = {
+    "name": ({"name": "n" * (MAX_ARTIFACT_NAME_BYTES + 1)}, r"name.*MAX_ARTIFACT_NAME_BYTES"),
+    "name in bytes": (  # under the limit in characters, over it in UTF-8 bytes
+        {"name": "é" * (MAX_ARTIFACT_NAME_BYTES // 2 + 1)},
+        r"name.*MAX_ARTIFACT_NAME_BYTES",
+    ),
+    "entries": (
+        {"metadata": {f"k{i}": "" for i in range(MAX_METADATA_ENTRIES + 1)}},
+        r"metadata.*MAX_METADATA_ENTRIES",
+    ),
+    "key": ({"metadata": {"k" * (MAX_METADATA_KEY_BYTES + 1): "v"}}, r"metadata.*MAX_METADATA_KEY"),
+    "value": (
+        {"metadata": {"k": "v" * (MAX_METADATA_VALUE_BYTES + 1)}},
+        r"metadata\['k'\].*MAX_METADATA_VALUE_BYTES",
+    ),
+    "total": (
+        {
+            "metadata": {
+                f"k{i}": "v" * MAX_METADATA_VALUE_BYTES
+                for i in range(MAX_METADATA_BYTES // MAX_METADATA_VALUE_BYTES + 1)
+            }
+        },
+        r"metadata.*MAX_METADATA_BYTES",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_OVER_LIMITS))
+async def test_names_and_metadata_over_their_limits_are_refused_and_nothing_is_stored(
+    artifact_store: ArtifactStore, case: str
+) -> None:
+    fields, message = _OVER_LIMITS[case]
+    with pytest.raises(ValueError, match=message):
+        await artifact_store.store(_artifact(**fields))
+    with pytest.raises(ValueError, match=message):
+        await artifact_store.store_stream(_artifact(None, **fields), _chunks(3, 1))
+    assert await artifact_store.list("run-1") == []
+
+
+async def test_names_and_metadata_at_their_limits_round_trip(artifact_store: ArtifactStore) -> None:
+    name = "n" * MAX_ARTIFACT_NAME_BYTES
+    value = "v" * MAX_METADATA_VALUE_BYTES
+    metadata = {f"{i:0{MAX_METADATA_KEY_BYTES}d}": value for i in range(3)}
+    metadata.update({f"k{i}": "" for i in range(MAX_METADATA_ENTRIES - len(metadata))})
+    stored = await artifact_store.store(_artifact(name=name, metadata=metadata))
+    loaded = await artifact_store.load(stored.artifact_id or "")
+    assert (loaded.name, loaded.metadata) == (name, metadata)

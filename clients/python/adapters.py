@@ -11,6 +11,7 @@ from dagwire_cli import addresses
 from dagwire_cli.addresses import DISPATCHER, DispatcherOption
 from dagwire_cli.errors import EXIT_OK, run_command, say
 from dagwire_cli.output import OutputFormat, help_text, print_json
+from dagwire_cli.terminal import terminal_text
 
 __all__ = ["adapter_line", "register"]
 
@@ -68,10 +69,11 @@ def register(app: typer.Typer) -> None:
 
 
 def adapter_line(adapter: AdapterInfo) -> tuple[str, str, str, str]:
-    """The columns of one instance: address, agent keys, load, health."""
+    """The columns of one instance: address, agent keys, load, health (what the dispatcher
+    was told by adapters, escaped: `terminal_text`)."""
     return (
-        adapter.address,
-        ",".join(adapter.agents) or "-",
+        terminal_text(adapter.address),
+        terminal_text(",".join(adapter.agents)) or "-",
         f"load {adapter.in_flight}/{adapter.capacity}",
         "healthy" if adapter.healthy else "unhealthy",
     )

@@ -28,6 +28,8 @@ from dagwire.errors import (
 )
 from dagwire.rpc.orchestrator_client import OrchestratorUnavailableError
 from dagwire.rpc.status import InvalidArgumentError, RemoteError
+from dagwire.settings import redact
+from dagwire_cli.terminal import terminal_text
 
 __all__ = [
     "EXIT_BROKEN_PIPE",
@@ -88,8 +90,9 @@ class Target:
 
 
 def say(command: str, message: str) -> None:
-    """One line on stderr, prefixed with the command (``dagwire run: ...``)."""
-    sys.stderr.write(f"dagwire {command}: {message}\n")
+    """One line on stderr, prefixed with the command (``dagwire run: ...``); what servers
+    said in `message` is escaped (`terminal_text`) and credentials are masked (`redact`)."""
+    sys.stderr.write(f"dagwire {command}: {terminal_text(redact(message), one_line=True)}\n")
     sys.stderr.flush()
 
 

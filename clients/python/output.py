@@ -8,9 +8,11 @@ from typing import Any, Literal
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from dagwire.models import Artifact, RunSummary
 from dagwire_cli.progress import RunProgress, format_seconds
+from dagwire_cli.terminal import json_text, terminal_text
 
 __all__ = [
     "OutputFormat",
@@ -56,8 +58,8 @@ def help_text(text: str) -> str:
 
 
 def print_json(value: Any) -> None:
-    """`value` as indented JSON on stdout."""
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    """`value` as indented JSON on stdout (C1 and bidi controls escaped too: `json_text`)."""
+    sys.stdout.write(json_text(json.dumps(value, indent=2, ensure_ascii=False)) + "\n")
     sys.stdout.flush()
 
 
@@ -101,11 +103,20 @@ def format_size(size: int | None) -> str:
 
 
 def print_summary(console: Console, summary: RunSummary, progress: RunProgress | None) -> None:
-    """The text summary: one row per task, then every artifact with how to download it."""
-    name = f" ({summary.name})" if summary.name else ""
-    console.print(f"run {summary.run_id}{name}: {summary.status}", markup=False, soft_wrap=True)
+    """The text summary: one row per task, then every artifact with how to download it.
+
+    Every value from the server goes through `terminal_text`, and table cells are `Text`, so
+    neither escapes nor rich markup in them reach the terminal.
+    """
+    safe = terminal_text
+    name = f" ({safe(summary.name, one_line=True)})" if summary.name else ""
+    console.print(
+        f"run {safe(summary.run_id)}{name}: {safe(str(summary.status))}",
+        markup=False,
+        soft_wrap=True,
+    )
     if summary.error:
-        console.print(f"  {' '.join(summary.error.split())}", markup=False, soft_wrap=True)
+        console.print(f"  {safe(summary.error, one_line=True)}", markup=False, soft_wrap=True)
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
     for column in ("task", "status", "attempts", "time", "output / error"):
         table.add_column(column, no_wrap=column != "output / error")
@@ -113,13 +124,13 @@ def print_summary(console: Console, summary: RunSummary, progress: RunProgress |
     for node_id, node in summary.nodes.items():
         row = progress.rows.get(node_id) if progress is not None else None
         outputs = ", ".join(f"{a.name} ({format_size(a.size)})" for a in node.artifacts)
-        detail = " ".join(node.error.split()) if node.error else outputs
+        detail = node.error if node.error else outputs
         table.add_row(
-            node_id,
-            str(node.status),
+            Text(safe(node_id)),
+            Text(safe(str(node.status))),
             str(node.attempts),
             format_seconds(row.duration) if row is not None else "",
-            detail,
+            Text(safe(detail, one_line=True)),
         )
         artifacts += [(node_id, a) for a in node.artifacts]
     console.print(table)
@@ -134,10 +145,10 @@ def print_summary(console: Console, summary: RunSummary, progress: RunProgress |
     # Plain aligned lines, never a table: ids must stay whole (copyable) on a narrow terminal.
     lines = [
         (
-            artifact.artifact_id or "",
-            f"{node_id}/{artifact.name}",
+            safe(artifact.artifact_id or ""),
+            safe(f"{node_id}/{artifact.name}"),
             format_size(artifact.size),
-            f"sha256 {artifact.sha256}" if artifact.sha256 else "",
+            f"sha256 {safe(artifact.sha256)}" if artifact.sha256 else "",
         )
         for node_id, artifact in artifacts
     ]

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from dagwire.models import RunStatus, RunSummary, TaskStatus
 from dagwire.runtime.events import RunEvent, RunEventKind
+from dagwire_cli.terminal import terminal_text
 
 __all__ = [
     "LiveProgress",
@@ -69,7 +70,7 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def _one_line(text: str | None, limit: int = 200) -> str:
-    flat = " ".join((text or "").split())
+    flat = terminal_text(text or "", one_line=True)
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
@@ -231,11 +232,11 @@ class PlainProgress:
         self.state.apply(event)
         line = self.line(event)
         if line:
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self.console.print(terminal_text(line), markup=False, highlight=False, soft_wrap=True)
 
     def note(self, line: str) -> None:
         """Write one line that is not an event."""
-        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        self.console.print(terminal_text(line), markup=False, highlight=False, soft_wrap=True)
 
     def line(self, event: RunEvent) -> str:
         """The line for `event` (already folded into `state`)."""
@@ -278,7 +279,7 @@ class _Table:
         status = str(state.status) if state.status else RUNNING
         took = format_seconds(state.run_duration(now))
         header = Text.assemble(
-            (_title(state), "bold"),
+            (terminal_text(_title(state)), "bold"),
             "  ",
             (status, STATE_STYLES.get(status, "")),
             f"  {took}" if took else "",
@@ -303,7 +304,7 @@ class _Table:
             rows = shown
         for row in rows:
             table.add_row(
-                row.node_id,
+                Text(terminal_text(row.node_id)),
                 Text(row.state, style=STATE_STYLES.get(row.state, "")),
                 str(row.attempt) if row.attempt else "",
                 format_seconds(row.elapsed(now)),
@@ -367,7 +368,7 @@ class LiveProgress:
 
     def note(self, line: str) -> None:
         """Print one line above the table (Live keeps the table below it)."""
-        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        self.console.print(terminal_text(line), markup=False, highlight=False, soft_wrap=True)
 
 
 def make_progress(console: Console, state: RunProgress) -> Progress:

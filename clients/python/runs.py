@@ -39,6 +39,7 @@ from dagwire_cli.output import (
     summary_json,
 )
 from dagwire_cli.progress import RunProgress, make_progress
+from dagwire_cli.terminal import terminal_text
 
 __all__ = ["load_spec", "parse_vars", "register"]
 
@@ -412,7 +413,15 @@ async def _list_runs(
         which = f" {status}" if status else ""
         say("runs", f"no{which} runs yet; start one with `dagwire run FILE`")
         return EXIT_OK
-    rows = [(r.run_id, r.name or "-", str(r.status), _time_text(r.created_at) or "-") for r in runs]
+    rows = [
+        (
+            terminal_text(r.run_id),
+            terminal_text(r.name, one_line=True) or "-",
+            str(r.status),
+            _time_text(r.created_at) or "-",
+        )
+        for r in runs
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [
         f"{rid:<{widths[0]}}  {name:<{widths[1]}}  {st:<{widths[2]}}  {started}"
@@ -444,5 +453,5 @@ async def _cancel(client: OrchestratorClient, run_id: str) -> int:
         fail(f"no run has id {run_id!r}; `dagwire runs` lists the runs")
     except RunAlreadyFinishedError as exc:
         fail(f"run {run_id} already finished ({exc.status or 'finished'}); nothing to cancel")
-    typer.echo(f"{run_id} {status}")
+    typer.echo(terminal_text(f"{run_id} {status}"))
     return EXIT_OK

@@ -15,6 +15,7 @@ import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dagwire.rpc.channels import client_channel
+from dagwire.settings import redact
 from dagwire_cli.stack import (
     DEFAULT_PORT_BASE,
     PORT_OFFSETS,
@@ -23,6 +24,7 @@ from dagwire_cli.stack import (
     StackError,
     StackSettingsError,
 )
+from dagwire_cli.terminal import terminal_text
 
 __all__ = ["register"]
 
@@ -122,8 +124,10 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(asyncio.run(_health(address, service, timeout)))
 
 
-def _say(line: str) -> None:
-    sys.stderr.write(line + "\n")
+def _say(text: str) -> None:
+    """`text` on stderr: its lines (a dying service's log tail) each escaped, credentials
+    masked."""
+    sys.stderr.write("".join(terminal_text(redact(line)) + "\n" for line in text.split("\n")))
     sys.stderr.flush()
 
 

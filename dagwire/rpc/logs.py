@@ -1,4 +1,8 @@
-"""Logging setup for every dagwire process: stderr only, JSON lines or text, fixed context keys."""
+"""Logging setup for every dagwire process: stderr only, JSON lines or text, fixed context keys.
+
+Every formatted line passes through `dagwire.settings.redact`, so no credential (an S3 key, a
+password in a MongoDB URI, also when a library's exception quotes it) is ever logged in clear.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Literal, TextIO
+
+from dagwire.settings import redact
 
 __all__ = [
     "CONTEXT_KEYS",
@@ -107,7 +113,7 @@ class JsonFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str, ensure_ascii=False)
+        return redact(json.dumps(data, default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
@@ -124,7 +130,7 @@ class TextFormatter(logging.Formatter):
         line += record.getMessage() + (f"  {context}" if context else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact(line)
 
 
 def setup_logging(

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from dagwire.errors import DagwireError
 from dagwire.rpc.channels import KEEPALIVE_OPTIONS, channel_options, client_channel
 from dagwire.rpc.status import StatusInterceptor
-from dagwire.settings import DEFAULT_MAX_MESSAGE_BYTES, CommonSettings, SettingsError
+from dagwire.settings import DEFAULT_MAX_MESSAGE_BYTES, CommonSettings, SettingsError, redact
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
@@ -312,13 +312,17 @@ def serve_main(prog: str, main: Callable[[], Coroutine[Any, Any, None]]) -> int:
         main: the coroutine function to run.
 
     Returns:
-        The exit status: 0 after a clean stop, 2 for invalid settings or a busy address.
+        The exit status: 0 after a clean stop, 2 for invalid settings or a busy address, 1
+        when it failed otherwise (logged, credentials masked).
     """
     try:
         asyncio.run(main())
     except (SettingsError, ListenError) as exc:
-        sys.stderr.write(f"{prog}: error: {exc}\n")
+        sys.stderr.write(f"{prog}: error: {redact(str(exc))}\n")
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C while draining
         return 130
+    except Exception:  # logged (redacted: a driver's error may quote its URI), not printed raw
+        log.critical("%s failed", prog, exc_info=True)
+        return 1
     return 0

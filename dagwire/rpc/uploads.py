@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 
 from dagwire.rpc.status import InvalidArgumentError
+from dagwire.stores._validate import ArtifactLimitError, check_artifact_limits
 
-__all__ = ["check_artifact_name", "check_declared_sha256", "check_required", "verified_chunks"]
+__all__ = [
+    "check_artifact_fields",
+    "check_artifact_name",
+    "check_declared_sha256",
+    "check_required",
+    "verified_chunks",
+]
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -51,6 +58,26 @@ def check_artifact_name(name: str, field: str = "header.name") -> str:
                 f"{field} {name!r} must not contain {label} (a name is one path segment)",
                 field=field,
             )
+    return name
+
+
+def check_artifact_fields(name: str, metadata: Mapping[str, str], prefix: str) -> str:
+    """`name` if it is a safe artifact name (`check_artifact_name`) and the name and
+    `metadata` are within their size limits (`dagwire.limits`).
+
+    Args:
+        name: the artifact name from a request.
+        metadata: its metadata from the request.
+        prefix: where they are in the request (``header.``, ``outputs[0].``).
+
+    Raises:
+        InvalidArgumentError: naming the field, and the limit it is over.
+    """
+    check_artifact_name(name, f"{prefix}name")
+    try:
+        check_artifact_limits(name, metadata, prefix=prefix)
+    except ArtifactLimitError as exc:
+        raise InvalidArgumentError(str(exc), field=exc.field) from None
     return name
 
 

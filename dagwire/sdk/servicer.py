@@ -134,16 +134,41 @@ class AgentAdapterServicer(adapter_service_pb2_grpc.AgentAdapterServiceServicer)
         return client
 
     async def _inputs(self, messages: Iterable[common_pb2.Artifact]) -> list[Artifact]:
+        """The inputs with their content, referenced ones fetched from the configured store.
+
+        Raises:
+            InvalidArgumentError: a reference names another store (`_check_store_address`).
+        """
+        messages = list(messages)
+        for i, message in enumerate(messages):
+            self._check_store_address(message.reference.store_address, i)
+
         async def one(message: common_pb2.Artifact) -> Artifact:
             artifact = artifact_from_proto(message)
             if artifact.content is not None:
                 return artifact
             if not artifact.artifact_id:
                 return dataclasses.replace(artifact, content=b"")
-            loaded = await self.store(message.reference.store_address).load(artifact.artifact_id)
+            loaded = await self.store().load(artifact.artifact_id)
             return dataclasses.replace(artifact, content=loaded.content)
 
         return list(await asyncio.gather(*(one(m) for m in messages)))
+
+    def _check_store_address(self, address: str, index: int) -> None:
+        """Refuse a reference to a store other than the configured one: the caller must not
+        make the adapter dial an address of its choosing (and send it the attempt's ids).
+
+        Raises:
+            InvalidArgumentError: `address` is set and is not the configured store's.
+        """
+        if address and address != self.store_addr:
+            field = f"input_artifacts[{index}].reference.store_address"
+            raise InvalidArgumentError(
+                f"{field} {address!r} is not this adapter's store ({self.store_addr}): an "
+                "adapter fetches inputs only from the store it is configured with "
+                "(DAGWIRE_STORE_ADDR / --store-addr)",
+                field=field,
+            )
 
     async def _output(
         self, output: Artifact | StreamedArtifact, request: ExecuteRequest

@@ -16,14 +16,14 @@ from typing import Any, BinaryIO, TypeVar
 
 from dagwire.errors import NotFoundError
 from dagwire.limits import ARTIFACT_CHUNK_BYTES
-from dagwire.models import DEFAULT_MEDIA_TYPE, Artifact, utc_now
+from dagwire.models import Artifact, utc_now
 from dagwire.stores._files import CHUNK_SIZE, TempBlob, blob_path, sweep_temp_files, write_blob
 from dagwire.stores._ids import new_id
 from dagwire.stores._sqlite import SqliteDatabase, Synchronous
 from dagwire.stores._validate import (
+    check_artifact,
     check_limit,
     check_lookup_id,
-    check_text,
     from_micros,
     to_micros,
 )
@@ -130,7 +130,7 @@ class LocalArtifactStore:
             )
         if not isinstance(content, bytes | bytearray | memoryview):
             raise ValueError(f"artifact content must be bytes, not {type(content).__name__}")
-        checked = _checked(artifact)
+        checked = check_artifact(artifact)
         sha256, size = await self._run_io(write_blob, self._blobs, bytes(content))
         stored = dataclasses.replace(
             checked, artifact_id=new_id(), sha256=sha256, size=size, created_at=utc_now()
@@ -158,7 +158,7 @@ class LocalArtifactStore:
         """
         if artifact.content is not None:
             raise ValueError("artifact content must be None for store_stream(); pass chunks")
-        checked = _checked(artifact)
+        checked = check_artifact(artifact)
         loop = asyncio.get_running_loop()
         io = self._get_io()
         upload = await loop.run_in_executor(io, TempBlob, self._tmp)
@@ -334,22 +334,6 @@ class LocalArtifactStore:
 
 
 # ---------------------------------------------------------------------- artifact helpers
-
-
-def _checked(artifact: Artifact) -> Artifact:
-    """A copy of `artifact` with validated fields and the default media type applied."""
-    check_text(artifact.name, "name")
-    media_type = check_text(artifact.media_type or DEFAULT_MEDIA_TYPE, "media_type")
-    for field in ("run_id", "node_id"):
-        value = getattr(artifact, field)
-        if value is not None:
-            check_text(value, field)
-    if not isinstance(artifact.metadata, dict):
-        raise ValueError(f"metadata must be a dict, not {type(artifact.metadata).__name__}")
-    for key, value in artifact.metadata.items():
-        check_text(key, "metadata key")
-        check_text(value, f"metadata[{key!r}]", allow_nul=True)
-    return dataclasses.replace(artifact, media_type=media_type, metadata=dict(artifact.metadata))
 
 
 def _artifact_row(artifact: Artifact) -> tuple[Any, ...]:

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
+from dagwire.limits import (
+    MAX_ARTIFACT_NAME_BYTES,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_KEY_BYTES,
+    MAX_METADATA_VALUE_BYTES,
+)
 from dagwire.models import DEFAULT_MEDIA_TYPE, Artifact, RunStatus, TaskStatus
 
 __all__ = [
+    "ArtifactLimitError",
     "check_artifact",
+    "check_artifact_limits",
     "check_limit",
     "check_lookup_id",
     "check_record_key",
@@ -133,12 +143,81 @@ def check_run_status(value: RunStatus | str) -> RunStatus:
         raise ValueError(f"run status must be one of {choices}; got {value!r}") from None
 
 
+class ArtifactLimitError(ValueError):
+    """An artifact's name or metadata is over one of its limits (`dagwire.limits`).
+
+    Attributes:
+        field: the offending field (``name``, ``metadata``, ``metadata['k']``), with the
+            caller's prefix (``header.name``).
+    """
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _over(
+    field: str, size: int, what: str, limit_name: str, limit: int, *, subject: str = ""
+) -> ArtifactLimitError:
+    return ArtifactLimitError(
+        f"{subject or field} has {size} {what}, over the limit {limit_name} = {limit}",
+        field=field,
+    )
+
+
+def check_artifact_limits(name: str, metadata: Mapping[str, str], *, prefix: str = "") -> None:
+    """Refuse an artifact name or metadata over its size limits (`dagwire.limits`), before
+    anything is stored. Sizes are UTF-8 bytes; the values must already be `str`.
+
+    Args:
+        name: the artifact's name.
+        metadata: its metadata.
+        prefix: put before each field's name in messages (``header.``, ``outputs[0].``).
+
+    Raises:
+        ArtifactLimitError: the first limit passed; the message names the field and the limit.
+    """
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_ARTIFACT_NAME_BYTES:
+        raise _over(
+            f"{prefix}name", size, "bytes", "MAX_ARTIFACT_NAME_BYTES", MAX_ARTIFACT_NAME_BYTES
+        )
+    field = f"{prefix}metadata"
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise _over(field, len(metadata), "entries", "MAX_METADATA_ENTRIES", MAX_METADATA_ENTRIES)
+    total = 0
+    for key, value in metadata.items():
+        key_size = len(key.encode("utf-8", "surrogatepass"))
+        if key_size > MAX_METADATA_KEY_BYTES:
+            raise _over(
+                field,
+                key_size,
+                "bytes",
+                "MAX_METADATA_KEY_BYTES",
+                MAX_METADATA_KEY_BYTES,
+                subject=f"{field} key {key[:40]!r}...",
+            )
+        value_size = len(value.encode("utf-8", "surrogatepass"))
+        if value_size > MAX_METADATA_VALUE_BYTES:
+            raise _over(
+                f"{field}[{key!r}]",
+                value_size,
+                "bytes",
+                "MAX_METADATA_VALUE_BYTES",
+                MAX_METADATA_VALUE_BYTES,
+            )
+        total += key_size + value_size
+    if total > MAX_METADATA_BYTES:
+        raise _over(field, total, "bytes in all", "MAX_METADATA_BYTES", MAX_METADATA_BYTES)
+
+
 def check_artifact(artifact: Artifact) -> Artifact:
     """A copy of `artifact` with its fields validated and the default media type applied.
 
     Raises:
         ValueError: a name, id, media type or metadata key contains NUL or is not valid
             UTF-8, or `metadata` is not a dict (the message names the field).
+        ArtifactLimitError: the name or metadata is over its limits (`check_artifact_limits`).
     """
     check_text(artifact.name, "name")
     media_type = check_text(artifact.media_type or DEFAULT_MEDIA_TYPE, "media_type")
@@ -151,6 +230,7 @@ def check_artifact(artifact: Artifact) -> Artifact:
     for key, value in artifact.metadata.items():
         check_text(key, "metadata key")
         check_text(value, f"metadata[{key!r}]", allow_nul=True)
+    check_artifact_limits(artifact.name, artifact.metadata)
     return dataclasses.replace(artifact, media_type=media_type, metadata=dict(artifact.metadata))
 
 

@@ -209,7 +209,8 @@ class ArtifactReference(google.protobuf.message.Message):
     STORE_ADDRESS_FIELD_NUMBER: builtins.int
     store_address: builtins.str
     """Address (host:port) of the ArtifactStoreService holding the content; empty means the
-    receiver's configured store.
+    receiver's configured store. An adapter fetches inputs only from its configured store:
+    an input naming another address is refused (INVALID_ARGUMENT naming this field).
     """
     def __init__(
         self,

@@ -29,7 +29,7 @@ from dagwire.rpc.paging import decode_page_token, encode_page_token, fit_to_budg
 from dagwire.rpc.serve import Service
 from dagwire.rpc.status import InvalidArgumentError
 from dagwire.rpc.uploads import (
-    check_artifact_name,
+    check_artifact_fields,
     check_declared_sha256,
     check_required,
     verified_chunks,
@@ -125,7 +125,7 @@ class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer)
         header = first.header
         artifact = artifact_from_proto(
             common_pb2.Artifact(
-                name=check_artifact_name(header.name),
+                name=check_artifact_fields(header.name, header.metadata, "header."),
                 media_type=header.media_type,
                 metadata=header.metadata,
                 run_id=header.run_id,
@@ -588,7 +588,7 @@ def _decode_outputs(outputs: Any) -> list[Artifact]:
     """
     artifacts = []
     for i, message in enumerate(outputs):
-        check_artifact_name(message.name, f"outputs[{i}].name")
+        check_artifact_fields(message.name, message.metadata, f"outputs[{i}].")
         if message.WhichOneof("body") != "content":
             raise InvalidArgumentError(
                 f"outputs[{i}] ({message.name!r}) has no inline content: upload it "

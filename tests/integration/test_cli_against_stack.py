@@ -403,3 +403,55 @@ def test_live_progress_on_a_terminal_shows_each_task_and_its_state(stack: Stack)
     assert "succeeded" in text
     # The summary still goes to stdout, not the terminal's progress stream.
     assert "(slow): succeeded" in out and "nap/out" in out
+
+
+# ---------------------------------------------------------------------- hostile text
+
+# A run name and an adapter error carrying terminal escapes: a CSI that clears the screen, an
+# OSC that retitles the window (ended by BEL), a carriage return that overwrites the line, a
+# C1 CSI (U+009B) and a bidi override. Task ids cannot carry them (the spec's id pattern).
+_EVIL_NAME = "evil\x1b]0;owned\x07\x1b[2Jname"
+_EVIL_ERROR = "bad\x1b[31mred\rgone\x9b2J\u202eend"
+HOSTILE = json.dumps(
+    {
+        "name": _EVIL_NAME,
+        "tasks": [{"id": "broken", "agent": "fail", "params": {"message": _EVIL_ERROR}}],
+    }
+)
+_RAW = ("\x1b", "\x07", "\r", "\x9b", "\u202e")
+
+
+def _no_raw_controls(text: str) -> None:
+    for char in _RAW:
+        assert char not in text, (char, text)
+
+
+def test_hostile_server_and_adapter_text_reaches_the_terminal_escaped(stack: Stack) -> None:
+    spec = stack.spec("hostile.json", HOSTILE)
+    result = dagwire(stack, "run", str(spec))
+    assert result.code == 1, result.stderr
+    out = result.text
+    _no_raw_controls(out)
+    _no_raw_controls(result.stderr)
+    assert "evil\\x1b]0;owned\\x07\\x1b[2Jname" in out  # shown, visibly escaped
+    assert "bad\\x1b[31mred\\rgone\\x9b2J\\u202eend" in out
+    assert "bad\\x1b[31mred\\rgone" in result.stderr  # the progress lines too
+    run_id = out.split()[1].rstrip(":")
+    for args in (["runs"], ["watch", run_id]):
+        listed = dagwire(stack, *args)
+        _no_raw_controls(listed.text)
+        _no_raw_controls(listed.stderr)
+        assert "evil\\x1b]0;owned" in listed.text
+
+
+def test_json_output_keeps_hostile_text_exact_and_escaped(stack: Stack) -> None:
+    spec = stack.spec("hostile.json", HOSTILE)
+    result = dagwire(stack, "run", str(spec), "--output", "json")
+    assert result.code == 1, result.stderr
+    raw = result.stdout.decode()
+    _no_raw_controls(raw)  # JSON escapes C0 itself; C1 and bidi controls are escaped too
+    error = result.json["nodes"]["broken"]["error"]
+    assert _EVIL_ERROR in error  # exactly the adapter's text once decoded
+    listed = dagwire(stack, "runs", "--output", "json")
+    _no_raw_controls(listed.stdout.decode())
+    assert _EVIL_NAME in [r["name"] for r in listed.json]

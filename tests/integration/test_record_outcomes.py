@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from dagwire.limits import (
+    MAX_ARTIFACT_NAME_BYTES,
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_VALUE_BYTES,
+)
 from dagwire.models import Artifact, ExecutionRecord, RunStatus, TaskNode, TaskStatus, utc_now
 from dagwire.rpc.serve import RunningServer, start_server
+from dagwire.rpc.status import InvalidArgumentError
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
 from dagwire.runtime import Dispatcher, FunctionAdapter, Orchestrator
 from dagwire.stores.base import OutcomeRecorder
@@ -172,3 +178,48 @@ async def test_orchestrator_over_the_store_service_records_outputs_with_each_att
     assert records[("second", 1)].input_artifact_ids == (records[("first", 1)].output_artifact_ids)
     assert [records[("broken", n)].status for n in (1, 2)] == [TaskStatus.FAILED] * 2
     assert records[("broken", 1)].output_artifact_ids == []
+
+
+async def test_outputs_over_the_name_and_metadata_limits_are_refused_and_nothing_is_stored(
+    clients: tuple[RemoteArtifactStore, RemoteExecutionStore],
+) -> None:
+    artifacts, executions = clients
+    run_id = "run-limits"
+    huge = {f"k{i}": "v" * MAX_METADATA_VALUE_BYTES for i in range(5)}  # 320 KiB in all
+    over = Artifact(name="out", content=b"x", metadata=huge, run_id=run_id, node_id="big")
+    with pytest.raises(InvalidArgumentError) as refused:
+        await executions.record_outcome(_record(run_id, "big"), [over])
+    assert "outputs[0].metadata" in str(refused.value)
+    assert "MAX_METADATA_BYTES" in str(refused.value)
+    assert await executions.list_records(run_id) == []
+    assert await artifacts.list(run_id) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "limit"),
+    [
+        ({"name": "n" * (MAX_ARTIFACT_NAME_BYTES + 1)}, "header.name", "MAX_ARTIFACT_NAME_BYTES"),
+        (
+            {"metadata": {str(i): "" for i in range(MAX_METADATA_ENTRIES + 1)}},
+            "header.metadata",
+            "MAX_METADATA_ENTRIES",
+        ),
+    ],
+)
+async def test_put_artifact_over_a_limit_is_invalid_argument_naming_the_field_and_limit(
+    clients: tuple[RemoteArtifactStore, RemoteExecutionStore],
+    fields: dict[str, object],
+    field: str,
+    limit: str,
+) -> None:
+    artifacts, _ = clients
+    values: dict[str, object] = {"name": "out", "run_id": "run-put", "node_id": "n", **fields}
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"content"
+
+    with pytest.raises(InvalidArgumentError) as refused:
+        await artifacts.store_stream(Artifact(**values), chunks())  # type: ignore[arg-type]
+    assert refused.value.field == field
+    assert limit in str(refused.value)
+    assert await artifacts.list("run-put") == []

@@ -19,7 +19,7 @@ from dagwire.errors import (
     ResourceExhaustedError,
 )
 from dagwire.models import Artifact, TaskNode
-from dagwire.rpc.adapter_client import AdapterCallError, AdapterClient
+from dagwire.rpc.adapter_client import AdapterCallError, AdapterClient, input_to_proto
 from dagwire.rpc.serve import RunningServer, start_server
 from dagwire.rpc.status import RemoteError
 from dagwire.rpc.store_client import RemoteArtifactStore
@@ -27,6 +27,8 @@ from dagwire.sdk import AdapterServer, StreamedArtifact, advertised_address
 from dagwire.settings import AdapterSettings
 from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
 from dagwire.toolbox import EchoAgent
+from dagwire.v1.adapter_service_pb2 import ExecuteRequest
+from dagwire.v1.adapter_service_pb2_grpc import AgentAdapterServiceStub
 from dagwire_services.store.servicer import store_services
 
 MIB = 1 << 20
@@ -268,3 +270,76 @@ def _execute_request() -> Any:
     from dagwire.v1 import adapter_service_pb2
 
     return adapter_service_pb2.ExecuteRequest(agent="x", params_json="null", node_id="n")
+
+
+async def test_sdk_input_referencing_another_store_is_refused_and_that_store_never_dialed(
+    serving: Any, store: RunningServer, tmp_path: Path
+) -> None:
+    # The caller names a store of its own choosing in the reference: the adapter must fetch
+    # only from the store it is configured with, never dial the caller's address.
+    other = await start_server(
+        "127.0.0.1:0",
+        store_services(
+            LocalArtifactStore(tmp_path / "other"), SqliteExecutionStore(tmp_path / "other.db")
+        ),
+    )
+    try:
+        remote = RemoteArtifactStore(f"127.0.0.1:{other.port}")
+        try:
+            planted = await remote.store(Artifact(name="in", content=b"forged", run_id="r"))
+        finally:
+            await remote.aclose()
+        agent = Recorder()
+        server, client = await _serve(agent, settings=_settings(store.port))
+        try:
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+            stub = AgentAdapterServiceStub(channel)
+            reference = input_to_proto(
+                Artifact(name="in", artifact_id=planted.artifact_id),
+                store_address=f"127.0.0.1:{other.port}",
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Execute(
+                    ExecuteRequest(agent="x", node_id="n1", attempt=1, input_artifacts=[reference]),
+                    timeout=10,
+                )
+            await channel.close()
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            details = refused.value.details() or ""
+            assert "input_artifacts[0].reference.store_address" in details
+            assert f"127.0.0.1:{other.port}" in details and f"127.0.0.1:{store.port}" in details
+            assert agent.tasks == []
+            assert f"127.0.0.1:{other.port}" not in server.servicer._stores
+        finally:
+            await client.aclose()
+            await server.stop(None)
+    finally:
+        await other.stop(None)
+
+
+async def test_sdk_input_referencing_its_own_store_by_address_is_fetched(
+    serving: Any, store: RunningServer
+) -> None:
+    remote = RemoteArtifactStore(f"127.0.0.1:{store.port}")
+    try:
+        stored = await remote.store(Artifact(name="in", content=b"mine", run_id="r"))
+    finally:
+        await remote.aclose()
+    agent = Recorder()
+    server, client = await _serve(agent, settings=_settings(store.port))
+    try:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        stub = AgentAdapterServiceStub(channel)
+        reference = input_to_proto(
+            Artifact(name="in", artifact_id=stored.artifact_id),
+            store_address=f"127.0.0.1:{store.port}",
+        )
+        await stub.Execute(
+            ExecuteRequest(agent="x", node_id="n1", attempt=1, input_artifacts=[reference]),
+            timeout=10,
+        )
+        await channel.close()
+        assert [a.content for a in agent.inputs[0]] == [b"mine"]
+    finally:
+        await client.aclose()
+        await server.stop(None)
