@@ -23,7 +23,7 @@ _UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI}\ud800-\udfff]")
 separators, bidi controls, lone surrogates (which no terminal encoding can write)."""
 _JSON_UNSAFE = re.compile(f"[\x7f-\x9f\u2028\u2029{_BIDI}\ud800-\udfff]")
 """What `json.dumps(ensure_ascii=False)` leaves raw in strings (it escapes C0 itself)."""
-_FOLDED = re.compile(r"[ \t\n]+")
+_FOLDED = re.compile(r"[ \t]*[\t\n][ \t\n]*")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -42,9 +42,9 @@ def terminal_text(text: str, *, one_line: bool = False) -> str:
 
     Args:
         text: text a server or an adapter supplied.
-        one_line: fold runs of spaces, tabs and newlines into one space first (an error
-            message shown in a table cell or on one line); a carriage return is still
-            escaped, never folded.
+        one_line: fold each run of whitespace holding a tab or a newline into one space
+            first (an error message shown in a table cell or on one line; the spaces of a
+            line's own layout stay); a carriage return is still escaped, never folded.
     """
     if one_line:
         text = _FOLDED.sub(" ", text).strip()

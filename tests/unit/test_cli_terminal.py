@@ -148,7 +148,7 @@ def test_messages_on_stderr_are_escaped(capsys: pytest.CaptureFixture[str]) -> N
     say("artifacts get", f"{EVIL}  3 bytes")
     err = capsys.readouterr().err
     _clean(err)
-    assert err == f"dagwire artifacts get: {SHOWN} 3 bytes\n"
+    assert err == f"dagwire artifacts get: {SHOWN}  3 bytes\n"
 
 
 def test_messages_on_stderr_never_show_credentials(capsys: pytest.CaptureFixture[str]) -> None:
