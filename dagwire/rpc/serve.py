@@ -362,7 +362,8 @@ async def run_server(
 
 
 def serve_main(prog: str, main: Callable[[], Coroutine[Any, Any, None]]) -> int:
-    """Run a server's async main: exit 0 when stopped, 2 with one line for a setup error.
+    """Run a server's async main: exit 0 when stopped, 2 with one line for a setup error
+    (invalid settings, TLS files included, or a busy address).
 
     Args:
         prog: program name for error lines (e.g. ``"dagwire-store"``).
@@ -372,6 +373,7 @@ def serve_main(prog: str, main: Callable[[], Coroutine[Any, Any, None]]) -> int:
         The exit status: 0 after a clean stop, 2 for invalid settings or a busy address.
     """
     try:
+        TlsConfig.from_env().check()  # before anything waits on a peer
         asyncio.run(main())
     except (SettingsError, ListenError) as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")

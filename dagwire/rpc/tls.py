@@ -141,6 +141,17 @@ class TlsConfig:
         """Whether this process's client channels use TLS."""
         return self.ca is not None or self.client_cert is not None
 
+    def check(self) -> None:
+        """Read and check every file these settings name, as a process does at start-up.
+
+        Raises:
+            SettingsError: a file is missing, unreadable or invalid (naming setting and path).
+        """
+        if self.cert is not None and self.key is not None:
+            _ServerCertificates(self.cert, self.key, self.client_ca)
+        if self.dials_tls:
+            self.channel_credentials()
+
     def server_credentials(self) -> grpc.ServerCredentials:
         """Credentials for ``add_secure_port``: the files now, re-read when they change.
 
@@ -325,15 +336,15 @@ def explain_connect_failure(details: str, tls: TlsConfig | None = None) -> str |
         )
     if "handshake" in lowered or "wrong_version_number" in lowered or "ssl_error" in lowered:
         return "TLS handshake failed (does the server serve TLS?)"
-    if "socket closed" in lowered and "failed to connect" in lowered:
+    if "socket closed" in lowered:
         try:
             dials_tls = (tls or TlsConfig.from_env()).dials_tls
         except SettingsError:
             return None
         if dials_tls:
             return (
-                "the server closed the connection during the TLS handshake (does it require a "
-                "client certificate signed by another CA? see DAGWIRE_TLS_CLIENT_CERT)"
+                "the server closed the connection during the TLS handshake; it may require a "
+                "client certificate (DAGWIRE_TLS_CLIENT_CERT) signed by its client CA"
             )
-        return "the server closed the connection (if it serves TLS, set DAGWIRE_TLS_CA to its CA)"
+        return "the server closed the connection; if it serves TLS, set DAGWIRE_TLS_CA to its CA"
     return None
