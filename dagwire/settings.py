@@ -27,6 +27,7 @@ __all__ = [
     "SettingsError",
     "StorageSettings",
     "StoreSettings",
+    "check_listen_address",
     "check_target",
     "keep_secret",
     "load_settings",
@@ -171,8 +172,16 @@ def _ip_address(item: str, scheme: str, value: str) -> None:
     _port_of(port, value)
 
 
-def _listen_address(value: object) -> str:
+def check_listen_address(value: object) -> str:
+    """`value` checked as an address a server binds: ``host:port`` (port 0: any free one).
+
+    Raises:
+        ValueError: it is not ``host:port``; the message quotes it.
+    """
     return _address(value, allow_port_zero=True)
+
+
+_listen_address = check_listen_address
 
 
 def _peer_address(value: object) -> str:

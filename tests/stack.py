@@ -24,6 +24,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from dagwire.rpc.channels import client_channel
 from dagwire.rpc.orchestrator_client import OrchestratorClient
 from dagwire.runtime import RunEvent, RunEventKind
 from tests.servers import REPO_ROOT, find_free_port
@@ -99,8 +100,11 @@ class Proc:
         )
 
     async def wait_serving(self, within: float = 30.0) -> None:
-        """Wait until the process's health service says SERVING (fail if it exits)."""
-        async with grpc.aio.insecure_channel(self.address) as chan:
+        """Wait until the process's health service says SERVING (fail if it exits).
+
+        The probe dials as the environment says (TLS when ``DAGWIRE_TLS_CA`` is set).
+        """
+        async with client_channel(self.address) as chan:
             health = health_pb2_grpc.HealthStub(chan)
             deadline = time.monotonic() + within
             while True:
@@ -229,7 +233,7 @@ async def list_adapters(dispatcher_addr: str) -> list[Any]:
     from dagwire.v1 import dispatcher_service_pb2 as dpb
     from dagwire.v1 import dispatcher_service_pb2_grpc as dpb_grpc
 
-    async with grpc.aio.insecure_channel(dispatcher_addr) as chan:
+    async with client_channel(dispatcher_addr) as chan:
         reply = await dpb_grpc.DispatcherServiceStub(chan).ListAdapters(
             dpb.ListAdaptersRequest(), timeout=5
         )

@@ -28,7 +28,8 @@ from dagwire.errors import (
 )
 from dagwire.rpc.orchestrator_client import OrchestratorUnavailableError
 from dagwire.rpc.status import InvalidArgumentError, RemoteError
-from dagwire.settings import redact
+from dagwire.rpc.tls import explain_connect_failure
+from dagwire.settings import SettingsError, redact
 from dagwire_cli.terminal import terminal_text
 
 __all__ = [
@@ -141,6 +142,8 @@ def describe(exc: BaseException, target: Target) -> tuple[int, str]:
     """The exit status and one-line message for an exception a command let through."""
     if isinstance(exc, CliError):
         return exc.code, str(exc)
+    if isinstance(exc, SettingsError):
+        return EXIT_INVALID, _one_line(str(exc))
     unreachable = _unreachable_detail(exc)
     if unreachable is not None:
         return EXIT_UNREACHABLE, str(Unreachable(target, unreachable))
@@ -174,6 +177,9 @@ def _unreachable_detail(exc: BaseException) -> str | None:
 def _short_reason(text: str) -> str:
     """The gist of a connection failure: grpc's details can be a paragraph."""
     text = _one_line(text)
+    tls = explain_connect_failure(text)
+    if tls is not None:
+        return tls
     lowered = text.lower()
     for needle, gist in (
         ("connection refused", "connection refused"),

@@ -15,7 +15,8 @@ import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dagwire.rpc.channels import client_channel
-from dagwire.settings import redact
+from dagwire.rpc.tls import explain_connect_failure
+from dagwire.settings import SettingsError, redact
 from dagwire_cli.stack import (
     DEFAULT_PORT_BASE,
     PORT_OFFSETS,
@@ -190,6 +191,9 @@ async def _health(address: str, service: str, deadline: float) -> int:
     """Probe one server's health; returns the exit status."""
     try:
         channel = client_channel(address)
+    except SettingsError as exc:
+        _say(f"dagwire health: error: {exc}")
+        return EXIT_INVALID
     except ValueError as exc:
         _say(f"dagwire health: error: invalid address: {exc}")
         return EXIT_INVALID
@@ -202,7 +206,8 @@ async def _health(address: str, service: str, deadline: float) -> int:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 _say(f"dagwire health: {address} does not know the service {service!r}")
                 return EXIT_INVALID
-            _say(f"dagwire health: {address} is unreachable ({exc.code().name.lower()})")
+            why = explain_connect_failure(exc.details() or "") or exc.code().name.lower()
+            _say(f"dagwire health: {address} is unreachable ({why})")
             return EXIT_UNREACHABLE
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     typer.echo(status)

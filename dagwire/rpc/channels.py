@@ -5,7 +5,8 @@ opens its channels here, so they all accept the same targets (`check_target`: ``
 ``dns:///name:port``, ``ipv4:A:P,B:P``), spread their calls round-robin over every address the
 target resolves to, and retry a call that failed with UNAVAILABLE (a replica died, or was not
 reachable) on another replica, but only for the methods below, whose repetition cannot change
-the outcome. docs/targets.md describes the behaviour for users.
+the outcome. docs/targets.md describes the behaviour for users. A channel is plaintext unless
+the ``DAGWIRE_TLS_*`` settings ask for TLS (`dagwire.rpc.tls`, docs/security.md).
 
 Methods retried on UNAVAILABLE (`RETRY_SAFE_METHODS`), and why each is safe to repeat:
 
@@ -44,6 +45,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from dagwire.rpc.tls import TlsConfig
 from dagwire.settings import DEFAULT_MAX_MESSAGE_BYTES, check_target
 
 __all__ = [
@@ -173,8 +175,11 @@ def client_channel(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     balanced: bool = True,
     options: Sequence[tuple[str, int | str]] = (),
+    tls: TlsConfig | None = None,
 ) -> grpc.aio.Channel:
-    """A long-lived plaintext channel to a dagwire service (connects lazily).
+    """A long-lived channel to a dagwire service (connects lazily): plaintext, or TLS when the
+    ``DAGWIRE_TLS_*`` settings say so (`dagwire.rpc.tls`; the files are read now, so a channel
+    made after a rotation uses the new ones).
 
     Args:
         target: a gRPC target (`check_target`): ``host:port``, ``dns:///name:port`` or
@@ -182,14 +187,21 @@ def client_channel(
         max_message_bytes: send and receive limit per message.
         balanced: round-robin over the target's addresses (see `service_config`).
         options: more channel arguments; one named here replaces the default of that name.
+        tls: the TLS settings (default: the environment's, `TlsConfig.from_env`).
 
     Returns:
         The channel; close it with ``await channel.close()``.
 
     Raises:
         ValueError: `target` is not a target a dagwire client accepts.
+        SettingsError: a TLS setting is invalid (a missing or unreadable file, ...).
     """
     target = check_target(target)
+    tls = TlsConfig.from_env() if tls is None else tls
     merged = dict(channel_options(max_message_bytes, balanced=balanced))
+    if not tls.dials_tls:
+        merged.update(dict(options))
+        return grpc.aio.insecure_channel(target, options=list(merged.items()))
+    merged.update(dict(tls.channel_options(target)))
     merged.update(dict(options))
-    return grpc.aio.insecure_channel(target, options=list(merged.items()))
+    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=list(merged.items()))

@@ -1,4 +1,9 @@
-"""The one server foundation: a `grpc.aio` server with health, reflection, limits and shutdown."""
+"""The one server foundation: a `grpc.aio` server with health, reflection, limits and shutdown.
+
+With ``DAGWIRE_TLS_CERT``/``DAGWIRE_TLS_KEY`` set a server serves TLS only (mTLS with
+``DAGWIRE_TLS_CLIENT_CA``), and with ``DAGWIRE_HEALTH_ADDR`` it also serves its health alone on
+that plaintext address, for probes that cannot speak TLS (`dagwire.rpc.tls`, docs/security.md).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from dagwire.errors import DagwireError
 from dagwire.rpc.channels import KEEPALIVE_OPTIONS, channel_options, client_channel
 from dagwire.rpc.status import StatusInterceptor
+from dagwire.rpc.tls import TlsConfig
 from dagwire.settings import DEFAULT_MAX_MESSAGE_BYTES, CommonSettings, SettingsError, redact
 
 __all__ = [
@@ -87,7 +93,8 @@ def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[t
 def insecure_channel(
     address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> grpc.aio.Channel:
-    """A long-lived plaintext channel to a dagwire service: `dagwire.rpc.channels.client_channel`.
+    """A long-lived channel to a dagwire service: `dagwire.rpc.channels.client_channel`
+    (plaintext unless the ``DAGWIRE_TLS_*`` settings ask for TLS).
 
     Args:
         address: a gRPC target of the service (``host:port``, ``dns:///name:port``, ``ipv4:...``).
@@ -106,8 +113,10 @@ def create_server(
     health_servicer: health.aio.HealthServicer | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    tls: TlsConfig | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Build a server bound to `address` with health, reflection and the status interceptor.
+    """Build a server bound to `address` with health, reflection and the status interceptor:
+    plaintext, or TLS only when `tls` has a server certificate.
 
     The server is not started. Health reports NOT_SERVING for ``""`` and every service until
     the caller sets SERVING after start (`start_server` does).
@@ -118,13 +127,17 @@ def create_server(
         health_servicer: the health servicer to register (a fresh one when None).
         max_message_bytes: send and receive limit per message.
         interceptors: more interceptors, run after the status interceptor.
+        tls: the TLS settings (default: the environment's, `TlsConfig.from_env`).
 
     Returns:
         ``(server, port)``: the port actually bound.
 
     Raises:
         ListenError: the address is busy or cannot be bound (the message names it).
+        SettingsError: a TLS setting is invalid (a missing, unreadable or invalid file).
     """
+    tls = TlsConfig.from_env() if tls is None else tls
+    credentials = tls.server_credentials() if tls.serves_tls else None
     _check_bindable(address)
     server = grpc.aio.server(
         interceptors=[StatusInterceptor(), *interceptors],
@@ -145,7 +158,10 @@ def create_server(
         server,
     )
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise ListenError(
             f"cannot listen on {address}: the address is in use or not available on this "
@@ -156,7 +172,23 @@ def create_server(
     return server, port
 
 
-def _check_bindable(address: str) -> None:
+def _health_server(
+    address: str, servicer: health.aio.HealthServicer
+) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server of `servicer` alone on `address` (``DAGWIRE_HEALTH_ADDR``)."""
+    _check_bindable(address, setting="DAGWIRE_HEALTH_ADDR")
+    server = grpc.aio.server(options=server_options())
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise ListenError(f"cannot listen on DAGWIRE_HEALTH_ADDR={address}: not available")
+    return server, port
+
+
+def _check_bindable(address: str, *, setting: str = "") -> None:
     """Fail with a one-line `ListenError` before gRPC tries (and logs its own error lines)."""
     host, _, port_text = address.rpartition(":")
     if not host or not port_text.isdigit() or int(port_text) == 0 or address.startswith("unix:"):
@@ -176,20 +208,25 @@ def _check_bindable(address: str) -> None:
             except OSError as exc:
                 problems.append(exc.strerror or str(exc))
     reason = problems[0].lower() if problems else "no address to bind"
-    raise ListenError(
-        f"cannot listen on {address}: {reason} (choose another address with --listen-addr or "
-        "DAGWIRE_LISTEN_ADDR)"
-    )
+    hint = setting or "--listen-addr or DAGWIRE_LISTEN_ADDR"
+    raise ListenError(f"cannot listen on {address}: {reason} (choose another address with {hint})")
 
 
 @dataclass
 class RunningServer:
-    """A started server: its port, its health servicer, and a graceful `stop()`."""
+    """A started server: its port, its health servicer, and a graceful `stop()`.
+
+    ``health_server``/``health_port``: the plaintext health-only server on
+    ``DAGWIRE_HEALTH_ADDR``, when set.
+    """
 
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
     service_names: tuple[str, ...]
+    tls: bool = False
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
     _stopped: bool = field(default=False, repr=False)
 
     async def stop(self, grace: float | None = DEFAULT_GRACE_SECONDS) -> None:
@@ -203,6 +240,8 @@ class RunningServer:
         self._stopped = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:  # probes see NOT_SERVING until the end
+            await self.health_server.stop(None)
 
 
 async def start_server(
@@ -211,21 +250,26 @@ async def start_server(
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    tls: TlsConfig | None = None,
 ) -> RunningServer:
-    """Create and start a server, then report SERVING for ``""`` and every service.
+    """Create and start a server (and its plaintext health server when ``DAGWIRE_HEALTH_ADDR``
+    is set), then report SERVING for ``""`` and every service.
 
     Args:
         address: ``host:port`` to bind (port 0 picks a free one).
         services: the services to serve.
         max_message_bytes: send and receive limit per message.
         interceptors: more server interceptors.
+        tls: the TLS settings (default: the environment's, `TlsConfig.from_env`).
 
     Returns:
         The running server.
 
     Raises:
-        ListenError: the address cannot be bound.
+        ListenError: the address (or the health address) cannot be bound.
+        SettingsError: a TLS setting is invalid.
     """
+    tls = TlsConfig.from_env() if tls is None else tls
     health_servicer = health.aio.HealthServicer()
     names = tuple(s.name for s in services)
     for name in ("", *names):
@@ -236,11 +280,19 @@ async def start_server(
         health_servicer=health_servicer,
         max_message_bytes=max_message_bytes,
         interceptors=interceptors,
+        tls=tls,
     )
+    health_server, health_port = None, None
+    if tls.health_addr is not None:
+        health_server, health_port = _health_server(tls.health_addr, health_servicer)
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, names)
+    return RunningServer(
+        server, port, health_servicer, names, tls.serves_tls, health_server, health_port
+    )
 
 
 async def run_server(
@@ -283,7 +335,12 @@ async def run_server(
             "%s serving on %s",
             process,
             bound,
-            extra={"settings": settings.safe_dict(), "services": list(running.service_names)}
+            extra={
+                "settings": settings.safe_dict(),
+                "services": list(running.service_names),
+                "tls": running.tls,
+                "health_port": running.health_port,
+            }
             | (extra_log or {}),
         )
         if on_started is not None:
@@ -305,7 +362,8 @@ async def run_server(
 
 
 def serve_main(prog: str, main: Callable[[], Coroutine[Any, Any, None]]) -> int:
-    """Run a server's async main: exit 0 when stopped, 2 with one line for a setup error.
+    """Run a server's async main: exit 0 when stopped, 2 with one line for a setup error
+    (invalid settings, TLS files included, or a busy address).
 
     Args:
         prog: program name for error lines (e.g. ``"dagwire-store"``).
@@ -316,6 +374,7 @@ def serve_main(prog: str, main: Callable[[], Coroutine[Any, Any, None]]) -> int:
         when it failed otherwise (logged, credentials masked).
     """
     try:
+        TlsConfig.from_env().check()  # before anything waits on a peer
         asyncio.run(main())
     except (SettingsError, ListenError) as exc:
         sys.stderr.write(f"{prog}: error: {redact(str(exc))}\n")

@@ -51,6 +51,7 @@ from dagwire.errors import (
 )
 from dagwire.ids import new_trace_id
 from dagwire.rpc.logs import bind
+from dagwire.rpc.tls import explain_connect_failure
 
 __all__ = [
     "DOMAIN",
@@ -315,6 +316,9 @@ def _rebuild(
         return NonRetryableError(message)
     if code == grpc.StatusCode.INVALID_ARGUMENT and reason in ("INVALID_ARGUMENT", ""):
         return InvalidArgumentError(message, field=meta.get("field", ""))
+    if code == grpc.StatusCode.UNAVAILABLE and not reason:
+        explained = explain_connect_failure(message)
+        message = f"{explained}: {message}" if explained else message
     if code == grpc.StatusCode.UNAVAILABLE and unavailable is not None:
         where = f"{target} is unavailable: " if target else ""
         return unavailable(where + message)
