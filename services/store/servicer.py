@@ -397,7 +397,10 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
                 raise InvalidArgumentError(
                     f"events[{index}].data_json must be a JSON object", field="events"
                 )
-            events.append(RunEventRecord(event.run_id, event.sequence, event.epoch, data))
+            # the validated text goes on as it came: the store need not encode `data` again
+            events.append(
+                RunEventRecord(event.run_id, event.sequence, event.epoch, data, event.data_json)
+            )
         if events:
             await self._ledger().append_events(events)
         return AppendRunEventsResponse()

@@ -1,0 +1,124 @@
+"""Run events through the store service: what is stored is what was sent, invalid events are
+refused whole (docs/durability.md)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+
+from dagwire.models import RunEventRecord
+from dagwire.rpc.serve import start_server
+from dagwire.rpc.status import InvalidArgumentError
+from dagwire.rpc.store_client import RemoteExecutionStore
+from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
+from dagwire.v1 import store_service_pb2 as pb
+from dagwire.v1 import store_service_pb2_grpc as pb_grpc
+from dagwire_services.store.servicer import store_services
+
+
+class RecordingExecutions(SqliteExecutionStore):
+    """Keeps every batch of events the servicer hands to the store."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.appended: list[list[RunEventRecord]] = []
+
+    async def append_events(self, events: Sequence[RunEventRecord]) -> None:
+        self.appended.append(list(events))
+        await super().append_events(events)
+
+
+@dataclass
+class Service:
+    executions: RecordingExecutions
+    client: RemoteExecutionStore
+    api: pb_grpc.ExecutionStoreServiceAsyncStub
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[Service]:
+    executions = RecordingExecutions(tmp_path / "executions.sqlite3")
+    artifacts = LocalArtifactStore(tmp_path / "artifacts")
+    running = await start_server("127.0.0.1:0", store_services(artifacts, executions))
+    address = f"127.0.0.1:{running.port}"
+    client = RemoteExecutionStore(address)
+    async with grpc.aio.insecure_channel(address) as channel:
+        yield Service(
+            executions,
+            client,
+            pb_grpc.ExecutionStoreServiceStub(channel),
+        )
+    await client.aclose()
+    await running.stop(None)
+    await executions.aclose()
+    await artifacts.aclose()
+
+
+def event(run_id: str, sequence: int, **data: object) -> RunEventRecord:
+    return RunEventRecord(run_id, sequence, 1, {"sequence": sequence, "kind": "x", **data})
+
+
+async def test_events_round_trip_and_the_store_keeps_the_text_it_was_sent(
+    service: Service,
+) -> None:
+    sent = [event("run-1", 1, note="café ✓"), event("run-1", 2, nested={"a": [1, 2.5, None]})]
+    await service.client.append_events(sent)
+
+    stored = await service.client.list_events("run-1")
+    assert [(e.run_id, e.sequence, e.epoch, e.data) for e in stored] == [
+        (e.run_id, e.sequence, e.epoch, e.data) for e in sent
+    ]
+    # the servicer passed on the validated text instead of having the store encode it again
+    (batch,) = service.executions.appended
+    assert [e.data_json for e in batch] == [json.dumps(e.data, ensure_ascii=False) for e in sent]
+    assert [e.data for e in batch] == [e.data for e in sent]
+
+
+async def test_a_record_without_text_is_encoded_by_the_store(tmp_path: Path) -> None:
+    store = SqliteExecutionStore(tmp_path / "executions.sqlite3")
+    try:
+        await store.append_events([event("run-1", 1, note="é"), event("run-1", 2)])
+        assert [e.data for e in await store.list_events("run-1")] == [
+            event("run-1", 1, note="é").data,
+            event("run-1", 2).data,
+        ]
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("data_json", "message"),
+    [
+        ('{"kind": "x"', "is not JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('"text"', "must be a JSON object"),
+        ("", "is not JSON"),
+    ],
+)
+async def test_an_event_that_is_not_a_json_object_is_refused_and_nothing_is_stored(
+    service: Service, data_json: str, message: str
+) -> None:
+    request = pb.AppendRunEventsRequest(
+        events=[
+            pb.StoredRunEvent(run_id="run-1", sequence=1, epoch=1, data_json='{"ok": true}'),
+            pb.StoredRunEvent(run_id="run-1", sequence=2, epoch=1, data_json=data_json),
+        ]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.api.AppendRunEvents(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"events[1].data_json {message}" in (caught.value.details() or "")
+    assert await service.client.list_events("run-1") == []
+    assert service.executions.appended == []
+
+
+async def test_a_refused_batch_fails_the_call_that_queued_it(service: Service) -> None:
+    with pytest.raises(InvalidArgumentError, match="sequence must be at least 1"):
+        await service.client.append_events([event("run-1", 1), event("run-1", 0)])
+    assert await service.client.list_events("run-1") == []
