@@ -92,12 +92,17 @@ class _Coalescer(Generic[_I, _R]):
         self._flushing: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: _I, size: int = 0) -> _R:
+        return await self.enqueue(item, size)
+
+    def enqueue(self, item: _I, size: int = 0) -> asyncio.Future[_R]:
+        """Queue `item` for this tick's batch and return the future of its result (what
+        `submit` awaits; queuing many items this way costs no task per item)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_R] = loop.create_future()
         if not self._queue:
             loop.call_soon(self._flush)
         self._queue.append((item, size, future))
-        return await future
+        return future
 
     def _flush(self) -> None:
         queue, self._queue = self._queue, []
@@ -634,7 +639,7 @@ class RemoteExecutionStore:
             wire = pb.StoredRunEvent(
                 run_id=event.run_id, sequence=event.sequence, epoch=event.epoch, data_json=data
             )
-            pending.append(self._events.submit(wire, len(data) + 64))
+            pending.append(self._events.enqueue(wire, len(data) + 64))
         if len(pending) == 1:
             await pending[0]
         elif pending:

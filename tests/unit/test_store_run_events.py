@@ -1,8 +1,9 @@
 """Run events through the store service: what is stored is what was sent, invalid events are
-refused whole (docs/durability.md)."""
+refused whole, and many events of one call travel without a task each (docs/durability.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -116,6 +117,22 @@ async def test_an_event_that_is_not_a_json_object_is_refused_and_nothing_is_stor
     assert f"events[1].data_json {message}" in (caught.value.details() or "")
     assert await service.client.list_events("run-1") == []
     assert service.executions.appended == []
+
+
+async def test_many_events_of_one_call_are_all_stored_in_few_calls_without_a_task_each(
+    service: Service,
+) -> None:
+    events = [event("run-1", i, text="x" * 100) for i in range(1, 1201)]
+    tasks_before = len(asyncio.all_tasks())
+    appending = asyncio.ensure_future(service.client.append_events(events))
+    await asyncio.sleep(0)  # the call queued its events and waits for the batches
+    assert len(asyncio.all_tasks()) - tasks_before < 10
+    await appending
+
+    stored = await service.client.list_events("run-1")
+    stored += await service.client.list_events("run-1", after=stored[-1].sequence)
+    assert [e.sequence for e in stored] == list(range(1, 1201))
+    assert len(service.executions.appended) == 3  # batches of at most 500 events
 
 
 async def test_a_refused_batch_fails_the_call_that_queued_it(service: Service) -> None:
