@@ -1,5 +1,6 @@
 """Run events through the store service: what is stored is what was sent, invalid events are
-refused whole, and many events of one call travel without a task each (docs/durability.md)."""
+refused whole, many events of one call travel without a task each, and calls made while a
+batch is in flight go out together once it returns (docs/durability.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from dagwire.models import RunEventRecord
 from dagwire.rpc.serve import start_server
 from dagwire.rpc.status import InvalidArgumentError
-from dagwire.rpc.store_client import RemoteExecutionStore
+from dagwire.rpc.store_client import RemoteExecutionStore, _Coalescer
 from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
 from dagwire.v1 import store_service_pb2 as pb
 from dagwire.v1 import store_service_pb2_grpc as pb_grpc
@@ -139,3 +140,48 @@ async def test_a_refused_batch_fails_the_call_that_queued_it(service: Service) -
     with pytest.raises(InvalidArgumentError, match="sequence must be at least 1"):
         await service.client.append_events([event("run-1", 1), event("run-1", 0)])
     assert await service.client.list_events("run-1") == []
+
+
+async def test_calls_made_while_a_batch_is_in_flight_go_out_together_once_it_returns() -> None:
+    sent: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def send(items: list[int]) -> list[int]:
+        sent.append(items)
+        if len(sent) == 1:
+            await release.wait()
+        return [i * 10 for i in items]
+
+    coalescer: _Coalescer[int, int] = _Coalescer(send)
+    first = asyncio.ensure_future(coalescer.submit(1))
+    await asyncio.sleep(0.01)
+    assert sent == [[1]]  # a lone call goes out at once
+    later = [asyncio.ensure_future(coalescer.submit(i)) for i in (2, 3)]
+    await asyncio.sleep(0)
+    more = asyncio.ensure_future(coalescer.submit(4))  # a later tick, still in flight
+    await asyncio.sleep(0.01)
+    assert sent == [[1]]
+    release.set()
+    assert await asyncio.gather(first, *later, more) == [10, 20, 30, 40]
+    assert sent == [[1], [2, 3, 4]]
+
+
+async def test_a_failed_batch_fails_its_callers_and_the_next_batch_still_goes_out() -> None:
+    sent: list[list[int]] = []
+
+    async def send(items: list[int]) -> list[int]:
+        sent.append(items)
+        await asyncio.sleep(0.01)
+        if 1 in items:
+            raise RuntimeError("store down")
+        return items
+
+    coalescer: _Coalescer[int, int] = _Coalescer(send)
+    first = asyncio.ensure_future(coalescer.submit(1))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(coalescer.submit(2))
+    with pytest.raises(RuntimeError, match="store down"):
+        await first
+    assert await second == 2
+    assert sent == [[1], [2]]
