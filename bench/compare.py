@@ -4,9 +4,11 @@ The baseline (``DAGWIRE_BENCH_BASELINE``, default ``edae147``: main before durab
 checked out with ``git worktree add --detach`` into a temporary directory; its services run
 from there (``PYTHONPATH`` points at a folder of links naming its ``dagwire``,
 ``dagwire_services`` and ``dagwire_cli`` packages), while this process's client code stays
-this checkout's. Each backend is measured baseline first, then this checkout, then the
-baseline and this checkout again (``DAGWIRE_BENCH_ROUNDS`` rounds, default 1), so that both
-see the same machine; the table keeps the best figure of each.
+this checkout's. This checkout's services run the same way, from links to its own folders
+(in a git worktree the installed distribution may be the main worktree's). Each backend is
+measured baseline first, then this checkout, then the baseline and this checkout again
+(``DAGWIRE_BENCH_ROUNDS`` rounds, default 1), so that both see the same machine; the table
+keeps the best figure of each.
 """
 
 from __future__ import annotations
@@ -32,6 +34,30 @@ DEFAULT_BASELINE = "edae147"
 ALLOWED_SLOWDOWN = 0.10
 
 
+def _code_of(tree: Path, links: Path) -> ServiceCode:
+    """The environment that runs the services of the checkout `tree`: `links` (a new folder)
+    names its three packages, so that none comes from the installed distribution (which may
+    be another checkout's, such as the main worktree's when this one is a git worktree)."""
+    links.mkdir()
+    for name, folder in (
+        ("dagwire", "dagwire"),
+        ("dagwire_services", "services"),
+        ("dagwire_cli", "clients/python"),
+    ):
+        (links / name).symlink_to(tree / folder, target_is_directory=True)
+    return ServiceCode(tree, {"PYTHONPATH": f"{links}{os.pathsep}{tree}"})
+
+
+@contextlib.contextmanager
+def current_code() -> Iterator[ServiceCode]:
+    """The environment that runs this checkout's services."""
+    root = Path(tempfile.mkdtemp(prefix="dagwire-bench-current-"))
+    try:
+        yield _code_of(REPO_ROOT, root / "links")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def baseline_code(commit: str) -> Iterator[ServiceCode]:
     """A detached worktree of `commit` and the environment that runs its services."""
@@ -41,16 +67,8 @@ def baseline_code(commit: str) -> Iterator[ServiceCode]:
         ["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", "--quiet", str(tree), commit],
         check=True,
     )
-    links = root / "links"
-    links.mkdir()
-    for name, folder in (
-        ("dagwire", "dagwire"),
-        ("dagwire_services", "services"),
-        ("dagwire_cli", "clients/python"),
-    ):
-        (links / name).symlink_to(tree / folder, target_is_directory=True)
     try:
-        yield ServiceCode(tree, {"PYTHONPATH": f"{links}{os.pathsep}{tree}"})
+        yield _code_of(tree, root / "links")
     finally:
         subprocess.run(
             ["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(tree)],
@@ -80,10 +98,10 @@ async def _run() -> list[dict[str, Any]]:
         if b.strip()
     ]
     best: dict[tuple[str, str, str], float] = {}
-    with baseline_code(commit) as baseline:
+    with baseline_code(commit) as baseline, current_code() as current:
         for backend in backends:
             for _ in range(rounds):
-                for label, code in (("baseline", baseline), ("current", None)):
+                for label, code in (("baseline", baseline), ("current", current)):
                     for row in await _measure(backend, code, repeat):
                         key = (backend, str(row["shape"]), label)
                         value = float(row["best_ms_task"])

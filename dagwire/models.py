@@ -244,13 +244,17 @@ class RunEventRecord:
     """One run event as the execution store keeps it: numbered, opaque to the store.
 
     `data` is the event's JSON form (`dagwire.runtime.events.RunEvent.to_json`); `epoch` is
-    the lease epoch of the orchestrator that wrote it (docs/durability.md).
+    the lease epoch of the orchestrator that wrote it (docs/durability.md). `data_json`, when
+    set, is `data` already encoded as JSON text (the store service passes on the text it
+    received and validated, so the store does not encode `data` again); it takes no part in
+    comparisons.
     """
 
     run_id: str
     sequence: int
     epoch: int
     data: dict[str, Any]
+    data_json: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

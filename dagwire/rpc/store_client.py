@@ -77,14 +77,17 @@ _R = TypeVar("_R")
 
 
 class _Coalescer(Generic[_I, _R]):
-    """Joins the calls made within one event-loop tick into one batch call.
+    """Joins the calls made within one event-loop tick, or while earlier batches are in
+    flight, into one batch call.
 
     Every `submit` of the current tick is queued; at the end of the tick (`call_soon`) the
     queue goes out as batches of at most `max_items` items and `max_bytes` bytes, each through
     `send`, which returns one result per item in order (an exception in place of a result
-    fails that caller only). A failed batch fails each of its callers with the same exception.
-    A lone call costs one extra loop iteration, nothing else; under load (many tasks finishing
-    together) one RPC serves them all.
+    fails that caller only). While batches are in flight, new calls queue up and go out
+    together as soon as the last of them returns. A failed batch fails each of its callers
+    with the same exception. A lone call costs one extra loop iteration, nothing else; under
+    load (many tasks finishing one after the other, as a wide fan-out's do) one RPC serves all
+    that finished during the previous one.
     """
 
     def __init__(
@@ -101,12 +104,17 @@ class _Coalescer(Generic[_I, _R]):
         self._flushing: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: _I, size: int = 0) -> _R:
+        return await self.enqueue(item, size)
+
+    def enqueue(self, item: _I, size: int = 0) -> asyncio.Future[_R]:
+        """Queue `item` for this tick's batch and return the future of its result (what
+        `submit` awaits; queuing many items this way costs no task per item)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_R] = loop.create_future()
-        if not self._queue:
+        if not self._queue and not self._flushing:
             loop.call_soon(self._flush)
         self._queue.append((item, size, future))
-        return await future
+        return future
 
     def _flush(self) -> None:
         queue, self._queue = self._queue, []
@@ -124,7 +132,12 @@ class _Coalescer(Generic[_I, _R]):
     def _start(self, batch: builtins.list[tuple[_I, int, asyncio.Future[_R]]]) -> None:
         task = asyncio.ensure_future(self._deliver(batch))
         self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
+        task.add_done_callback(self._delivered)
+
+    def _delivered(self, task: asyncio.Task[None]) -> None:
+        self._flushing.discard(task)
+        if not self._flushing and self._queue:  # what queued meanwhile goes out now
+            self._flush()
 
     async def _deliver(self, batch: builtins.list[tuple[_I, int, asyncio.Future[_R]]]) -> None:
         try:
@@ -681,7 +694,7 @@ class RemoteExecutionStore:
             wire = pb.StoredRunEvent(
                 run_id=event.run_id, sequence=event.sequence, epoch=event.epoch, data_json=data
             )
-            pending.append(self._events.submit(wire, len(data) + 64))
+            pending.append(self._events.enqueue(wire, len(data) + 64))
         if len(pending) == 1:
             await pending[0]
         elif pending:

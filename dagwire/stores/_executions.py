@@ -312,7 +312,8 @@ class SqliteExecutionStore:
         rows = []
         for event in events:
             check_text(event.run_id, "run_id")
-            rows.append((event.run_id, event.sequence, event.epoch, json.dumps(event.data)))
+            body = event.data_json if event.data_json is not None else json.dumps(event.data)
+            rows.append((event.run_id, event.sequence, event.epoch, body))
         if rows:
             await self._db.write(partial(_insert_events, rows))
 

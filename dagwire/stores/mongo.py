@@ -384,7 +384,9 @@ class MongoExecutionStore:
                     "run_id": event.run_id,
                     "sequence": event.sequence,
                     "epoch": event.epoch,
-                    "body": json.dumps(event.data, ensure_ascii=False),
+                    "body": event.data_json
+                    if event.data_json is not None
+                    else json.dumps(event.data, ensure_ascii=False),
                 }
             )
         if not docs:

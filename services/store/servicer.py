@@ -258,7 +258,8 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
         (`BatchArtifactStore`), else outcome by outcome. An outcome with an invalid output gets
         that output's message instead of its stored outputs."""
         store = self._artifacts
-        if isinstance(store, BatchArtifactStore) and sum(map(len, batches)) > 1:
+        # the cheap test first: a runtime protocol check costs microseconds per call
+        if sum(map(len, batches)) > 1 and isinstance(store, BatchArtifactStore):
             decoded: list[list[Artifact] | str] = []
             for outputs in batches:
                 try:
@@ -421,7 +422,10 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
                 raise InvalidArgumentError(
                     f"events[{index}].data_json must be a JSON object", field="events"
                 )
-            events.append(RunEventRecord(event.run_id, event.sequence, event.epoch, data))
+            # the validated text goes on as it came: the store need not encode `data` again
+            events.append(
+                RunEventRecord(event.run_id, event.sequence, event.epoch, data, event.data_json)
+            )
         if not events:
             return AppendRunEventsResponse()
         ledger = self._ledger()
