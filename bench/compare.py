@@ -25,6 +25,7 @@ from typing import Any
 
 from bench import full_stack
 from bench.full_stack import BACKENDS, ServiceCode
+from bench.table import print_table
 from tests.servers import REPO_ROOT
 
 __all__ = ["run"]
@@ -82,7 +83,9 @@ async def _measure(name: str, code: ServiceCode | None, repeat: int) -> list[dic
     log_dir = Path(tempfile.mkdtemp(prefix="dagwire-bench-compare-"))
     try:
         measured = await full_stack._measure_backend(name, repeat, False, log_dir)
-        return measured["times"]
+        return [
+            {**times, **cpu} for times, cpu in zip(measured["times"], measured["cpu"], strict=True)
+        ]
     finally:
         full_stack.SERVICE_CODE = None
         shutil.rmtree(log_dir, ignore_errors=True)
@@ -98,6 +101,9 @@ async def _run() -> list[dict[str, Any]]:
         if b.strip()
     ]
     best: dict[tuple[str, str, str], float] = {}
+    # CPU ms per task of each process: the lowest of the rounds (CPU time is far less sensitive
+    # than wall time to what else the machine runs, so it shows a change that noise hides)
+    cpu: dict[tuple[str, str, str], dict[str, float]] = {}
     with baseline_code(commit) as baseline, current_code() as current:
         for backend in backends:
             for _ in range(rounds):
@@ -106,6 +112,16 @@ async def _run() -> list[dict[str, Any]]:
                         key = (backend, str(row["shape"]), label)
                         value = float(row["best_ms_task"])
                         best[key] = min(best.get(key, value), value)
+                        seen = cpu.setdefault(key, {})
+                        for column, text in row.items():
+                            if column.endswith("_cpu_ms") and text != "-":
+                                ms = float(text)
+                                seen[column] = min(seen.get(column, ms), ms)
+    print_table(
+        _cpu_rows(cpu, commit),
+        title="Full service stack: CPU ms per task of each "
+        f"process, {commit} vs this checkout (lowest of {rounds} round(s))",
+    )
     rows: list[dict[str, Any]] = []
     for backend, shape in sorted({(b, s) for b, s, _ in best}):
         before, after = best[(backend, shape, "baseline")], best[(backend, shape, "current")]
@@ -120,6 +136,28 @@ async def _run() -> list[dict[str, Any]]:
                 "within_10pct": "yes" if change <= ALLOWED_SLOWDOWN else "NO",
             }
         )
+    return rows
+
+
+def _cpu_rows(
+    cpu: dict[tuple[str, str, str], dict[str, float]], commit: str
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for backend, shape in sorted({(b, s) for b, s, _ in cpu}):
+        before = cpu.get((backend, shape, "baseline"), {})
+        after = cpu.get((backend, shape, "current"), {})
+        for column in sorted(set(before) | set(after), key=lambda c: c == "total_cpu_ms"):
+            old, new = before.get(column), after.get(column)
+            rows.append(
+                {
+                    "backend": backend,
+                    "shape": shape,
+                    "process": column.removesuffix("_cpu_ms"),
+                    f"{commit}_cpu_ms": "-" if old is None else f"{old:.2f}",
+                    "current_cpu_ms": "-" if new is None else f"{new:.2f}",
+                    "change": f"{(new - old) / old:+.1%}" if old and new is not None else "-",
+                }
+            )
     return rows
 
 

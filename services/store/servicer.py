@@ -226,10 +226,23 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
     async def RecordOutcomes(
         self, request: RecordOutcomesRequest, context: Context
     ) -> RecordOutcomesResponse:
-        superseded = await self._superseded(request.lease_epochs)
-        outcomes = [o for o in request.outcomes if o.record.run_id not in superseded]
+        # the fence check (a database read) overlaps the outputs' upload: an output stored for
+        # a writer that turns out fenced off is an orphan, as after any failed record write
+        fence = asyncio.ensure_future(self._superseded(request.lease_epochs))
+        try:
+            uploaded = await self._store_all_outputs([o.outputs for o in request.outcomes])
+        except BaseException:
+            fence.cancel()
+            fence.add_done_callback(_ignore_outcome)
+            raise
+        superseded = await fence
+        outcomes: list[Any] = []
+        stored: list[list[Artifact] | str] = []
+        for outcome, outputs in zip(request.outcomes, uploaded, strict=True):
+            if outcome.record.run_id not in superseded:
+                outcomes.append(outcome)
+                stored.append(outputs)
         records = [execution_record_from_proto(o.record) for o in outcomes]
-        stored = await self._store_all_outputs([o.outputs for o in outcomes])
         results: list[OutcomeResult] = []
         durable = []
         for record, outputs in zip(records, stored, strict=True):
@@ -677,3 +690,9 @@ def store_services(artifacts: ArtifactStore, executions: ExecutionStore) -> list
             ),
         ),
     ]
+
+
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    """Mark an abandoned task's result as seen (its caller failed first and reports that)."""
+    if not task.cancelled():
+        task.exception()
