@@ -110,13 +110,17 @@ class OrchestratorCore:
             if state.abandoned:
                 raise LeaseLostError(state.run_id, state.epoch)
             await self._check_lease(state)
-            record = state.record
+            current = state.record
+            record = current
             if not RunStatus(record.status).is_final:
                 record = dataclasses.replace(record, lease_expires_at=utc_now() + self._lease)
             await self._durable(
                 lambda: self._execution_store.save_run(record), f"saving run {state.run_id}"
             )
-            state.record = record
+            # The driver may have replaced the record meanwhile (the run finished while a
+            # lease renewal was in flight): keep its newer record, which its own save writes.
+            if state.record is current:
+                state.record = record
 
     async def _check_lease(self, state: RunState) -> None:
         """Raise `LeaseLostError` when another orchestrator claimed the run's next epoch.
@@ -141,10 +145,12 @@ class OrchestratorCore:
         """
         async with state.save_lock:
             await self._check_lease(state)
+            before = state.record
             await self._durable(
                 lambda: self._execution_store.save_run(record), f"saving run {state.run_id}"
             )
-            state.record = record
+            if state.record is before:
+                state.record = record
 
     async def _save_run_eventually(self, state: RunState) -> None:
         while True:

@@ -270,7 +270,10 @@ class DriverMixin(AttemptsMixin):
                 await self._save_run(state)
                 self._unfence(state)
             except LeaseLostError:
-                pass
+                _log.warning(
+                    "final run status not recorded: another orchestrator owns the run now",
+                    extra={"run_id": state.run_id, "epoch": state.epoch},
+                )
             except DagwireError:
                 _log.error(
                     "final run status not recorded yet; retrying in the background",

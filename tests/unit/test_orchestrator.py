@@ -866,6 +866,57 @@ async def test_a_claim_whose_claimer_died_before_writing_the_run_record_is_claim
     assert stored is not None and stored.lease_epoch == 3
 
 
+class RenewalGate:
+    """Delegates to a real store, holding back every lease renewal (a save of a running run
+    that already has one) until `release` is set, as a slow store would."""
+
+    def __init__(self, inner: SqliteExecutionStore) -> None:
+        self.inner = inner
+        self.renewal_waiting = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def save_run(self, run: RunRecord) -> None:
+        stored = await self.inner.get_run(run.run_id)
+        if stored is not None and not RunStatus(run.status).is_final:
+            self.renewal_waiting.set()
+            await self.release.wait()
+        await self.inner.save_run(run)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_run_finishing_while_its_lease_renewal_is_in_flight_is_stored_final(
+    stores: tuple[LocalArtifactStore, SqliteExecutionStore],
+) -> None:
+    """Found by CI (one run in three): the renewal's write used to put its stale `running`
+    record back in memory after the run had finished, and the final save wrote that."""
+    artifacts, executions = stores
+    gated = RenewalGate(executions)
+    orch = Orchestrator(artifacts, gated, lease_seconds=0.3)  # type: ignore[arg-type]
+
+    class WaitsForTheRenewal(Recorder):
+        async def execute(
+            self, task: TaskNode, inputs: list[Artifact], trace_id: str
+        ) -> list[Artifact]:
+            await gated.renewal_waiting.wait()
+            return await super().execute(task, inputs, trace_id)
+
+    register(orch, "rec", WaitsForTheRenewal())
+    run_id = await orch.start_run({"name": "renew", "tasks": [{"id": "a", "agent": "rec"}]})
+    async with asyncio.timeout(10):
+        state = orch._active[run_id]
+        while not state.finishing:  # the run ends while the renewal is held back
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        gated.release.set()
+        summary = await orch.wait_run(run_id)
+    await orch.aclose()
+    assert summary.status is RunStatus.SUCCEEDED
+    stored = await executions.get_run(run_id)
+    assert stored is not None and stored.status == RunStatus.SUCCEEDED
+
+
 async def test_events_come_in_causal_order_a_failed_tasks_end_before_its_dependents_skips(
     orchestrator: Orchestrator,
 ) -> None:
