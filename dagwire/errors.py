@@ -9,9 +9,11 @@ __all__ = [
     "NoHealthyAdapterError",
     "NonRetryableError",
     "NotFoundError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
     "RunAlreadyFinishedError",
     "StoreUnavailableError",
+    "UnauthenticatedError",
     "WorkflowValidationError",
 ]
 
@@ -120,3 +122,12 @@ class LeaseLostError(DagwireError):
 
 class StoreUnavailableError(DagwireError):
     """The execution or artifact store did not answer (retryable)."""
+
+
+class UnauthenticatedError(DagwireError):
+    """The call carried no token, or one the server does not know (UNAUTHENTICATED)."""
+
+
+class PermissionDeniedError(DagwireError):
+    """The caller is known but may not do this (PERMISSION_DENIED); the message names the
+    principal and what it may not do."""

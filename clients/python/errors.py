@@ -22,8 +22,10 @@ import grpc.aio
 from dagwire.errors import (
     DagwireError,
     NotFoundError,
+    PermissionDeniedError,
     RunAlreadyFinishedError,
     StoreUnavailableError,
+    UnauthenticatedError,
     WorkflowValidationError,
 )
 from dagwire.rpc.orchestrator_client import OrchestratorUnavailableError
@@ -33,6 +35,7 @@ from dagwire.settings import SettingsError, redact
 from dagwire_cli.terminal import terminal_text
 
 __all__ = [
+    "EXIT_AUTH",
     "EXIT_BROKEN_PIPE",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
@@ -53,10 +56,15 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 3
+EXIT_AUTH = 4
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 _UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_AUTH_CODES = {
+    grpc.StatusCode.UNAUTHENTICATED: "not authenticated",
+    grpc.StatusCode.PERMISSION_DENIED: "not allowed",
+}
 
 
 class CliError(Exception):
@@ -144,6 +152,9 @@ def describe(exc: BaseException, target: Target) -> tuple[int, str]:
         return exc.code, str(exc)
     if isinstance(exc, SettingsError):
         return EXIT_INVALID, _one_line(str(exc))
+    refused = _auth_refusal(exc, target)
+    if refused is not None:
+        return EXIT_AUTH, refused
     unreachable = _unreachable_detail(exc)
     if unreachable is not None:
         return EXIT_UNREACHABLE, str(Unreachable(target, unreachable))
@@ -159,6 +170,24 @@ def describe(exc: BaseException, target: Target) -> tuple[int, str]:
         where = f"{exc.filename}: " if exc.filename else ""
         return EXIT_INVALID, f"{where}{exc.strerror or exc}"
     return EXIT_FAILED, f"unexpected {type(exc).__name__}: {_one_line(str(exc))}"
+
+
+def _auth_refusal(exc: BaseException, target: Target) -> str | None:
+    """The line for a call the server refused for who made it (exit status 4), else None."""
+    if isinstance(exc, UnauthenticatedError):
+        code = grpc.StatusCode.UNAUTHENTICATED
+    elif isinstance(exc, PermissionDeniedError):
+        code = grpc.StatusCode.PERMISSION_DENIED
+    elif isinstance(exc, RemoteError) and exc.code in _AUTH_CODES:
+        code = exc.code
+    elif isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+        code = exc.code()
+        if code not in _AUTH_CODES:
+            return None
+    else:
+        return None
+    text = _rpc_text(exc) if isinstance(exc, grpc.RpcError) else _one_line(str(exc))
+    return f"{_AUTH_CODES[code]} by the {target.service} at {target.address}: {text}"
 
 
 def _unreachable_detail(exc: BaseException) -> str | None:

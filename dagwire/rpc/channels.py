@@ -45,6 +45,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from dagwire.auth import token_from_env
+from dagwire.rpc.auth import bearer_interceptors
 from dagwire.rpc.tls import TlsConfig
 from dagwire.settings import DEFAULT_MAX_MESSAGE_BYTES, check_target
 
@@ -179,7 +181,8 @@ def client_channel(
 ) -> grpc.aio.Channel:
     """A long-lived channel to a dagwire service (connects lazily): plaintext, or TLS when the
     ``DAGWIRE_TLS_*`` settings say so (`dagwire.rpc.tls`; the files are read now, so a channel
-    made after a rotation uses the new ones).
+    made after a rotation uses the new ones). With ``DAGWIRE_TOKEN`` or ``DAGWIRE_TOKEN_FILE``
+    set, every call carries the token (`dagwire.rpc.auth.bearer_interceptors`).
 
     Args:
         target: a gRPC target (`check_target`): ``host:port``, ``dns:///name:port`` or
@@ -194,14 +197,23 @@ def client_channel(
 
     Raises:
         ValueError: `target` is not a target a dagwire client accepts.
-        SettingsError: a TLS setting is invalid (a missing or unreadable file, ...).
+        SettingsError: a TLS setting or the token is invalid (a missing or unreadable file, ...).
     """
     target = check_target(target)
     tls = TlsConfig.from_env() if tls is None else tls
+    token = token_from_env()
+    interceptors = bearer_interceptors(token) if token is not None else None
     merged = dict(channel_options(max_message_bytes, balanced=balanced))
     if not tls.dials_tls:
         merged.update(dict(options))
-        return grpc.aio.insecure_channel(target, options=list(merged.items()))
+        return grpc.aio.insecure_channel(
+            target, options=list(merged.items()), interceptors=interceptors
+        )
     merged.update(dict(tls.channel_options(target)))
     merged.update(dict(options))
-    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=list(merged.items()))
+    return grpc.aio.secure_channel(
+        target,
+        tls.channel_credentials(),
+        options=list(merged.items()),
+        interceptors=interceptors,
+    )

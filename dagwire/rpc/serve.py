@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -21,7 +22,9 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from dagwire.auth import AUTH_FILE_ENV, AuthFile, token_from_env
 from dagwire.errors import DagwireError
+from dagwire.rpc.auth import AuthInterceptor
 from dagwire.rpc.channels import KEEPALIVE_OPTIONS, channel_options, client_channel
 from dagwire.rpc.status import StatusInterceptor
 from dagwire.rpc.tls import TlsConfig
@@ -114,6 +117,7 @@ def create_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     tls: TlsConfig | None = None,
+    auth: AuthFile | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Build a server bound to `address` with health, reflection and the status interceptor:
     plaintext, or TLS only when `tls` has a server certificate.
@@ -128,19 +132,24 @@ def create_server(
         max_message_bytes: send and receive limit per message.
         interceptors: more interceptors, run after the status interceptor.
         tls: the TLS settings (default: the environment's, `TlsConfig.from_env`).
+        auth: the principals every call is checked against (default: ``DAGWIRE_AUTH_FILE``'s,
+            `AuthFile.from_env`; auth is off when that is unset). Health stays open.
 
     Returns:
         ``(server, port)``: the port actually bound.
 
     Raises:
         ListenError: the address is busy or cannot be bound (the message names it).
-        SettingsError: a TLS setting is invalid (a missing, unreadable or invalid file).
+        SettingsError: a TLS setting or the auth file is invalid (a missing, unreadable or
+            invalid file).
     """
     tls = TlsConfig.from_env() if tls is None else tls
+    auth = AuthFile.from_env() if auth is None else auth
     credentials = tls.server_credentials() if tls.serves_tls else None
     _check_bindable(address)
+    checks = [AuthInterceptor(auth)] if auth is not None else []
     server = grpc.aio.server(
-        interceptors=[StatusInterceptor(), *interceptors],
+        interceptors=[StatusInterceptor(), *checks, *interceptors],
         options=server_options(max_message_bytes),
     )
     for service in services:
@@ -251,6 +260,7 @@ async def start_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     tls: TlsConfig | None = None,
+    auth: AuthFile | None = None,
 ) -> RunningServer:
     """Create and start a server (and its plaintext health server when ``DAGWIRE_HEALTH_ADDR``
     is set), then report SERVING for ``""`` and every service.
@@ -261,6 +271,7 @@ async def start_server(
         max_message_bytes: send and receive limit per message.
         interceptors: more server interceptors.
         tls: the TLS settings (default: the environment's, `TlsConfig.from_env`).
+        auth: the principals calls are checked against (default: ``DAGWIRE_AUTH_FILE``'s).
 
     Returns:
         The running server.
@@ -281,6 +292,7 @@ async def start_server(
         max_message_bytes=max_message_bytes,
         interceptors=interceptors,
         tls=tls,
+        auth=auth,
     )
     health_server, health_port = None, None
     if tls.health_addr is not None:
@@ -339,6 +351,7 @@ async def run_server(
                 "settings": settings.safe_dict(),
                 "services": list(running.service_names),
                 "tls": running.tls,
+                "auth": os.environ.get(AUTH_FILE_ENV, "") or None,
                 "health_port": running.health_port,
             }
             | (extra_log or {}),
@@ -375,6 +388,8 @@ def serve_main(prog: str, main: Callable[[], Coroutine[Any, Any, None]]) -> int:
     """
     try:
         TlsConfig.from_env().check()  # before anything waits on a peer
+        AuthFile.from_env()
+        token_from_env()
         asyncio.run(main())
     except (SettingsError, ListenError) as exc:
         sys.stderr.write(f"{prog}: error: {redact(str(exc))}\n")

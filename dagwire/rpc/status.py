@@ -17,6 +17,8 @@ turns a failed call back into the same exception class with the same fields.
 | AttemptTimeoutError        | DEADLINE_EXCEEDED   | ATTEMPT_TIMEOUT                         |
 | ResourceExhaustedError     | RESOURCE_EXHAUSTED  | RESOURCE_EXHAUSTED (+ RetryInfo)        |
 | NonRetryableError          | FAILED_PRECONDITION | NON_RETRYABLE                           |
+| UnauthenticatedError       | UNAUTHENTICATED     | UNAUTHENTICATED                         |
+| PermissionDeniedError      | PERMISSION_DENIED   | PERMISSION_DENIED                       |
 | ValueError (bad input)     | INVALID_ARGUMENT    | INVALID_ARGUMENT                        |
 | RemoteError (from a peer)  | its own code        | its own reason                          |
 | anything else              | INTERNAL            | INTERNAL (traceback only in the log)    |
@@ -44,9 +46,11 @@ from dagwire.errors import (
     NoHealthyAdapterError,
     NonRetryableError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     RunAlreadyFinishedError,
     StoreUnavailableError,
+    UnauthenticatedError,
     WorkflowValidationError,
 )
 from dagwire.ids import new_trace_id
@@ -178,6 +182,10 @@ def _classify(exc: BaseException) -> _Mapped | None:
         )
     if isinstance(exc, InvalidArgumentError):
         return _Mapped(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", _ids(field=exc.field))
+    if isinstance(exc, UnauthenticatedError):
+        return _Mapped(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", {})
+    if isinstance(exc, PermissionDeniedError):
+        return _Mapped(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED", {})
     if isinstance(exc, NonRetryableError):
         return _Mapped(grpc.StatusCode.FAILED_PRECONDITION, "NON_RETRYABLE", {})
     if isinstance(exc, RemoteError):
@@ -312,6 +320,10 @@ def _rebuild(
             pass
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ResourceExhaustedError(message, retry_after=retry_after)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return UnauthenticatedError(message)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDeniedError(message)
     if code == grpc.StatusCode.FAILED_PRECONDITION and reason in ("NON_RETRYABLE", ""):
         return NonRetryableError(message)
     if code == grpc.StatusCode.INVALID_ARGUMENT and reason in ("INVALID_ARGUMENT", ""):

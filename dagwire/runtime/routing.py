@@ -39,6 +39,9 @@ class AdapterInstance:
     last_heartbeat: datetime = field(default_factory=utc_now)
     unhealthy_reason: str = ""
     limit: int | None = None
+    #: The principal that registered it ("" with auth off); only it (or an admin) may
+    #: register the same instance id again, renew it or remove it (docs/security.md).
+    owner: str = ""
 
     @property
     def slots(self) -> int:
@@ -86,6 +89,7 @@ class AdapterRegistry:
         capacity: int,
         *,
         static: bool = False,
+        owner: str = "",
     ) -> AdapterInstance:
         """Add an instance, or refresh it (same `instance_id`) keeping its in-flight count.
 
@@ -113,6 +117,7 @@ class AdapterRegistry:
                 capacity=capacity,
                 static=static,
                 lease_deadline=deadline,
+                owner=owner,
             )
             self._instances[instance_id] = instance
         else:
@@ -124,6 +129,7 @@ class AdapterRegistry:
             instance.capacity = capacity
             instance.static = static
             instance.lease_deadline = deadline
+            instance.owner = owner
             instance.last_heartbeat = utc_now()
             instance.healthy = True
             instance.unhealthy_reason = ""
@@ -141,6 +147,7 @@ class AdapterRegistry:
         *,
         lease_remaining: float,
         last_heartbeat: datetime | None = None,
+        owner: str = "",
     ) -> AdapterInstance:
         """Take in a registration made through another dispatcher replica (read from the
         shared registry): add it with no share yet (`limit` 0), or update it in place keeping
@@ -148,7 +155,7 @@ class AdapterRegistry:
         keys = frozenset(agent_keys)
         instance = self._instances.get(instance_id)
         if instance is None:
-            instance = self.register(instance_id, address, keys, capacity)
+            instance = self.register(instance_id, address, keys, capacity, owner=owner)
             instance.limit = 0
         elif (instance.address, instance.agent_keys, instance.capacity) != (
             address,
@@ -161,10 +168,16 @@ class AdapterRegistry:
             instance.capacity = capacity
             for key in sorted(keys):
                 self._by_key.setdefault(key, []).append(instance)
+        instance.owner = owner
         instance.lease_deadline = self._clock() + lease_remaining
         if last_heartbeat is not None:
             instance.last_heartbeat = last_heartbeat
         return instance
+
+    def owner_of(self, instance_id: str) -> str | None:
+        """The principal that registered the instance ("" with auth off); None if unknown."""
+        instance = self._instances.get(instance_id)
+        return None if instance is None else instance.owner
 
     def set_limits(self, limits: dict[str, int]) -> None:
         """Set this replica's share of each named instance's capacity, then grant slots."""

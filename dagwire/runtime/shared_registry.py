@@ -110,7 +110,13 @@ class SharedRegistry:
     # ------------------------------------------------------------------ adapter calls
 
     async def register(
-        self, instance_id: str, address: str, agents: Sequence[str], capacity: int
+        self,
+        instance_id: str,
+        address: str,
+        agents: Sequence[str],
+        capacity: int,
+        *,
+        owner: str = "",
     ) -> AdapterInstance:
         """Write the registration to the store, then route to it (its share comes with the
         next refresh).
@@ -118,13 +124,20 @@ class SharedRegistry:
         Raises:
             StoreUnavailableError: the store cannot be reached (nothing was registered).
         """
-        await self._put_adapter(instance_id, address, agents, capacity)
+        await self._put_adapter(instance_id, address, agents, capacity, owner)
         known = self.registry.is_registered(instance_id)
-        instance = self.registry.register(instance_id, address, agents, capacity)
+        instance = self.registry.register(instance_id, address, agents, capacity, owner=owner)
         if not known:
             instance.limit = 0
         self._touched[instance_id] = time.monotonic()
         return instance
+
+    async def owner_of(self, instance_id: str) -> str | None:
+        """The principal that registered the instance, through any replica; None if unknown
+        (the view is refreshed first when this replica does not know the instance yet)."""
+        if not self.registry.is_registered(instance_id):
+            await self.refresh()
+        return self.registry.owner_of(instance_id)
 
     async def heartbeat(self, instance_id: str) -> AdapterInstance | None:
         """Renew a registration (made through any replica); None when no live replica knows it.
@@ -138,7 +151,11 @@ class SharedRegistry:
         if instance is None:
             return None
         await self._put_adapter(
-            instance_id, instance.address, sorted(instance.agent_keys), instance.capacity
+            instance_id,
+            instance.address,
+            sorted(instance.agent_keys),
+            instance.capacity,
+            instance.owner,
         )
         self._touched[instance_id] = time.monotonic()
         return instance
@@ -284,6 +301,7 @@ class SharedRegistry:
                 int(data["capacity"]),
                 lease_remaining=(entry.expires_at - now).total_seconds(),
                 last_heartbeat=parse_iso(beat) if isinstance(beat, str) else None,
+                owner=str(data.get("owner", "")),
             )
         for instance in self.registry.instances():
             key = instance.instance_id
@@ -324,7 +342,7 @@ class SharedRegistry:
         )
 
     async def _put_adapter(
-        self, instance_id: str, address: str, agents: Sequence[str], capacity: int
+        self, instance_id: str, address: str, agents: Sequence[str], capacity: int, owner: str
     ) -> None:
         now = self._wall()
         entry = RegistryEntry(
@@ -335,6 +353,7 @@ class SharedRegistry:
                 "address": address,
                 "agents": sorted(agents),
                 "capacity": capacity,
+                "owner": owner,
                 "via": self.replica_id,
                 "heartbeat_at": now.isoformat(),
             },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -11,9 +12,10 @@ from typing import Any
 import grpc.aio
 from google.protobuf import duration_pb2
 
-from dagwire.errors import NotFoundError
+from dagwire.errors import NotFoundError, PermissionDeniedError
 from dagwire.models import utc_now
 from dagwire.rpc.adapter_client import AdapterCallError
+from dagwire.rpc.auth import current_principal
 from dagwire.rpc.convert import datetime_to_proto
 from dagwire.rpc.logs import current_context
 from dagwire.rpc.paging import decode_page_token, encode_page_token, page_size
@@ -104,17 +106,21 @@ class DispatcherServicer(dispatcher_service_pb2_grpc.DispatcherServiceServicer):
             raise InvalidArgumentError(
                 f"capacity must be at least 1, got {request.capacity}", field="capacity"
             )
+        owner = await self._check_caller(instance_id, "register", agents=request.agents)
         if self._shared is not None:
             await self._shared.register(
-                instance_id, address, list(request.agents), request.capacity
+                instance_id, address, list(request.agents), request.capacity, owner=owner
             )
         else:
-            self._registry.register(instance_id, address, request.agents, request.capacity)
+            self._registry.register(
+                instance_id, address, request.agents, request.capacity, owner=owner
+            )
         duration, expires = self._lease()
         return RegisterAdapterResponse(lease_duration=duration, lease_expire_time=expires)
 
     async def Heartbeat(self, request: HeartbeatRequest, context: Context) -> HeartbeatResponse:
         instance_id = check_required(request.instance_id, "instance_id")
+        await self._check_caller(instance_id, "renew")
         if self._shared is not None:
             found = await self._shared.heartbeat(instance_id)
         else:
@@ -133,6 +139,7 @@ class DispatcherServicer(dispatcher_service_pb2_grpc.DispatcherServiceServicer):
         self, request: DeregisterAdapterRequest, context: Context
     ) -> DeregisterAdapterResponse:
         instance_id = check_required(request.instance_id, "instance_id")
+        await self._check_caller(instance_id, "deregister")
         if self._shared is not None:
             await self._shared.deregister(instance_id)
         else:
@@ -166,6 +173,37 @@ class DispatcherServicer(dispatcher_service_pb2_grpc.DispatcherServiceServicer):
             ],
             next_page_token=token,
         )
+
+    async def _check_caller(
+        self, instance_id: str, action: str, *, agents: Sequence[str] = ()
+    ) -> str:
+        """The calling principal's name ("" with auth off), once it may `action` the instance:
+        every agent key it registers is among its ``agents``, and an instance id someone else
+        registered stays theirs (docs/security.md: adapters cannot hijack a key).
+
+        Raises:
+            PermissionDeniedError: it may not.
+        """
+        principal = current_principal()
+        if principal is None:
+            return ""
+        refused = sorted(key for key in agents if not principal.may_serve(key))
+        if refused:
+            allowed = ", ".join(sorted(principal.agents)) or "none"
+            raise PermissionDeniedError(
+                f"principal {principal.name!r} may not serve agent key "
+                f"{', '.join(repr(k) for k in refused)} (its agents: {allowed})"
+            )
+        if self._shared is not None:
+            owner = await self._shared.owner_of(instance_id)
+        else:
+            owner = self._registry.owner_of(instance_id)
+        if owner is not None and owner != principal.name and not principal.is_admin:
+            raise PermissionDeniedError(
+                f"principal {principal.name!r} may not {action} adapter instance "
+                f"{instance_id!r}: another principal registered it"
+            )
+        return principal.name
 
     def _lease(self) -> tuple[duration_pb2.Duration, Any]:
         seconds = self._registry.lease_seconds

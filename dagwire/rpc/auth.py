@@ -1,0 +1,315 @@
+"""Tokens on the wire: the server's check of every call, and the clients' bearer metadata.
+
+With ``DAGWIRE_AUTH_FILE`` set (`dagwire.auth.AuthFile`), `AuthInterceptor` (installed by
+`dagwire.rpc.serve.create_server`) identifies the caller of every call by its
+``authorization: Bearer <token>`` metadata, or by the names of its verified mTLS client
+certificate, and checks that one of its roles may make the call (`METHOD_ROLES`):
+
+- health (``grpc.health.v1.Health``) stays open, for probes;
+- no token, or one the file does not list: UNAUTHENTICATED;
+- a principal whose roles may not make the call: PERMISSION_DENIED naming the principal,
+  its roles and the call.
+
+The principal is then `current_principal()` for the handler, which checks what only it can
+see (the namespace of a run, the agent keys of a registration). Clients send the process's
+token (`dagwire.auth.token_from_env`) on every call of every channel `client_channel` makes
+(`bearer_interceptors`). docs/security.md has the table for users.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar, cast
+
+import grpc
+import grpc.aio
+
+from dagwire.auth import AuthFile, Principal, Role
+
+__all__ = [
+    "AUTHORIZATION_KEY",
+    "METHOD_ROLES",
+    "AuthInterceptor",
+    "bearer_interceptors",
+    "current_principal",
+]
+
+AUTHORIZATION_KEY = "authorization"
+
+_C, _A, _S = Role.CLIENT, Role.ADAPTER, Role.SERVICE
+_ANY = frozenset(Role)
+
+METHOD_ROLES: Mapping[str, Mapping[str, frozenset[Role]]] = {
+    "dagwire.v1.OrchestratorService": {
+        method: frozenset({_C})
+        for method in ("StartRun", "RunWorkflow", "GetRun", "ListRuns", "CancelRun", "WatchRun")
+    },
+    "dagwire.v1.DispatcherService": {
+        "Dispatch": frozenset({_S}),
+        "RegisterAdapter": frozenset({_A}),
+        "Heartbeat": frozenset({_A}),
+        "DeregisterAdapter": frozenset({_A}),
+        "ListAdapters": frozenset({_C, _A, _S}),
+    },
+    "dagwire.v1.ArtifactStoreService": {
+        # adapters move their attempts' inputs and outputs (docs/security.md: not yet limited
+        # to the artifacts of their attempts)
+        "PutArtifact": frozenset({_S, _A}),
+        "GetArtifact": frozenset({_C, _S, _A}),
+        "StatArtifact": frozenset({_C, _S, _A}),
+        "ListArtifacts": frozenset({_C, _S}),
+    },
+    "dagwire.v1.ExecutionStoreService": {
+        **{
+            method: frozenset({_C, _S})
+            for method in (
+                "ListExecutionRecords",
+                "GetRunRecord",
+                "ListRunRecords",
+                "ReadRunEvents",
+            )
+        },
+        **{
+            method: frozenset({_S})
+            for method in (
+                "RecordExecutions",
+                "RecordOutcomes",
+                "SaveRunRecord",
+                "CreateRunRecord",
+                "ClaimRunLease",
+                "GetRunLeaseClaim",
+                "AppendRunEvents",
+                "TruncateRunEvents",
+                "RequestRunCancel",
+                "BatchGetRunCancelRequests",
+                "PutRegistryEntry",
+                "DeleteRegistryEntry",
+                "ListRegistryEntries",
+                "PruneRegistryEntries",
+            )
+        },
+    },
+    "dagwire.v1.AgentAdapterService": {
+        "Execute": frozenset({_S}),
+        "Describe": frozenset({_S}),
+    },
+    # any principal may read the schema; health never reaches this table
+    "grpc.reflection.v1alpha.ServerReflection": {"ServerReflectionInfo": _ANY},
+    "grpc.reflection.v1.ServerReflection": {"ServerReflectionInfo": _ANY},
+}
+"""Per service and method, the roles that may call it (admin may call everything). A method
+missing here is refused to everyone but admins: a new RPC is closed until it is listed."""
+
+_OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "dagwire_principal", default=None
+)
+
+
+def current_principal() -> Principal | None:
+    """The caller of the call being handled, or None when auth is off."""
+    return _principal.get()
+
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_Behavior = Callable[..., Any]
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return service, name
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Checks every call against the auth file (see the module docstring)."""
+
+    def __init__(self, auth: AuthFile) -> None:
+        self._auth = auth
+        self._cache: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Req, _Resp] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_Req, _Resp] | None:
+        """Wrap the method's handler in the check (once per method; cached)."""
+        method = handler_call_details.method
+        service, name = _split(method)
+        if service in _OPEN_SERVICES:
+            return await continuation(handler_call_details)
+        cached = self._cache.get(method)
+        if cached is not None:
+            return cast("grpc.RpcMethodHandler[_Req, _Resp]", cached)
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        roles = METHOD_ROLES.get(service, {}).get(name, frozenset())
+        wrapped = _wrap_handler(handler, self._check(f"{service.rsplit('.', 1)[-1]}.{name}", roles))
+        self._cache[method] = wrapped
+        return wrapped
+
+    def _check(
+        self, call: str, roles: frozenset[Role]
+    ) -> Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[Principal]]:
+        auth = self._auth
+
+        async def check(context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+            principal = _identify(auth, context)
+            if principal is None:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"{call} needs a token: send 'authorization: Bearer <token>' "
+                    "(DAGWIRE_TOKEN or DAGWIRE_TOKEN_FILE); none was sent, or it is not one "
+                    "this server knows",
+                )
+            assert principal is not None  # abort raised
+            if not (principal.is_admin or principal.roles & roles):
+                allowed = ", ".join(sorted(roles)) or "admin"
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"principal {principal.name!r} (role {principal.role_names}) may not call "
+                    f"{call} (allowed: {allowed}{', admin' if roles else ''})",
+                )
+            _principal.set(principal)
+            return principal
+
+        return check
+
+
+def _identify(auth: AuthFile, context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == AUTHORIZATION_KEY and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return None
+            return auth.by_token(token.strip())
+    names = _certificate_names(context)
+    return auth.by_tls_names(names) if names else None
+
+
+def _certificate_names(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
+    """The CN and SANs of the caller's client certificate (verified by the TLS handshake:
+    gRPC sets them only for a certificate the client CA signed)."""
+    try:
+        properties = context.auth_context()
+    except Exception:  # no transport security
+        return []
+    names: list[str] = []
+    for key in ("x509_subject_alternative_name", "x509_common_name"):
+        for value in properties.get(key, ()):
+            names.append(value.decode(errors="replace") if isinstance(value, bytes) else value)
+    return names
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler[_Req, _Resp],
+    check: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[Principal]],
+) -> grpc.RpcMethodHandler[_Req, _Resp]:
+    serializers: dict[str, Any] = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    wrapped: grpc.RpcMethodHandler[Any, Any]
+    if handler.unary_unary is not None:
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            _wrap_behavior(handler.unary_unary, check), **serializers
+        )
+    elif handler.unary_stream is not None:
+        wrapped = grpc.unary_stream_rpc_method_handler(
+            _wrap_behavior(handler.unary_stream, check), **serializers
+        )
+    elif handler.stream_unary is not None:
+        wrapped = grpc.stream_unary_rpc_method_handler(
+            _wrap_behavior(handler.stream_unary, check), **serializers
+        )
+    elif handler.stream_stream is not None:
+        wrapped = grpc.stream_stream_rpc_method_handler(
+            _wrap_behavior(handler.stream_stream, check), **serializers
+        )
+    else:
+        return handler
+    return cast("grpc.RpcMethodHandler[_Req, _Resp]", wrapped)
+
+
+def _wrap_behavior(
+    behavior: _Behavior,
+    check: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[Principal]],
+) -> _Behavior:
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            await check(context)
+            async for response in behavior(request, context):
+                yield response
+
+        return stream
+
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await check(context)
+        return await behavior(request, context)
+
+    return call
+
+
+# --- clients ------------------------------------------------------------------------------
+
+
+def _with_token(details: grpc.aio.ClientCallDetails, header: str) -> grpc.aio.ClientCallDetails:
+    metadata = grpc.aio.Metadata()
+    for key, value in details.metadata or ():
+        if key != AUTHORIZATION_KEY:
+            metadata.add(key, value)
+    metadata.add(AUTHORIZATION_KEY, header)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, header: str) -> None:
+        self._header = header
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_token(details, self._header), request)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, header: str) -> None:
+        self._header = header
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_token(details, self._header), request)
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, header: str) -> None:
+        self._header = header
+
+    async def intercept_stream_unary(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_with_token(details, self._header), request_iterator)
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, header: str) -> None:
+        self._header = header
+
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_with_token(details, self._header), request_iterator)
+
+
+def bearer_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors that send ``authorization: Bearer <token>`` on every call."""
+    header = f"Bearer {token}"
+    return [_UnaryUnary(header), _UnaryStream(header), _StreamUnary(header), _StreamStream(header)]
