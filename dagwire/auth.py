@@ -44,6 +44,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from dagwire.grants import Grant
+from dagwire.models import DEFAULT_NAMESPACE
 from dagwire.settings import SettingsError
 
 __all__ = [
@@ -68,7 +70,6 @@ log = logging.getLogger(__name__)
 AUTH_FILE_ENV = "DAGWIRE_AUTH_FILE"
 TOKEN_ENV = "DAGWIRE_TOKEN"
 TOKEN_FILE_ENV = "DAGWIRE_TOKEN_FILE"
-DEFAULT_NAMESPACE = "default"
 RELOAD_INTERVAL_SECONDS = 1.0
 """How often at most a server looks at the auth file's modification (one `stat`)."""
 
@@ -104,6 +105,8 @@ class Principal:
         agents: the agent keys it may register (adapters); ``"*"`` is any key.
         token_sha256: the hex SHA-256 of its token ("" when it is known by certificate only).
         tls_names: names in an mTLS client certificate (CN or SAN) that identify it.
+        grant: for the caller of a store grant (`dagwire.grants`), what it allows; such a
+            principal is made per call, never listed in the file, and has no role.
     """
 
     name: str
@@ -112,6 +115,7 @@ class Principal:
     agents: frozenset[str] = frozenset()
     token_sha256: str = ""
     tls_names: tuple[str, ...] = ()
+    grant: Grant | None = None
 
     @property
     def is_admin(self) -> bool:

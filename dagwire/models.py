@@ -16,6 +16,7 @@ from dagwire.spec import RetryPolicy, TaskSpec, WorkflowSpec
 
 __all__ = [
     "DEFAULT_MEDIA_TYPE",
+    "DEFAULT_NAMESPACE",
     "Artifact",
     "ExecutionRecord",
     "NodeSummary",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
+DEFAULT_NAMESPACE = "default"
+"""The namespace of a run started without one, and of every run recorded before namespaces."""
 
 
 def utc_now() -> datetime:
@@ -292,6 +295,9 @@ class RunRecord:
     #: The owner's lease epoch: 1 for the orchestrator that started the run, one more for each
     #: adoption (docs/durability.md). 0 for records written before epochs existed.
     lease_epoch: int = 0
+    #: The namespace the run belongs to (docs/security.md); its records, artifacts and events
+    #: belong to it too. Runs recorded before namespaces existed read as ``default``.
+    namespace: str = DEFAULT_NAMESPACE
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -309,6 +315,7 @@ class RunRecord:
             "owner": self.owner,
             "lease_expires_at": iso(self.lease_expires_at),
             "lease_epoch": self.lease_epoch,
+            "namespace": self.namespace,
         }
 
     @classmethod
@@ -330,6 +337,7 @@ class RunRecord:
             owner=data.get("owner") or "",
             lease_expires_at=parse_iso(data.get("lease_expires_at")),
             lease_epoch=int(data.get("lease_epoch") or 0),
+            namespace=data.get("namespace") or DEFAULT_NAMESPACE,
         )
 
     def summary(self) -> RunSummary:

@@ -118,6 +118,16 @@ Exit status: 0 cancelled (or already cancelled), 2 the run already finished othe
 status is named) or no run has this id, 3 the orchestrator cannot be reached.
 """
 
+NamespaceOption = Annotated[
+    str,
+    typer.Option(
+        "--namespace",
+        envvar="DAGWIRE_NAMESPACE",
+        help="The namespace of the runs (default: your token's first; 'default' without auth).",
+        show_default=False,
+    ),
+]
+
 OutputOption = Annotated[
     OutputFormat,
     typer.Option(
@@ -151,8 +161,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
         server: ServerOption = ORCHESTRATOR.default,
         output: OutputOption = "text",
+        namespace: NamespaceOption = "",
     ) -> None:
-        _main("run", server, lambda client: _run(client, file, var or [], output))
+        _main("run", server, lambda client: _run(client, file, var or [], output, namespace))
 
     @app.command("watch", help=help_text(_WATCH_HELP))
     def watch(
@@ -175,8 +186,16 @@ def register(app: typer.Typer) -> None:
         ] = 50,
         server: ServerOption = ORCHESTRATOR.default,
         output: OutputOption = "text",
+        namespace: NamespaceOption = "",
+        all_namespaces: Annotated[
+            bool,
+            typer.Option(
+                "--all-namespaces", "-A", help="Runs of every namespace (admins, with auth on)."
+            ),
+        ] = False,
     ) -> None:
-        _main("runs", server, lambda client: _list_runs(client, status, limit, output))
+        scope = _Scope(namespace, all_namespaces)
+        _main("runs", server, lambda client: _list_runs(client, status, limit, output, scope))
 
     @app.command("cancel", help=help_text(_CANCEL_HELP))
     def cancel(
@@ -343,7 +362,11 @@ def _print_outcome(summary: RunSummary, state: RunProgress, output: OutputFormat
 
 
 async def _run(
-    client: OrchestratorClient, file: Path, var_items: list[str], output: OutputFormat
+    client: OrchestratorClient,
+    file: Path,
+    var_items: list[str],
+    output: OutputFormat,
+    namespace: str = "",
 ) -> int:
     user_vars = parse_vars(var_items)
     loaded = load_spec(file, user_vars)
@@ -356,7 +379,9 @@ async def _run(
     run_id = ""
     with interrupt.catching(current):
         try:
-            run_id = await client.start_run(loaded.text, user_vars=user_vars, request_id=request_id)
+            run_id = await client.start_run(
+                loaded.text, user_vars=user_vars, request_id=request_id, namespace=namespace
+            )
             say("run", f"started run {run_id} ({loaded.spec.name}); Ctrl-C stops following")
             state = RunProgress(
                 run_id, name=loaded.spec.name, task_ids=[t.id for t in loaded.spec.tasks]
@@ -398,11 +423,29 @@ def _task_ids(record: RunRecord) -> list[str]:
 # ---------------------------------------------------------------------- runs, cancel
 
 
+@dataclass(frozen=True)
+class _Scope:
+    """Which namespaces `dagwire runs` lists."""
+
+    namespace: str = ""
+    all_namespaces: bool = False
+
+
 async def _list_runs(
-    client: OrchestratorClient, status: RunStatus | None, limit: int, output: OutputFormat
+    client: OrchestratorClient,
+    status: RunStatus | None,
+    limit: int,
+    output: OutputFormat,
+    scope: _Scope | None = None,
 ) -> int:
+    scope = scope or _Scope()
     runs: list[RunRecord] = []
-    async for run in client.iter_runs(status=status, page_size=min(limit, 1000)):
+    async for run in client.iter_runs(
+        status=status,
+        page_size=min(limit, 1000),
+        namespace=scope.namespace,
+        all_namespaces=scope.all_namespaces,
+    ):
         runs.append(run)
         if len(runs) >= limit:
             break
@@ -427,6 +470,9 @@ async def _list_runs(
         f"{rid:<{widths[0]}}  {name:<{widths[1]}}  {st:<{widths[2]}}  {started}"
         for rid, name, st, started in rows
     ]
+    if scope.all_namespaces:  # the namespace first, so the run id stays easy to cut
+        width = max(len(r.namespace) for r in runs)
+        lines = [f"{r.namespace:<{width}}  {line}" for r, line in zip(runs, lines, strict=True)]
     typer.echo("\n".join(lines))
     return EXIT_OK
 
@@ -438,6 +484,7 @@ def _time_text(value: Any) -> str:
 def _run_json(run: RunRecord) -> dict[str, Any]:
     return {
         "run_id": run.run_id,
+        "namespace": run.namespace,
         "name": run.name,
         "status": str(run.status),
         "created_at": _time_text(run.created_at) or None,

@@ -18,22 +18,26 @@ token (`dagwire.auth.token_from_env`) on every call of every channel `client_cha
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
 
 from dagwire.auth import AuthFile, Principal, Role
+from dagwire.grants import GRANT_PREFIX, GrantKey
 
 __all__ = [
     "AUTHORIZATION_KEY",
+    "GRANT_METHODS",
     "METHOD_ROLES",
     "AuthInterceptor",
     "bearer_interceptors",
     "current_principal",
+    "use_token",
 ]
 
 AUTHORIZATION_KEY = "authorization"
@@ -54,11 +58,10 @@ METHOD_ROLES: Mapping[str, Mapping[str, frozenset[Role]]] = {
         "ListAdapters": frozenset({_C, _A, _S}),
     },
     "dagwire.v1.ArtifactStoreService": {
-        # adapters move their attempts' inputs and outputs (docs/security.md: not yet limited
-        # to the artifacts of their attempts)
-        "PutArtifact": frozenset({_S, _A}),
-        "GetArtifact": frozenset({_C, _S, _A}),
-        "StatArtifact": frozenset({_C, _S, _A}),
+        # adapters reach the store with their attempts' grants only (`GRANT_METHODS`)
+        "PutArtifact": frozenset({_S}),
+        "GetArtifact": frozenset({_C, _S}),
+        "StatArtifact": frozenset({_C, _S}),
         "ListArtifacts": frozenset({_C, _S}),
     },
     "dagwire.v1.ExecutionStoreService": {
@@ -102,6 +105,15 @@ METHOD_ROLES: Mapping[str, Mapping[str, frozenset[Role]]] = {
 """Per service and method, the roles that may call it (admin may call everything). A method
 missing here is refused to everyone but admins: a new RPC is closed until it is listed."""
 
+GRANT_METHODS = frozenset(
+    {
+        "/dagwire.v1.ArtifactStoreService/GetArtifact",
+        "/dagwire.v1.ArtifactStoreService/StatArtifact",
+        "/dagwire.v1.ArtifactStoreService/PutArtifact",
+    }
+)
+"""What the bearer of an attempt's store grant may call (the store checks the artifacts)."""
+
 _OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
@@ -127,8 +139,9 @@ def _split(method: str) -> tuple[str, str]:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Checks every call against the auth file (see the module docstring)."""
 
-    def __init__(self, auth: AuthFile) -> None:
+    def __init__(self, auth: AuthFile, grants: GrantKey | None = None) -> None:
         self._auth = auth
+        self._grants = grants
         self._cache: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -150,17 +163,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         roles = METHOD_ROLES.get(service, {}).get(name, frozenset())
-        wrapped = _wrap_handler(handler, self._check(f"{service.rsplit('.', 1)[-1]}.{name}", roles))
+        call = f"{service.rsplit('.', 1)[-1]}.{name}"
+        wrapped = _wrap_handler(handler, self._check(call, roles, method in GRANT_METHODS))
         self._cache[method] = wrapped
         return wrapped
 
     def _check(
-        self, call: str, roles: frozenset[Role]
+        self, call: str, roles: frozenset[Role], granted: bool
     ) -> Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[Principal]]:
-        auth = self._auth
+        auth, grants = self._auth, self._grants
 
         async def check(context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
-            principal = _identify(auth, context)
+            principal = _identify(auth, grants, context)
             if principal is None:
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,
@@ -169,7 +183,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     "this server knows",
                 )
             assert principal is not None  # abort raised
-            if not (principal.is_admin or principal.roles & roles):
+            if principal.grant is not None:
+                if not granted:
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"the store grant of {principal.grant.name} may not call {call} (it "
+                        "allows GetArtifact, StatArtifact and PutArtifact)",
+                    )
+            elif not (principal.is_admin or principal.roles & roles):
                 allowed = ", ".join(sorted(roles)) or "admin"
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
@@ -182,13 +203,21 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return check
 
 
-def _identify(auth: AuthFile, context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
+def _identify(
+    auth: AuthFile, grants: GrantKey | None, context: grpc.aio.ServicerContext[Any, Any]
+) -> Principal | None:
     for key, value in context.invocation_metadata() or ():
         if key == AUTHORIZATION_KEY and isinstance(value, str):
             scheme, _, token = value.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
                 return None
-            return auth.by_token(token.strip())
+            if token.startswith(GRANT_PREFIX):
+                grant = grants.verify(token) if grants is not None else None
+                if grant is None:
+                    return None
+                return Principal(name=grant.name, roles=frozenset(), namespaces=(), grant=grant)
+            return auth.by_token(token)
     names = _certificate_names(context)
     return auth.by_tls_names(names) if names else None
 
@@ -262,7 +291,34 @@ def _wrap_behavior(
 # --- clients ------------------------------------------------------------------------------
 
 
-def _with_token(details: grpc.aio.ClientCallDetails, header: str) -> grpc.aio.ClientCallDetails:
+_call_token: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "dagwire_call_token", default=None
+)
+
+
+@contextlib.contextmanager
+def use_token(token: str | None) -> Iterator[None]:
+    """Send `token` instead of the process's own on the calls made inside the block, on the
+    channels that allow it (``client_channel(call_tokens=True)``): how an adapter presents an
+    attempt's store grant. None (or empty) changes nothing."""
+    if not token:
+        yield
+        return
+    reset = _call_token.set(token)
+    try:
+        yield
+    finally:
+        _call_token.reset(reset)
+
+
+def _with_token(
+    details: grpc.aio.ClientCallDetails, header: str | None
+) -> grpc.aio.ClientCallDetails:
+    call_token = _call_token.get()
+    if call_token is not None:
+        header = f"Bearer {call_token}"
+    if header is None:
+        return details
     metadata = grpc.aio.Metadata()
     for key, value in details.metadata or ():
         if key != AUTHORIZATION_KEY:
@@ -274,7 +330,7 @@ def _with_token(details: grpc.aio.ClientCallDetails, header: str) -> grpc.aio.Cl
 
 
 class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
-    def __init__(self, header: str) -> None:
+    def __init__(self, header: str | None) -> None:
         self._header = header
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
@@ -282,7 +338,7 @@ class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
 
 
 class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, header: str) -> None:
+    def __init__(self, header: str | None) -> None:
         self._header = header
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
@@ -290,7 +346,7 @@ class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
 
 
 class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, header: str) -> None:
+    def __init__(self, header: str | None) -> None:
         self._header = header
 
     async def intercept_stream_unary(
@@ -300,7 +356,7 @@ class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
 
 
 class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
-    def __init__(self, header: str) -> None:
+    def __init__(self, header: str | None) -> None:
         self._header = header
 
     async def intercept_stream_stream(
@@ -309,7 +365,8 @@ class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
         return await continuation(_with_token(details, self._header), request_iterator)
 
 
-def bearer_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
-    """Client interceptors that send ``authorization: Bearer <token>`` on every call."""
-    header = f"Bearer {token}"
+def bearer_interceptors(token: str | None) -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors that send ``authorization: Bearer <token>`` on every call, or the
+    token of `use_token` inside its block (None: only those)."""
+    header = f"Bearer {token}" if token is not None else None
     return [_UnaryUnary(header), _UnaryStream(header), _StreamUnary(header), _StreamStream(header)]

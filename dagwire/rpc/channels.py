@@ -178,6 +178,7 @@ def client_channel(
     balanced: bool = True,
     options: Sequence[tuple[str, int | str]] = (),
     tls: TlsConfig | None = None,
+    call_tokens: bool = False,
 ) -> grpc.aio.Channel:
     """A long-lived channel to a dagwire service (connects lazily): plaintext, or TLS when the
     ``DAGWIRE_TLS_*`` settings say so (`dagwire.rpc.tls`; the files are read now, so a channel
@@ -191,6 +192,8 @@ def client_channel(
         balanced: round-robin over the target's addresses (see `service_config`).
         options: more channel arguments; one named here replaces the default of that name.
         tls: the TLS settings (default: the environment's, `TlsConfig.from_env`).
+        call_tokens: calls inside a `dagwire.rpc.auth.use_token` block send its token (an
+            adapter's channel to the store, for its attempts' grants).
 
     Returns:
         The channel; close it with ``await channel.close()``.
@@ -202,7 +205,7 @@ def client_channel(
     target = check_target(target)
     tls = TlsConfig.from_env() if tls is None else tls
     token = token_from_env()
-    interceptors = bearer_interceptors(token) if token is not None else None
+    interceptors = bearer_interceptors(token) if token is not None or call_tokens else None
     merged = dict(channel_options(max_message_bytes, balanced=balanced))
     if not tls.dials_tls:
         merged.update(dict(options))

@@ -306,6 +306,7 @@ def run_to_proto(run: RunRecord) -> common_pb2.Run:
         nodes=[node_summary_to_proto(node_id, node) for node_id, node in run.nodes.items()],
         owner=run.owner,
         lease_epoch=run.lease_epoch,
+        namespace=run.namespace,
     )
     message.created_at.CopyFrom(datetime_to_proto(run.created_at, "created_at"))
     if run.finished_at is not None:
@@ -349,6 +350,7 @@ def run_from_proto(message: common_pb2.Run) -> RunRecord:
         owner=message.owner,
         lease_epoch=message.lease_epoch,
         lease_expires_at=_optional_time(message, "owner_lease_expire_time"),
+        namespace=message.namespace or "default",
     )
 
 

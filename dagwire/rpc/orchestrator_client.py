@@ -118,6 +118,7 @@ class OrchestratorClient:
         user_vars: Mapping[str, str] | None = None,
         request_id: str | None = None,
         trace_id: str | None = None,
+        namespace: str = "",
     ) -> str:
         """Validate a workflow and start a run of it; returns its run id at once.
 
@@ -129,6 +130,7 @@ class OrchestratorClient:
                 Default: a fresh one, so that the channel's retry on another replica (see
                 `dagwire.rpc.channels`) cannot start the run twice.
             trace_id: sent in the call's metadata (default: a fresh one).
+            namespace: the run's namespace ("": the caller's first, ``default`` without auth).
 
         Returns:
             The run id.
@@ -141,6 +143,7 @@ class OrchestratorClient:
             spec=_spec_text(spec),
             user_vars=dict(user_vars or {}),
             request_id=_request_id(request_id),
+            namespace=namespace,
         )
         response = await self._unary(self._api.StartRun, request, trace_id, self._call_timeout)
         run_id: str = response.run_id
@@ -153,6 +156,7 @@ class OrchestratorClient:
         user_vars: Mapping[str, str] | None = None,
         request_id: str | None = None,
         trace_id: str | None = None,
+        namespace: str = "",
     ) -> RunSummary:
         """Run a workflow to its end and return the summary (one long unary call).
 
@@ -167,6 +171,7 @@ class OrchestratorClient:
             spec=_spec_text(spec),
             user_vars=dict(user_vars or {}),
             request_id=_request_id(request_id),
+            namespace=namespace,
         )
         response = await self._unary(self._api.RunWorkflow, request, trace_id, None)
         return run_summary_from_proto(response.run)
@@ -189,6 +194,8 @@ class OrchestratorClient:
         page_size: int = 0,
         page_token: str = "",
         trace_id: str | None = None,
+        namespace: str = "",
+        all_namespaces: bool = False,
     ) -> RunPage:
         """One page of runs, newest first.
 
@@ -196,6 +203,8 @@ class OrchestratorClient:
             status: only runs in this state (None: any).
             page_size: runs per page; 0 means the server default of 50, at most 1000.
             page_token: `next_page_token` of the previous page (same `status`).
+            namespace: only runs of this namespace ("": the caller's first).
+            all_namespaces: runs of every namespace (admins only, with auth on).
 
         Raises:
             InvalidArgumentError: a negative page size, or a token of another listing.
@@ -207,12 +216,19 @@ class OrchestratorClient:
             status=(
                 common_pb2.RUN_STATUS_UNSPECIFIED if status is None else run_status_to_proto(status)
             ),
+            namespace=namespace,
+            all_namespaces=all_namespaces,
         )
         response = await self._unary(self._api.ListRuns, request, trace_id, self._call_timeout)
         return RunPage([run_from_proto(r) for r in response.runs], response.next_page_token)
 
     async def iter_runs(
-        self, *, status: RunStatus | str | None = None, page_size: int = 0
+        self,
+        *,
+        status: RunStatus | str | None = None,
+        page_size: int = 0,
+        namespace: str = "",
+        all_namespaces: bool = False,
     ) -> AsyncIterator[RunRecord]:
         """Every run, newest first, fetching pages as they are consumed.
 
@@ -221,7 +237,13 @@ class OrchestratorClient:
         """
         token = ""
         while True:
-            page = await self.list_runs(status=status, page_size=page_size, page_token=token)
+            page = await self.list_runs(
+                status=status,
+                page_size=page_size,
+                page_token=token,
+                namespace=namespace,
+                all_namespaces=all_namespaces,
+            )
             for run in page.runs:
                 yield run
             token = page.next_page_token

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from dagwire.auth import AUTH_FILE_ENV, AuthFile, token_from_env
 from dagwire.errors import DagwireError
+from dagwire.grants import GrantKey
 from dagwire.rpc.auth import AuthInterceptor
 from dagwire.rpc.channels import KEEPALIVE_OPTIONS, channel_options, client_channel
 from dagwire.rpc.status import StatusInterceptor
@@ -147,7 +148,7 @@ def create_server(
     auth = AuthFile.from_env() if auth is None else auth
     credentials = tls.server_credentials() if tls.serves_tls else None
     _check_bindable(address)
-    checks = [AuthInterceptor(auth)] if auth is not None else []
+    checks = [AuthInterceptor(auth, GrantKey.from_env())] if auth is not None else []
     server = grpc.aio.server(
         interceptors=[StatusInterceptor(), *checks, *interceptors],
         options=server_options(max_message_bytes),
@@ -389,6 +390,7 @@ def serve_main(prog: str, main: Callable[[], Coroutine[Any, Any, None]]) -> int:
     try:
         TlsConfig.from_env().check()  # before anything waits on a peer
         AuthFile.from_env()
+        GrantKey.from_env()
         token_from_env()
         asyncio.run(main())
     except (SettingsError, ListenError) as exc:

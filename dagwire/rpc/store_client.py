@@ -626,6 +626,7 @@ class RemoteExecutionStore:
         limit: int = 50,
         after: str | None = None,
         details: bool = True,
+        namespaces: Sequence[str] | None = None,
     ) -> list[RunRecord]:
         """Runs newest first (see `ExecutionStore.list_runs`).
 
@@ -638,6 +639,8 @@ class RemoteExecutionStore:
             after: the last `run_id` of the previous page.
             details: False leaves out each run's `spec` and `nodes` (the service does not
                 send them).
+            namespaces: only runs of these namespaces (None: every namespace the caller may
+                see).
 
         Raises:
             NotFoundError: `after` names no run.
@@ -660,6 +663,7 @@ class RemoteExecutionStore:
                 ),
                 without_details=not details,
                 after_run_id=(after or "") if not token else "",
+                namespaces=list(namespaces or ()),
             )
             response = await self._unary(self._api.ListRunRecords(request))
             out += [run_from_proto(r) for r in response.runs]

@@ -33,6 +33,7 @@ from dagwire.errors import (
 from dagwire.graph.dag import DAG
 from dagwire.ids import new_id, new_trace_id
 from dagwire.models import (
+    DEFAULT_NAMESPACE,
     NodeSummary,
     RunRecord,
     RunStatus,
@@ -95,13 +96,20 @@ def prepare_run(
     return PreparedRun(spec, resolved, dag, spec.to_dict(), stored)
 
 
-def run_id_for_request(request_id: str) -> str:
-    """The run id of a run started with `request_id`: a UUID derived from it (version 5).
+def run_id_for_request(request_id: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The run id of a run started with `request_id` in `namespace`: a UUID derived from both
+    (version 5).
 
     Deterministic, so a retried start finds the run in the store after a restart; runs started
     without a request id get a time-ordered UUIDv7 (listings sort by `created_at` either way).
+    Scoped by namespace, so two namespaces may use one request_id: each namespace but
+    ``default`` (whose ids stay those of runs made before namespaces) derives from its own
+    UUID namespace, so no choice of request_id in one reaches another's run.
     """
-    return str(uuid.uuid5(_REQUEST_NAMESPACE, request_id))
+    if namespace == DEFAULT_NAMESPACE:
+        return str(uuid.uuid5(_REQUEST_NAMESPACE, request_id))
+    scope = uuid.uuid5(_REQUEST_NAMESPACE, f"namespace:{namespace}")
+    return str(uuid.uuid5(scope, request_id))
 
 
 class Orchestrator(LeasesMixin):
@@ -207,6 +215,7 @@ class Orchestrator(LeasesMixin):
         *,
         user_vars: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
     ) -> str:
         """Validate a workflow, record the run as `running` and start it; return its `run_id`.
 
@@ -227,7 +236,7 @@ class Orchestrator(LeasesMixin):
             workflow if isinstance(workflow, PreparedRun) else prepare_run(workflow, user_vars)
         )
         spec, resolved, dag = prepared.spec, prepared.resolved, prepared.dag
-        run_id = run_id_for_request(request_id) if request_id else new_id()
+        run_id = run_id_for_request(request_id, namespace) if request_id else new_id()
         if request_id and (run_id in self._active or run_id in self._finished):
             return run_id
         ledger = self._ledger
@@ -251,6 +260,7 @@ class Orchestrator(LeasesMixin):
             owner=self.instance_id,
             lease_expires_at=now + self._lease,
             lease_epoch=1 if ledger is not None else 0,
+            namespace=namespace,
         )
         state = self._new_state(record, resolved, dag, prior=[])
         # active before it is saved: adoption must never see it as an orphan

@@ -16,6 +16,8 @@ import grpc.aio
 from dagwire.errors import NonRetryableError, ResourceExhaustedError
 from dagwire.limits import WIRE_INLINE_OUTPUT_BYTES
 from dagwire.models import Artifact, TaskNode
+from dagwire.rpc.auth import use_token
+from dagwire.rpc.channels import client_channel
 from dagwire.rpc.convert import artifact_from_proto, artifact_to_proto
 from dagwire.rpc.logs import bound, current_context
 from dagwire.rpc.status import InvalidArgumentError, RemoteError
@@ -82,14 +84,18 @@ class AgentAdapterServicer(adapter_service_pb2_grpc.AgentAdapterServiceServicer)
         self._inline_limit = inline_limit
         self._max_message_bytes = max_message_bytes
         self._stores: dict[str, RemoteArtifactStore] = {}
+        self._channels: list[grpc.aio.Channel] = []
 
     async def Execute(self, request: ExecuteRequest, context: Context) -> ExecuteResponse:
         trace_id = request.trace_id or str(current_context().get("trace_id", ""))
-        with bound(
-            run_id=request.run_id or None,
-            node_id=request.node_id or None,
-            attempt=request.attempt or None,
-            trace_id=trace_id or None,
+        with (
+            bound(
+                run_id=request.run_id or None,
+                node_id=request.node_id or None,
+                attempt=request.attempt or None,
+                trace_id=trace_id or None,
+            ),
+            use_token(request.store_token or None),
         ):
             agent = self.agents.get(request.agent)
             if agent is None:
@@ -129,8 +135,15 @@ class AgentAdapterServicer(adapter_service_pb2_grpc.AgentAdapterServiceServicer)
         address = address or self.store_addr
         client = self._stores.get(address)
         if client is None:
-            client = RemoteArtifactStore(address, max_message_bytes=self._max_message_bytes)
+            # calls of an attempt send its store grant (`use_token` in `Execute`)
+            channel = client_channel(
+                address, max_message_bytes=self._max_message_bytes, call_tokens=True
+            )
+            client = RemoteArtifactStore(
+                address, channel=channel, max_message_bytes=self._max_message_bytes
+            )
             self._stores[address] = client
+            self._channels.append(channel)
         return client
 
     async def _inputs(self, messages: Iterable[common_pb2.Artifact]) -> list[Artifact]:
@@ -208,6 +221,8 @@ class AgentAdapterServicer(adapter_service_pb2_grpc.AgentAdapterServiceServicer)
         """Close the store channels."""
         stores, self._stores = list(self._stores.values()), {}
         await asyncio.gather(*(s.aclose() for s in stores), return_exceptions=True)
+        channels, self._channels = self._channels, []
+        await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
 
 
 async def _run(

@@ -14,6 +14,7 @@ from typing import Any
 
 from dagwire.errors import NotFoundError
 from dagwire.models import (
+    DEFAULT_NAMESPACE,
     ExecutionRecord,
     RegistryEntry,
     RunEventRecord,
@@ -249,6 +250,7 @@ class SqliteExecutionStore:
         limit: int = 50,
         after: str | None = None,
         details: bool = True,
+        namespaces: Sequence[str] | None = None,
     ) -> builtins.list[RunRecord]:
         """Runs newest first (`created_at` descending, then `run_id` descending).
 
@@ -257,6 +259,7 @@ class SqliteExecutionStore:
             limit: most runs returned (at least 1).
             after: the last `run_id` of the previous page (keyset pagination).
             details: False leaves out each run's `spec` and `nodes` (empty in the result).
+            namespaces: only runs of these namespaces (None: every namespace).
 
         Returns:
             Up to `limit` runs; fewer (possibly none) at the end.
@@ -270,7 +273,8 @@ class SqliteExecutionStore:
         wanted = None if status is None else _run_status(status)
         if after is not None and not check_lookup_id(after, "run"):
             raise _run_not_found(after)
-        runs = await self._db.read(partial(_select_runs, wanted, limit, after))
+        scope = None if namespaces is None else tuple(namespaces)
+        runs = await self._db.read(partial(_select_runs, wanted, limit, after, scope))
         return runs if details else [without_details(r) for r in runs]
 
     # ------------------------------------------------------------------ RunLedger
@@ -473,13 +477,24 @@ def _select_run(run_id: str, conn: sqlite3.Connection) -> RunRecord | None:
 
 
 def _select_runs(
-    status: str | None, limit: int, after: str | None, conn: sqlite3.Connection
+    status: str | None,
+    limit: int,
+    after: str | None,
+    namespaces: tuple[str, ...] | None,
+    conn: sqlite3.Connection,
 ) -> list[RunRecord]:
     where: list[str] = []
     params: list[Any] = []
     if status is not None:
         where.append("status = ?")
         params.append(status)
+    if namespaces is not None:
+        if not namespaces:
+            return []
+        # a run recorded before namespaces has none in its body: it is in `default`
+        marks = ", ".join("?" * len(namespaces))
+        where.append(f"coalesce(json_extract(body, '$.namespace'), ?) IN ({marks})")
+        params += [DEFAULT_NAMESPACE, *namespaces]
     if after is not None:
         anchor = conn.execute("SELECT created_at FROM runs WHERE run_id = ?", (after,)).fetchone()
         if anchor is None:

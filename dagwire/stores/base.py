@@ -238,6 +238,7 @@ class ExecutionStore(Protocol):
         limit: int = 50,
         after: str | None = None,
         details: bool = True,
+        namespaces: Sequence[str] | None = None,
     ) -> list[RunRecord]:
         """Runs newest first (`created_at` descending, then `run_id` descending).
 
@@ -246,6 +247,7 @@ class ExecutionStore(Protocol):
             limit: most runs returned (at least 1).
             after: the last `run_id` of the previous page (keyset pagination).
             details: False leaves out each run's `spec` and `nodes` (empty in the result).
+            namespaces: only runs of these namespaces (None: every namespace).
 
         Raises:
             NotFoundError: `after` names no run.

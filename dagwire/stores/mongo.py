@@ -19,6 +19,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from dagwire.errors import NotFoundError
 from dagwire.models import (
+    DEFAULT_NAMESPACE,
     ExecutionRecord,
     RegistryEntry,
     RunEventRecord,
@@ -284,6 +285,7 @@ class MongoExecutionStore:
         limit: int = 50,
         after: str | None = None,
         details: bool = True,
+        namespaces: Sequence[str] | None = None,
     ) -> builtins.list[RunRecord]:
         """Runs newest first (`created_at` descending, then `run_id` descending).
 
@@ -292,6 +294,7 @@ class MongoExecutionStore:
             limit: most runs returned (at least 1).
             after: the last `run_id` of the previous page (keyset pagination).
             details: False leaves out each run's `spec` and `nodes` (empty in the result).
+            namespaces: only runs of these namespaces (None: every namespace).
 
         Returns:
             Up to `limit` runs; fewer (possibly none) at the end.
@@ -308,6 +311,14 @@ class MongoExecutionStore:
             query["status"] = str(check_run_status(status))
         if after is not None and not check_lookup_id(after, "run"):
             raise _run_not_found(after)
+        clauses: list[Doc] = []
+        if namespaces is not None:
+            if not namespaces:
+                return []
+            scope: list[Doc] = [{"namespace": {"$in": list(namespaces)}}]
+            if DEFAULT_NAMESPACE in namespaces:  # runs recorded before namespaces have none
+                scope.append({"namespace": {"$exists": False}})
+            clauses.append({"$or": scope})
         collection = await self._collection("runs")
         async with self._errors():
             if after is not None:
@@ -315,10 +326,16 @@ class MongoExecutionStore:
                 if anchor is None:
                     raise _run_not_found(after)
                 created = anchor["created_at_us"]
-                query["$or"] = [
-                    {"created_at_us": {"$lt": created}},
-                    {"created_at_us": created, "run_id": {"$lt": after}},
-                ]
+                clauses.append(
+                    {
+                        "$or": [
+                            {"created_at_us": {"$lt": created}},
+                            {"created_at_us": created, "run_id": {"$lt": after}},
+                        ]
+                    }
+                )
+            if clauses:
+                query["$and"] = clauses
             order = [("created_at_us", DESCENDING), ("run_id", DESCENDING)]
             docs = await collection.find(query).sort(order).limit(limit).to_list()
         runs = [run_from_doc(doc) for doc in docs]

@@ -26,7 +26,7 @@ from dagwire.v1 import common_pb2 as dagwire_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n dagwire/v1/adapter_service.proto\x12\ndagwire.v1\x1a\x17\x64\x61gwire/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x01\n\x0e\x45xecuteRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12-\n\x0finput_artifacts\x18\x03 \x03(\x0b\x32\x14.dagwire.v1.Artifact\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x0f\x45xecuteResponse\x12.\n\x10output_artifacts\x18\x01 \x03(\x0b\x32\x14.dagwire.v1.Artifact\"\x11\n\x0f\x44\x65scribeRequest\"W\n\x10\x44\x65scribeResponse\x12\x0e\n\x06\x61gents\x18\x01 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08language\x18\x04 \x01(\t2\xa0\x01\n\x13\x41gentAdapterService\x12\x42\n\x07\x45xecute\x12\x1a.dagwire.v1.ExecuteRequest\x1a\x1b.dagwire.v1.ExecuteResponse\x12\x45\n\x08\x44\x65scribe\x12\x1b.dagwire.v1.DescribeRequest\x1a\x1c.dagwire.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n dagwire/v1/adapter_service.proto\x12\ndagwire.v1\x1a\x17\x64\x61gwire/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x02\n\x0e\x45xecuteRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12-\n\x0finput_artifacts\x18\x03 \x03(\x0b\x32\x14.dagwire.v1.Artifact\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bstore_token\x18\n \x01(\t\"A\n\x0f\x45xecuteResponse\x12.\n\x10output_artifacts\x18\x01 \x03(\x0b\x32\x14.dagwire.v1.Artifact\"\x11\n\x0f\x44\x65scribeRequest\"W\n\x10\x44\x65scribeResponse\x12\x0e\n\x06\x61gents\x18\x01 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08language\x18\x04 \x01(\t2\xa0\x01\n\x13\x41gentAdapterService\x12\x42\n\x07\x45xecute\x12\x1a.dagwire.v1.ExecuteRequest\x1a\x1b.dagwire.v1.ExecuteResponse\x12\x45\n\x08\x44\x65scribe\x12\x1b.dagwire.v1.DescribeRequest\x1a\x1c.dagwire.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dagwire.v1.adapter_service_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXECUTEREQUEST']._serialized_start=107
-  _globals['_EXECUTEREQUEST']._serialized_end=345
-  _globals['_EXECUTERESPONSE']._serialized_start=347
-  _globals['_EXECUTERESPONSE']._serialized_end=412
-  _globals['_DESCRIBEREQUEST']._serialized_start=414
-  _globals['_DESCRIBEREQUEST']._serialized_end=431
-  _globals['_DESCRIBERESPONSE']._serialized_start=433
-  _globals['_DESCRIBERESPONSE']._serialized_end=520
-  _globals['_AGENTADAPTERSERVICE']._serialized_start=523
-  _globals['_AGENTADAPTERSERVICE']._serialized_end=683
+  _globals['_EXECUTEREQUEST']._serialized_end=366
+  _globals['_EXECUTERESPONSE']._serialized_start=368
+  _globals['_EXECUTERESPONSE']._serialized_end=433
+  _globals['_DESCRIBEREQUEST']._serialized_start=435
+  _globals['_DESCRIBEREQUEST']._serialized_end=452
+  _globals['_DESCRIBERESPONSE']._serialized_start=454
+  _globals['_DESCRIBERESPONSE']._serialized_end=541
+  _globals['_AGENTADAPTERSERVICE']._serialized_start=544
+  _globals['_AGENTADAPTERSERVICE']._serialized_end=704
 # @@protoc_insertion_point(module_scope)

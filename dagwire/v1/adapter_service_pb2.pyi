@@ -35,6 +35,7 @@ class ExecuteRequest(google.protobuf.message.Message):
     TRACE_ID_FIELD_NUMBER: builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: builtins.int
     DEADLINE_FIELD_NUMBER: builtins.int
+    STORE_TOKEN_FIELD_NUMBER: builtins.int
     agent: builtins.str
     """Agent key of the task, one of those the adapter serves; another key is
     FAILED_PRECONDITION.
@@ -55,6 +56,12 @@ class ExecuteRequest(google.protobuf.message.Message):
     idempotency_key: builtins.str
     """Key of the attempt, run_id/node_id/attempt: a call re-sent after a connection failure
     carries the same key, so an adapter with side effects can do them once per attempt.
+    """
+    store_token: builtins.str
+    """With auth on: the attempt's store grant. Send it as `authorization: Bearer <store_token>`
+    on the ArtifactStoreService calls for this attempt's inputs and outputs; it allows
+    reading the artifacts of this run and storing outputs of this attempt, until the attempt
+    times out. Empty when the dispatcher has no grant key (docs/security.md).
     """
     @property
     def input_artifacts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[dagwire.v1.common_pb2.Artifact]:
@@ -79,9 +86,10 @@ class ExecuteRequest(google.protobuf.message.Message):
         trace_id: builtins.str = ...,
         idempotency_key: builtins.str = ...,
         deadline: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        store_token: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["deadline", b"deadline"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["agent", b"agent", "attempt", b"attempt", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "input_artifacts", b"input_artifacts", "node_id", b"node_id", "params_json", b"params_json", "run_id", b"run_id", "trace_id", b"trace_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["agent", b"agent", "attempt", b"attempt", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "input_artifacts", b"input_artifacts", "node_id", b"node_id", "params_json", b"params_json", "run_id", b"run_id", "store_token", b"store_token", "trace_id", b"trace_id"]) -> None: ...
 
 Global___ExecuteRequest: typing_extensions.TypeAlias = ExecuteRequest
 

@@ -360,6 +360,7 @@ class Run(google.protobuf.message.Message):
     OWNER_FIELD_NUMBER: builtins.int
     OWNER_LEASE_EXPIRE_TIME_FIELD_NUMBER: builtins.int
     LEASE_EPOCH_FIELD_NUMBER: builtins.int
+    NAMESPACE_FIELD_NUMBER: builtins.int
     run_id: builtins.str
     """Server-assigned id of the run."""
     name: builtins.str
@@ -379,6 +380,10 @@ class Run(google.protobuf.message.Message):
     lease_epoch: builtins.int
     """The owner's lease epoch: 1 for the orchestrator that started the run, one more for each
     adoption by another orchestrator after the owner's lease lapsed.
+    """
+    namespace: builtins.str
+    """The namespace the run belongs to (docs/security.md); "default" for runs started before
+    namespaces existed. Its records, artifacts and events belong to it too.
     """
     @property
     def created_at(self) -> google.protobuf.timestamp_pb2.Timestamp:
@@ -419,9 +424,10 @@ class Run(google.protobuf.message.Message):
         owner: builtins.str = ...,
         owner_lease_expire_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
         lease_epoch: builtins.int = ...,
+        namespace: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "owner_lease_expire_time", b"owner_lease_expire_time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "lease_epoch", b"lease_epoch", "name", b"name", "nodes", b"nodes", "owner", b"owner", "owner_lease_expire_time", b"owner_lease_expire_time", "request_id", b"request_id", "run_id", b"run_id", "spec_json", b"spec_json", "status", b"status", "trace_id", b"trace_id", "user_vars", b"user_vars"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "lease_epoch", b"lease_epoch", "name", b"name", "namespace", b"namespace", "nodes", b"nodes", "owner", b"owner", "owner_lease_expire_time", b"owner_lease_expire_time", "request_id", b"request_id", "run_id", b"run_id", "spec_json", b"spec_json", "status", b"status", "trace_id", b"trace_id", "user_vars", b"user_vars"]) -> None: ...
 
 Global___Run: typing_extensions.TypeAlias = Run
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dagwire.v1 import common_pb2 as dagwire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%dagwire/v1/orchestrator_service.proto\x12\ndagwire.v1\x1a\x17\x64\x61gwire/v1/common.proto\"\xa2\x01\n\x0fStartRunRequest\x12\x0c\n\x04spec\x18\x01 \x01(\t\x12<\n\tuser_vars\x18\x02 \x03(\x0b\x32).dagwire.v1.StartRunRequest.UserVarsEntry\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x1a/\n\rUserVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\"\xa8\x01\n\x12RunWorkflowRequest\x12\x0c\n\x04spec\x18\x01 \x01(\t\x12?\n\tuser_vars\x18\x02 \x03(\x0b\x32,.dagwire.v1.RunWorkflowRequest.UserVarsEntry\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x1a/\n\rUserVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x13RunWorkflowResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\".\n\x0eGetRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"_\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.dagwire.v1.RunStatus\"J\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.dagwire.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\":\n\x11\x43\x61ncelRunResponse\x12%\n\x06status\x18\x01 \x01(\x0e\x32\x15.dagwire.v1.RunStatus\"9\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"7\n\x10WatchRunResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.RunEvent2\xc7\x03\n\x13OrchestratorService\x12\x45\n\x08StartRun\x12\x1b.dagwire.v1.StartRunRequest\x1a\x1c.dagwire.v1.StartRunResponse\x12N\n\x0bRunWorkflow\x12\x1e.dagwire.v1.RunWorkflowRequest\x1a\x1f.dagwire.v1.RunWorkflowResponse\x12?\n\x06GetRun\x12\x19.dagwire.v1.GetRunRequest\x1a\x1a.dagwire.v1.GetRunResponse\x12\x45\n\x08ListRuns\x12\x1b.dagwire.v1.ListRunsRequest\x1a\x1c.dagwire.v1.ListRunsResponse\x12H\n\tCancelRun\x12\x1c.dagwire.v1.CancelRunRequest\x1a\x1d.dagwire.v1.CancelRunResponse\x12G\n\x08WatchRun\x12\x1b.dagwire.v1.WatchRunRequest\x1a\x1c.dagwire.v1.WatchRunResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%dagwire/v1/orchestrator_service.proto\x12\ndagwire.v1\x1a\x17\x64\x61gwire/v1/common.proto\"\xb5\x01\n\x0fStartRunRequest\x12\x0c\n\x04spec\x18\x01 \x01(\t\x12<\n\tuser_vars\x18\x02 \x03(\x0b\x32).dagwire.v1.StartRunRequest.UserVarsEntry\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x1a/\n\rUserVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\"\xbb\x01\n\x12RunWorkflowRequest\x12\x0c\n\x04spec\x18\x01 \x01(\t\x12?\n\tuser_vars\x18\x02 \x03(\x0b\x32,.dagwire.v1.RunWorkflowRequest.UserVarsEntry\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x1a/\n\rUserVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x13RunWorkflowResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\".\n\x0eGetRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.dagwire.v1.Run\"\x8a\x01\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.dagwire.v1.RunStatus\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x16\n\x0e\x61ll_namespaces\x18\x05 \x01(\x08\"J\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.dagwire.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\":\n\x11\x43\x61ncelRunResponse\x12%\n\x06status\x18\x01 \x01(\x0e\x32\x15.dagwire.v1.RunStatus\"9\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"7\n\x10WatchRunResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.dagwire.v1.RunEvent2\xc7\x03\n\x13OrchestratorService\x12\x45\n\x08StartRun\x12\x1b.dagwire.v1.StartRunRequest\x1a\x1c.dagwire.v1.StartRunResponse\x12N\n\x0bRunWorkflow\x12\x1e.dagwire.v1.RunWorkflowRequest\x1a\x1f.dagwire.v1.RunWorkflowResponse\x12?\n\x06GetRun\x12\x19.dagwire.v1.GetRunRequest\x1a\x1a.dagwire.v1.GetRunResponse\x12\x45\n\x08ListRuns\x12\x1b.dagwire.v1.ListRunsRequest\x1a\x1c.dagwire.v1.ListRunsResponse\x12H\n\tCancelRun\x12\x1c.dagwire.v1.CancelRunRequest\x1a\x1d.dagwire.v1.CancelRunResponse\x12G\n\x08WatchRun\x12\x1b.dagwire.v1.WatchRunRequest\x1a\x1c.dagwire.v1.WatchRunResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,33 +37,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNWORKFLOWREQUEST_USERVARSENTRY']._loaded_options = None
   _globals['_RUNWORKFLOWREQUEST_USERVARSENTRY']._serialized_options = b'8\001'
   _globals['_STARTRUNREQUEST']._serialized_start=79
-  _globals['_STARTRUNREQUEST']._serialized_end=241
-  _globals['_STARTRUNREQUEST_USERVARSENTRY']._serialized_start=194
-  _globals['_STARTRUNREQUEST_USERVARSENTRY']._serialized_end=241
-  _globals['_STARTRUNRESPONSE']._serialized_start=243
-  _globals['_STARTRUNRESPONSE']._serialized_end=295
-  _globals['_RUNWORKFLOWREQUEST']._serialized_start=298
-  _globals['_RUNWORKFLOWREQUEST']._serialized_end=466
-  _globals['_RUNWORKFLOWREQUEST_USERVARSENTRY']._serialized_start=194
-  _globals['_RUNWORKFLOWREQUEST_USERVARSENTRY']._serialized_end=241
-  _globals['_RUNWORKFLOWRESPONSE']._serialized_start=468
-  _globals['_RUNWORKFLOWRESPONSE']._serialized_end=519
-  _globals['_GETRUNREQUEST']._serialized_start=521
-  _globals['_GETRUNREQUEST']._serialized_end=552
-  _globals['_GETRUNRESPONSE']._serialized_start=554
-  _globals['_GETRUNRESPONSE']._serialized_end=600
-  _globals['_LISTRUNSREQUEST']._serialized_start=602
-  _globals['_LISTRUNSREQUEST']._serialized_end=697
-  _globals['_LISTRUNSRESPONSE']._serialized_start=699
-  _globals['_LISTRUNSRESPONSE']._serialized_end=773
-  _globals['_CANCELRUNREQUEST']._serialized_start=775
-  _globals['_CANCELRUNREQUEST']._serialized_end=809
-  _globals['_CANCELRUNRESPONSE']._serialized_start=811
-  _globals['_CANCELRUNRESPONSE']._serialized_end=869
-  _globals['_WATCHRUNREQUEST']._serialized_start=871
-  _globals['_WATCHRUNREQUEST']._serialized_end=928
-  _globals['_WATCHRUNRESPONSE']._serialized_start=930
-  _globals['_WATCHRUNRESPONSE']._serialized_end=985
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=988
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=1443
+  _globals['_STARTRUNREQUEST']._serialized_end=260
+  _globals['_STARTRUNREQUEST_USERVARSENTRY']._serialized_start=213
+  _globals['_STARTRUNREQUEST_USERVARSENTRY']._serialized_end=260
+  _globals['_STARTRUNRESPONSE']._serialized_start=262
+  _globals['_STARTRUNRESPONSE']._serialized_end=314
+  _globals['_RUNWORKFLOWREQUEST']._serialized_start=317
+  _globals['_RUNWORKFLOWREQUEST']._serialized_end=504
+  _globals['_RUNWORKFLOWREQUEST_USERVARSENTRY']._serialized_start=213
+  _globals['_RUNWORKFLOWREQUEST_USERVARSENTRY']._serialized_end=260
+  _globals['_RUNWORKFLOWRESPONSE']._serialized_start=506
+  _globals['_RUNWORKFLOWRESPONSE']._serialized_end=557
+  _globals['_GETRUNREQUEST']._serialized_start=559
+  _globals['_GETRUNREQUEST']._serialized_end=590
+  _globals['_GETRUNRESPONSE']._serialized_start=592
+  _globals['_GETRUNRESPONSE']._serialized_end=638
+  _globals['_LISTRUNSREQUEST']._serialized_start=641
+  _globals['_LISTRUNSREQUEST']._serialized_end=779
+  _globals['_LISTRUNSRESPONSE']._serialized_start=781
+  _globals['_LISTRUNSRESPONSE']._serialized_end=855
+  _globals['_CANCELRUNREQUEST']._serialized_start=857
+  _globals['_CANCELRUNREQUEST']._serialized_end=891
+  _globals['_CANCELRUNRESPONSE']._serialized_start=893
+  _globals['_CANCELRUNRESPONSE']._serialized_end=951
+  _globals['_WATCHRUNREQUEST']._serialized_start=953
+  _globals['_WATCHRUNREQUEST']._serialized_end=1010
+  _globals['_WATCHRUNRESPONSE']._serialized_start=1012
+  _globals['_WATCHRUNRESPONSE']._serialized_end=1067
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=1070
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=1525
 # @@protoc_insertion_point(module_scope)

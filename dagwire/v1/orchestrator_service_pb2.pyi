@@ -44,10 +44,17 @@ class StartRunRequest(google.protobuf.message.Message):
     SPEC_FIELD_NUMBER: builtins.int
     USER_VARS_FIELD_NUMBER: builtins.int
     REQUEST_ID_FIELD_NUMBER: builtins.int
+    NAMESPACE_FIELD_NUMBER: builtins.int
     spec: builtins.str
     """The workflow spec v1 as YAML or JSON text (JSON is valid YAML)."""
     request_id: builtins.str
-    """Client-chosen idempotency key (AIP-155), a UUID is recommended; empty means none."""
+    """Client-chosen idempotency key (AIP-155), a UUID is recommended; empty means none. It is
+    scoped by namespace: two namespaces may use the same request_id.
+    """
+    namespace: builtins.str
+    """The namespace of the run; empty means the caller's first namespace ("default" when auth
+    is off). A namespace the caller may not use is PERMISSION_DENIED.
+    """
     @property
     def user_vars(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
         """Values for `${user.NAME}` placeholders; they win over the spec's own `vars`."""
@@ -58,8 +65,9 @@ class StartRunRequest(google.protobuf.message.Message):
         spec: builtins.str = ...,
         user_vars: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         request_id: builtins.str = ...,
+        namespace: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["request_id", b"request_id", "spec", b"spec", "user_vars", b"user_vars"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["namespace", b"namespace", "request_id", b"request_id", "spec", b"spec", "user_vars", b"user_vars"]) -> None: ...
 
 Global___StartRunRequest: typing_extensions.TypeAlias = StartRunRequest
 
@@ -110,10 +118,13 @@ class RunWorkflowRequest(google.protobuf.message.Message):
     SPEC_FIELD_NUMBER: builtins.int
     USER_VARS_FIELD_NUMBER: builtins.int
     REQUEST_ID_FIELD_NUMBER: builtins.int
+    NAMESPACE_FIELD_NUMBER: builtins.int
     spec: builtins.str
     """The workflow spec v1 as YAML or JSON text (JSON is valid YAML)."""
     request_id: builtins.str
     """Client-chosen idempotency key (AIP-155); a retried call waits for the same run."""
+    namespace: builtins.str
+    """The namespace of the run, as in StartRunRequest."""
     @property
     def user_vars(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
         """Values for `${user.NAME}` placeholders; they win over the spec's own `vars`."""
@@ -124,8 +135,9 @@ class RunWorkflowRequest(google.protobuf.message.Message):
         spec: builtins.str = ...,
         user_vars: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         request_id: builtins.str = ...,
+        namespace: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["request_id", b"request_id", "spec", b"spec", "user_vars", b"user_vars"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["namespace", b"namespace", "request_id", b"request_id", "spec", b"spec", "user_vars", b"user_vars"]) -> None: ...
 
 Global___RunWorkflowRequest: typing_extensions.TypeAlias = RunWorkflowRequest
 
@@ -198,6 +210,8 @@ class ListRunsRequest(google.protobuf.message.Message):
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
     STATUS_FIELD_NUMBER: builtins.int
+    NAMESPACE_FIELD_NUMBER: builtins.int
+    ALL_NAMESPACES_FIELD_NUMBER: builtins.int
     page_size: builtins.int
     """Maximum runs per page; 0 means 50, values above 1000 are treated as 1000, and a negative
     value is INVALID_ARGUMENT.
@@ -206,14 +220,22 @@ class ListRunsRequest(google.protobuf.message.Message):
     """next_page_token from the previous response; empty for the first page."""
     status: dagwire.v1.common_pb2.RunStatus.ValueType
     """Only runs in this state; RUN_STATUS_UNSPECIFIED means runs in any state."""
+    namespace: builtins.str
+    """Only runs of this namespace; empty means the caller's first namespace ("default" when
+    auth is off). A namespace the caller may not see is PERMISSION_DENIED.
+    """
+    all_namespaces: builtins.bool
+    """Runs of every namespace (namespace is then ignored); with auth on, admins only."""
     def __init__(
         self,
         *,
         page_size: builtins.int = ...,
         page_token: builtins.str = ...,
         status: dagwire.v1.common_pb2.RunStatus.ValueType = ...,
+        namespace: builtins.str = ...,
+        all_namespaces: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["all_namespaces", b"all_namespaces", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]) -> None: ...
 
 Global___ListRunsRequest: typing_extensions.TypeAlias = ListRunsRequest
 

@@ -600,6 +600,7 @@ class ListRunRecordsRequest(google.protobuf.message.Message):
     STATUS_FIELD_NUMBER: builtins.int
     WITHOUT_DETAILS_FIELD_NUMBER: builtins.int
     AFTER_RUN_ID_FIELD_NUMBER: builtins.int
+    NAMESPACES_FIELD_NUMBER: builtins.int
     page_size: builtins.int
     """Maximum runs per page; 0 means 50, values above 1000 are treated as 1000, and a negative
     value is INVALID_ARGUMENT.
@@ -616,6 +617,10 @@ class ListRunRecordsRequest(google.protobuf.message.Message):
     """Start after this run (the ExecutionStore `after` cursor) instead of at a page_token;
     give one or neither. NOT_FOUND when no run has this id.
     """
+    @property
+    def namespaces(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Only runs of these namespaces; empty means every namespace the caller may see."""
+
     def __init__(
         self,
         *,
@@ -624,8 +629,9 @@ class ListRunRecordsRequest(google.protobuf.message.Message):
         status: dagwire.v1.common_pb2.RunStatus.ValueType = ...,
         without_details: builtins.bool = ...,
         after_run_id: builtins.str = ...,
+        namespaces: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["after_run_id", b"after_run_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "without_details", b"without_details"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["after_run_id", b"after_run_id", "namespaces", b"namespaces", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "without_details", b"without_details"]) -> None: ...
 
 Global___ListRunRecordsRequest: typing_extensions.TypeAlias = ListRunRecordsRequest
 

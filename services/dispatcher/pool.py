@@ -23,6 +23,7 @@ from dagwire.errors import (
     DagwireError,
     NoHealthyAdapterError,
 )
+from dagwire.grants import GrantKey
 from dagwire.models import utc_now
 from dagwire.rpc.adapter_client import (
     DEFAULT_STATIC_CAPACITY,
@@ -57,6 +58,7 @@ class AdapterPool:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         probe_interval: float = 2.0,
+        grants: GrantKey | None = None,
     ) -> None:
         """Describe the pool; does no I/O.
 
@@ -64,7 +66,10 @@ class AdapterPool:
             registry: the adapter registry (shared with the registration RPCs).
             max_message_bytes: send and receive limit per message to adapters.
             probe_interval: seconds between health probes of unhealthy and static instances.
+            grants: signs each attempt's store grant (`ExecuteRequest.store_token`); default:
+                the key of ``DAGWIRE_GRANT_KEY_FILE``, none when it is unset.
         """
+        self._grants = GrantKey.from_env() if grants is None else grants
         self.registry = registry
         self._max_message_bytes = max_message_bytes
         self._probe_interval = probe_interval
@@ -172,6 +177,10 @@ class AdapterPool:
         )
         if limit is not None:
             execute.deadline.CopyFrom(datetime_to_proto(utc_now() + timedelta(seconds=limit)))
+        if self._grants is not None:
+            execute.store_token = self._grants.mint(
+                request.run_id, request.node_id, request.attempt, seconds=limit
+            )
         started = time.monotonic()
         try:
             return await self.client(instance.address).call(

@@ -10,8 +10,15 @@ from typing import Any
 
 import grpc.aio
 
-from dagwire.errors import StoreUnavailableError, WorkflowValidationError
-from dagwire.models import RunRecord, WorkflowSpec
+from dagwire.auth import check_namespace
+from dagwire.errors import (
+    NotFoundError,
+    PermissionDeniedError,
+    StoreUnavailableError,
+    WorkflowValidationError,
+)
+from dagwire.models import DEFAULT_NAMESPACE, RunRecord, WorkflowSpec
+from dagwire.rpc.auth import current_principal
 from dagwire.rpc.convert import (
     RunEventEncoder,
     run_status_from_proto,
@@ -71,14 +78,20 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         self._orchestrator = orchestrator
 
     async def StartRun(self, request: StartRunRequest, context: Context) -> StartRunResponse:
-        run_id = await self._start(request.spec, dict(request.user_vars), request.request_id)
+        namespace = _namespace_for(request.namespace)
+        run_id = await self._start(
+            request.spec, dict(request.user_vars), request.request_id, namespace
+        )
         run = await self._orchestrator.get_run(run_id)
         return StartRunResponse(run_id=run_id, trace_id=run.trace_id)
 
     async def RunWorkflow(
         self, request: RunWorkflowRequest, context: Context
     ) -> RunWorkflowResponse:
-        run_id = await self._start(request.spec, dict(request.user_vars), request.request_id)
+        namespace = _namespace_for(request.namespace)
+        run_id = await self._start(
+            request.spec, dict(request.user_vars), request.request_id, namespace
+        )
         summary = await self._orchestrator.wait_run(run_id)
         record: RunRecord | None
         try:
@@ -88,20 +101,31 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         return RunWorkflowResponse(run=run_summary_to_proto(summary, record))
 
     async def GetRun(self, request: GetRunRequest, context: Context) -> GetRunResponse:
-        run = await self._orchestrator.get_run(check_required(request.run_id, "run_id"))
+        run = await self._visible_run(check_required(request.run_id, "run_id"))
         return GetRunResponse(run=run_to_proto(run))
 
     async def ListRuns(self, request: ListRunsRequest, context: Context) -> ListRunsResponse:
         size = page_size(request.page_size)
         status = None if request.status == 0 else run_status_from_proto(request.status)
-        scope = str(status or "")
+        namespaces: tuple[str, ...] | None
+        if request.all_namespaces:
+            principal = current_principal()
+            if principal is not None and not principal.is_admin:
+                raise PermissionDeniedError(
+                    f"principal {principal.name!r} (role {principal.role_names}) may not list "
+                    "every namespace (admins only): name one with namespace"
+                )
+            namespaces = None
+        else:
+            namespaces = (_namespace_for(request.namespace),)
+        scope = str(status or "") + "/" + ",".join(namespaces or ("*",))
         after = (
             str(decode_page_token(request.page_token, "runs", scope))
             if request.page_token
             else None
         )
         runs = await self._orchestrator.execution_store.list_runs(
-            status=status, limit=size + 1, after=after, details=False
+            status=status, limit=size + 1, after=after, details=False, namespaces=namespaces
         )
         messages = [_listed(r) for r in runs[:size]]
         # one large run must not make the listing fail for everyone: a page ends early when
@@ -112,7 +136,8 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         return ListRunsResponse(runs=messages[:count], next_page_token=token)
 
     async def CancelRun(self, request: CancelRunRequest, context: Context) -> CancelRunResponse:
-        status = await self._orchestrator.cancel_run(check_required(request.run_id, "run_id"))
+        run = await self._visible_run(check_required(request.run_id, "run_id"))
+        status = await self._orchestrator.cancel_run(run.run_id)
         return CancelRunResponse(status=run_status_to_proto(status))
 
     async def WatchRun(
@@ -125,6 +150,7 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
                 f"got {request.after_sequence}",
                 field="after_sequence",
             )
+        await self._visible_run(run_id)
         # encoded from the first event, so durations of tasks started earlier are known
         encoder = RunEventEncoder()
         async for event in self._orchestrator.watch_run(run_id):
@@ -132,12 +158,47 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
             if event.sequence > request.after_sequence:
                 yield WatchRunResponse(event=message)
 
-    async def _start(self, spec: str, user_vars: dict[str, str], request_id: str) -> str:
+    async def _start(
+        self, spec: str, user_vars: dict[str, str], request_id: str, namespace: str
+    ) -> str:
         # Parsing, validating and resolving a spec is CPU work that can take a while for a
         # large one: it runs in a thread so that no request can stall the runs this
         # orchestrator drives (or make it miss a lease renewal). docs/limits.md
         prepared = await asyncio.to_thread(_prepare, spec, user_vars)
-        return await self._orchestrator.start_run(prepared, request_id=request_id or None)
+        return await self._orchestrator.start_run(
+            prepared, request_id=request_id or None, namespace=namespace
+        )
+
+    async def _visible_run(self, run_id: str) -> RunRecord:
+        """The run, when the caller may see its namespace; otherwise NOT_FOUND exactly as for
+        an unknown id, so that a run id of another namespace tells nothing (docs/security.md)."""
+        run = await self._orchestrator.get_run(run_id)
+        principal = current_principal()
+        if principal is not None and not principal.sees_namespace(run.namespace):
+            raise NotFoundError(f"run {run_id!r} not found", kind="run", id=run_id)
+        return run
+
+
+def _namespace_for(requested: str) -> str:
+    """The namespace a call acts in: the one requested, else the caller's first (``default``
+    with auth off).
+
+    Raises:
+        InvalidArgumentError: it is not a valid namespace name.
+        PermissionDeniedError: the caller may not use it.
+    """
+    principal = current_principal()
+    namespace = requested or (principal.namespaces[0] if principal else DEFAULT_NAMESPACE)
+    try:
+        check_namespace(namespace)
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc), field="namespace") from None
+    if principal is not None and not principal.sees_namespace(namespace):
+        raise PermissionDeniedError(
+            f"principal {principal.name!r} may not use namespace {namespace!r} (its "
+            f"namespaces: {', '.join(principal.namespaces)})"
+        )
+    return namespace
 
 
 def _prepare(text: str, user_vars: dict[str, str]) -> PreparedRun:

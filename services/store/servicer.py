@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
 import grpc.aio
 
-from dagwire.errors import LeaseLostError, NotFoundError
+from dagwire.auth import check_namespace
+from dagwire.errors import LeaseLostError, NotFoundError, PermissionDeniedError
 from dagwire.limits import ARTIFACT_CHUNK_BYTES
 from dagwire.models import Artifact, RegistryEntry, RunEventRecord, without_details
+from dagwire.rpc.auth import current_principal
 from dagwire.rpc.convert import (
     artifact_from_proto,
     artifact_to_proto,
@@ -96,6 +98,7 @@ from dagwire.v1.store_service_pb2 import (
     TruncateRunEventsResponse,
 )
 from dagwire.v1.store_service_pb2 import RegistryEntry as RegistryEntryMessage
+from dagwire_services.store.namespaces import NamespaceGuard
 
 __all__ = ["ArtifactStoreServicer", "ExecutionStoreServicer", "store_services"]
 
@@ -109,8 +112,24 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer):
     """`ArtifactStoreService` over any `ArtifactStore`; content streams through in chunks."""
 
-    def __init__(self, store: ArtifactStore) -> None:
+    def __init__(self, store: ArtifactStore, guard: NamespaceGuard | None = None) -> None:
         self._store = store
+        self._guard = guard
+
+    async def _stat_visible(self, artifact_id: str) -> Artifact:
+        """The artifact's metadata; NOT_FOUND, as for an unknown id, when its run is in a
+        namespace the caller may not see."""
+        meta = await self._store.stat(artifact_id)
+        principal = current_principal()
+        grant = principal.grant if principal is not None else None
+        hidden = grant is not None and meta.run_id != grant.run_id
+        if not hidden and self._guard is not None:
+            hidden = not await self._guard.sees_run(meta.run_id or "")
+        if hidden:
+            raise NotFoundError(
+                f"artifact {artifact_id!r} not found", kind="artifact", id=artifact_id
+            )
+        return meta
 
     async def PutArtifact(
         self, request_iterator: AsyncIterable[PutArtifactRequest], context: Context
@@ -123,6 +142,7 @@ class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer)
                 field="header",
             )
         header = first.header
+        _check_grant_for_upload(header)
         artifact = artifact_from_proto(
             common_pb2.Artifact(
                 name=check_artifact_fields(header.name, header.metadata, "header."),
@@ -144,7 +164,7 @@ class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer)
         self, request: GetArtifactRequest, context: Context
     ) -> AsyncIterator[GetArtifactResponse]:
         artifact_id = check_required(request.artifact_id, "artifact_id")
-        meta = await self._store.stat(artifact_id)
+        meta = await self._stat_visible(artifact_id)
         yield GetArtifactResponse(artifact=artifact_to_proto(meta, with_content=False))
         chunks = self._store.open(artifact_id)
         try:
@@ -163,7 +183,7 @@ class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer)
     async def StatArtifact(
         self, request: StatArtifactRequest, context: Context
     ) -> StatArtifactResponse:
-        meta = await self._store.stat(check_required(request.artifact_id, "artifact_id"))
+        meta = await self._stat_visible(check_required(request.artifact_id, "artifact_id"))
         return StatArtifactResponse(artifact=artifact_to_proto(meta, with_content=False))
 
     async def ListArtifacts(
@@ -171,6 +191,8 @@ class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer)
     ) -> ListArtifactsResponse:
         run_id = check_required(request.run_id, "run_id")
         size = page_size(request.page_size)
+        if self._guard is not None and not await self._guard.sees_run(run_id):
+            return ListArtifactsResponse()  # as for a run that has no artifacts
         after: str | None = None
         if request.page_token:
             position = decode_page_token(request.page_token, "artifacts", run_id)
@@ -200,9 +222,15 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
     """`ExecutionStoreService` over any `ExecutionStore` (and the artifact store beside it,
     for `RecordOutcomes`)."""
 
-    def __init__(self, store: ExecutionStore, artifacts: ArtifactStore | None = None) -> None:
+    def __init__(
+        self,
+        store: ExecutionStore,
+        artifacts: ArtifactStore | None = None,
+        guard: NamespaceGuard | None = None,
+    ) -> None:
         self._store = store
         self._artifacts = artifacts
+        self._guard = guard or NamespaceGuard(store)
 
     async def _superseded(self, leases: Mapping[str, int]) -> set[str]:
         """The runs among `leases` (run id → the writer's lease epoch) whose writer was
@@ -318,6 +346,8 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
     ) -> ListExecutionRecordsResponse:
         run_id = check_required(request.run_id, "run_id")
         size = page_size(request.page_size)
+        if not await self._guard.sees_run(run_id):
+            return ListExecutionRecordsResponse()  # as for a run with no records
         after = _record_key_of(request.page_token, run_id) if request.page_token else None
         store = self._store
         if isinstance(store, PagedExecutionStore):  # keyset: a page costs its own size
@@ -353,7 +383,7 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
     ) -> GetRunRecordResponse:
         run_id = check_required(request.run_id, "run_id")
         run = await self._store.get_run(run_id)
-        if run is None:
+        if run is None or not await self._guard.sees_run(run_id):
             raise NotFoundError(f"run {run_id!r} not found", kind="run", id=run_id)
         return GetRunRecordResponse(run=run_to_proto(run))
 
@@ -362,7 +392,8 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
     ) -> ListRunRecordsResponse:
         size = page_size(request.page_size)
         status = None if request.status == 0 else run_status_from_proto(request.status)
-        scope = str(status or "")
+        namespaces = _listed_namespaces(request.namespaces, self._guard.scope())
+        scope = str(status or "") + "/" + ",".join(namespaces or ("*",))
         if request.page_token and request.after_run_id:
             raise InvalidArgumentError(
                 "give page_token or after_run_id, not both", field="after_run_id"
@@ -370,7 +401,9 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
         after = request.after_run_id or None
         if request.page_token:
             after = str(decode_page_token(request.page_token, "runs", scope))
-        listed = await self._store.list_runs(status=status, limit=size + 1, after=after)
+        listed = await self._store.list_runs(
+            status=status, limit=size + 1, after=after, namespaces=namespaces
+        )
         runs = [without_details(r) for r in listed] if request.without_details else listed
         messages = [run_to_proto(r) for r in runs[:size]]
         count = fit_to_budget(messages)  # a page stays under the message limit: docs/limits.md
@@ -477,6 +510,8 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
         if request.page_size < 0:
             raise InvalidArgumentError("page_size must not be negative", field="page_size")
         size = min(request.page_size or 1000, 1000)
+        if not await self._guard.sees_run(run_id):
+            return ReadRunEventsResponse()  # as for a run with no events
         events = await self._ledger().list_events(
             run_id, after=max(request.after_sequence, 0), limit=size
         )
@@ -596,6 +631,40 @@ def registry_entry_from_proto(message: RegistryEntryMessage) -> RegistryEntry:
     return RegistryEntry(kind, key, datetime_from_proto(message.expire_time), data)
 
 
+def _check_grant_for_upload(header: Any) -> None:
+    """With an attempt's store grant, an upload is an output of that attempt: its run and
+    task are the grant's (filled in when the header leaves them empty).
+
+    Raises:
+        PermissionDeniedError: the header names another run or task.
+    """
+    principal = current_principal()
+    grant = principal.grant if principal is not None else None
+    if grant is None:
+        return
+    if header.run_id in ("", grant.run_id) and header.node_id in ("", grant.node_id):
+        header.run_id, header.node_id = grant.run_id, grant.node_id
+        return
+    raise PermissionDeniedError(
+        f"the store grant of {grant.name} may store outputs of that attempt only, not of "
+        f"run {header.run_id!r} task {header.node_id!r}"
+    )
+
+
+def _listed_namespaces(
+    requested: Sequence[str], allowed: tuple[str, ...] | None
+) -> tuple[str, ...] | None:
+    """The namespaces a run listing covers: those requested (all when none), within those
+    the caller may see (None: every namespace)."""
+    for namespace in requested:
+        check_namespace(namespace, where="namespaces:")
+    if allowed is None:
+        return tuple(requested) or None
+    if not requested:
+        return allowed
+    return tuple(n for n in requested if n in allowed)
+
+
 def _decode_outputs(outputs: Any) -> list[Artifact]:
     """One outcome's outputs as artifacts (each must carry its content inline).
 
@@ -674,19 +743,20 @@ def store_services(artifacts: ArtifactStore, executions: ExecutionStore) -> list
         Services for `dagwire.rpc.serve.create_server`/`start_server`/`run_server`.
     """
     names = store_service_pb2.DESCRIPTOR.services_by_name
+    guard = NamespaceGuard(executions)
     return [
         Service(
             names["ArtifactStoreService"].full_name,
             partial(
                 store_service_pb2_grpc.add_ArtifactStoreServiceServicer_to_server,
-                ArtifactStoreServicer(artifacts),
+                ArtifactStoreServicer(artifacts, guard),
             ),
         ),
         Service(
             names["ExecutionStoreService"].full_name,
             partial(
                 store_service_pb2_grpc.add_ExecutionStoreServiceServicer_to_server,
-                ExecutionStoreServicer(executions, artifacts),
+                ExecutionStoreServicer(executions, artifacts, guard),
             ),
         ),
     ]

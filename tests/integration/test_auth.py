@@ -1,12 +1,13 @@
-"""Tokens and roles on real services on loopback (docs/security.md): with ``DAGWIRE_AUTH_FILE``
-set, the store, dispatcher, toolbox and orchestrator processes check every call's token, the
-services call each other with their own service tokens, and the CLI sends its token.
+"""Tokens, roles and namespaces on real services on loopback (docs/security.md).
 
-Each test names the rule it proves: a workflow runs end to end for a client; no token or an
-unknown one is UNAUTHENTICATED (CLI exit 4); a role that may not make a call is
+With ``DAGWIRE_AUTH_FILE`` set, the store, dispatcher, toolbox and orchestrator processes check
+every call's token, the services call each other with their own service tokens, and the CLI
+sends its token. Each test names the rule it proves: a workflow runs end to end for a client;
+no token or an unknown one is UNAUTHENTICATED (CLI exit 4); a role that may not make a call is
 PERMISSION_DENIED naming the principal and its role, and changes nothing; health stays open
 and reflection needs a token; adapters cannot take another principal's instance id or serve
-agent keys they were not given; the auth file is re-read without a restart.
+agent keys they were not given; the auth file is re-read without a restart; a client sees
+and touches only the runs of its namespaces, and another namespace's run reads as unknown.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from dagwire.auth import AuthFile, add_principal, load_principals
+from dagwire.grants import GrantKey
 from dagwire.rpc.channels import client_channel
+from dagwire.rpc.orchestrator_client import OrchestratorClient
 from dagwire.rpc.serve import start_server
 from dagwire.rpc.tls import TlsConfig
 from dagwire.v1 import (
@@ -53,6 +56,7 @@ class SecuredStack:
     """The running services, the auth file and the tokens of its principals."""
 
     auth_file: Path
+    grants: GrantKey
     tokens: dict[str, str]
     store: str
     dispatcher: str
@@ -80,27 +84,34 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredStack]:
     auth_file = tmp / "auth.yaml"
     tokens = {
         "ci": add_principal(auth_file, name="ci", roles=["client"]),
+        "team-b": add_principal(auth_file, name="team-b", roles=["client"], namespaces=["team-b"]),
+        "both": add_principal(
+            auth_file, name="both", roles=["client"], namespaces=["team-b", "default"]
+        ),
         "orchestrator": add_principal(auth_file, name="orchestrator", roles=["service"]),
         "dispatcher": add_principal(auth_file, name="dispatcher", roles=["service"]),
         "toolbox": add_principal(auth_file, name="toolbox", roles=["adapter"], agents=["*"]),
         "rogue": add_principal(auth_file, name="rogue", roles=["adapter"], agents=["echo"]),
         "ops": add_principal(auth_file, name="ops", roles=["admin"]),
     }
+    grant_key = tmp / "grant.key"
+    grant_key.write_bytes(os.urandom(48).hex().encode())
     base = {"DAGWIRE_AUTH_FILE": str(auth_file)}
+    granting = base | {"DAGWIRE_GRANT_KEY_FILE": str(grant_key)}
     store_addr, dispatcher_addr = free_address(), free_address()
     store = Proc(
         "store",
         ["dagwire_services.store", "--listen-addr", store_addr, "--data-dir", str(tmp / "d")],
         store_addr,
         tmp / "store.log",
-        env=base,  # the store calls no one: it needs no token of its own
+        env=granting,  # the store calls no one: it needs no token of its own
     )
     dispatcher = Proc(
         "dispatcher",
         ["dagwire_services.dispatcher", "--listen-addr", dispatcher_addr],
         dispatcher_addr,
         tmp / "dispatcher.log",
-        env=base | {"DAGWIRE_TOKEN": tokens["dispatcher"]},
+        env=granting | {"DAGWIRE_TOKEN": tokens["dispatcher"]},
     )
     toolbox = toolbox_proc(tmp, dispatcher_addr, store_addr)
     toolbox.env = base | {"DAGWIRE_TOKEN": tokens["toolbox"]}
@@ -120,6 +131,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredStack]:
         asyncio.run(start())
         yield SecuredStack(
             auth_file,
+            GrantKey(grant_key.read_bytes()),
             tokens,
             store_addr,
             dispatcher_addr,
@@ -434,3 +446,250 @@ async def test_under_mtls_a_certificate_named_in_tls_names_identifies_its_princi
                     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await running.stop(None)
+
+
+# ------------------------------------------------------------------ namespaces
+
+
+def _run_in(stack: SecuredStack, tmp_path: Path, token: str, *args: str) -> dict[str, object]:
+    spec = tmp_path / "hello.yaml"
+    spec.write_text(HELLO)
+    done = stack.cli("run", str(spec), "--output", "json", *args, token=token)
+    assert done.returncode == 0, done.stderr
+    summary: dict[str, object] = json.loads(done.stdout)
+    return summary
+
+
+def _listed(stack: SecuredStack, token: str, *args: str) -> list[dict[str, object]]:
+    listed = stack.cli("runs", "--output", "json", "--limit", "1000", *args, token=token)
+    assert listed.returncode == 0, listed.stderr
+    runs: list[dict[str, object]] = json.loads(listed.stdout)
+    return runs
+
+
+async def test_another_namespaces_run_reads_exactly_as_an_unknown_one(
+    secured: SecuredStack, tmp_path: Path
+) -> None:
+    theirs = _run_in(secured, tmp_path, secured.tokens["team-b"])
+    run_id = str(theirs["run_id"])
+    nodes = theirs["nodes"]
+    assert isinstance(nodes, dict)
+    artifact_id = nodes["both"]["artifacts"][0]["artifact_id"]
+    unknown_run, unknown_artifact = "0190a0b0-0000-7000-8000-000000000000", "a" * 26
+    ci = secured.tokens["ci"]
+    # the CLI: same exit status, same words, for their run and an unknown one
+    for command in (("watch",), ("cancel",)):
+        hidden = secured.cli(*command, run_id, token=ci)
+        unknown = secured.cli(*command, unknown_run, token=ci)
+        assert hidden.returncode == unknown.returncode == 2, (hidden.stderr, unknown.stderr)
+        assert hidden.stderr.replace(run_id, "ID") == unknown.stderr.replace(unknown_run, "ID")
+    hidden = secured.cli("artifacts", "get", artifact_id, token=ci)
+    unknown = secured.cli("artifacts", "get", unknown_artifact, token=ci)
+    assert hidden.returncode == unknown.returncode == 2, (hidden.stderr, unknown.stderr)
+    assert hidden.stderr.replace(artifact_id, "ID") == unknown.stderr.replace(
+        unknown_artifact, "ID"
+    )
+    # the store's reads, called directly: NOT_FOUND or nothing, as for an unknown id
+    metadata = _bearer(ci)
+    async with grpc.aio.insecure_channel(secured.store) as channel:
+        executions = store_service_pb2_grpc.ExecutionStoreServiceStub(channel)
+        artifacts = store_service_pb2_grpc.ArtifactStoreServiceStub(channel)
+        for rid in (run_id, unknown_run):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await executions.GetRunRecord(
+                    store_service_pb2.GetRunRecordRequest(run_id=rid), metadata=metadata
+                )
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            records = await executions.ListExecutionRecords(
+                store_service_pb2.ListExecutionRecordsRequest(run_id=rid), metadata=metadata
+            )
+            events = await executions.ReadRunEvents(
+                store_service_pb2.ReadRunEventsRequest(run_id=rid), metadata=metadata
+            )
+            listed = await artifacts.ListArtifacts(
+                store_service_pb2.ListArtifactsRequest(run_id=rid), metadata=metadata
+            )
+            assert (list(records.records), list(events.events), list(listed.artifacts)) == (
+                [],
+                [],
+                [],
+            )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await artifacts.StatArtifact(
+                store_service_pb2.StatArtifactRequest(artifact_id=artifact_id), metadata=metadata
+            )
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert caught.value.details() == f"artifact {artifact_id!r} not found"
+        runs = await executions.ListRunRecords(
+            store_service_pb2.ListRunRecordsRequest(page_size=1000), metadata=metadata
+        )
+        assert run_id not in {r.run_id for r in runs.runs}
+        # their own token reads it all
+        mine = await executions.GetRunRecord(
+            store_service_pb2.GetRunRecordRequest(run_id=run_id),
+            metadata=_bearer(secured.tokens["team-b"]),
+        )
+        assert mine.run.namespace == "team-b"
+    fetched = secured.cli("artifacts", "get", artifact_id, token=secured.tokens["team-b"])
+    assert fetched.returncode == 0, fetched.stderr
+
+
+def test_listings_show_only_the_callers_namespace_and_all_namespaces_is_for_admins(
+    secured: SecuredStack, tmp_path: Path
+) -> None:
+    ours = str(_run_in(secured, tmp_path, secured.tokens["ci"])["run_id"])
+    theirs = str(_run_in(secured, tmp_path, secured.tokens["team-b"])["run_id"])
+    ci_runs = {str(r["run_id"]): r["namespace"] for r in _listed(secured, secured.tokens["ci"])}
+    assert ci_runs.get(ours) == "default" and theirs not in ci_runs
+    b_runs = {str(r["run_id"]) for r in _listed(secured, secured.tokens["team-b"])}
+    assert theirs in b_runs and ours not in b_runs
+    # a principal with two namespaces: its first by default, the other by --namespace
+    both = secured.tokens["both"]
+    assert theirs in {str(r["run_id"]) for r in _listed(secured, both)}
+    assert ours in {str(r["run_id"]) for r in _listed(secured, both, "--namespace", "default")}
+    refused = secured.cli("runs", "--namespace", "team-b", token=secured.tokens["ci"])
+    assert refused.returncode == 4, refused.stderr
+    assert "may not use namespace 'team-b' (its namespaces: default)" in refused.stderr
+    refused = secured.cli("runs", "--all-namespaces", token=secured.tokens["ci"])
+    assert refused.returncode == 4 and "admins only" in refused.stderr, refused.stderr
+    every = {
+        str(r["run_id"]): r["namespace"]
+        for r in _listed(secured, secured.tokens["ops"], "--all-namespaces")
+    }
+    assert every[ours] == "default" and every[theirs] == "team-b"
+    table = secured.cli("runs", "--all-namespaces", token=secured.tokens["ops"])
+    assert any(line.startswith("team-b ") and theirs in line for line in table.stdout.splitlines())
+
+
+def test_starting_in_a_namespace_not_ones_own_is_refused_and_stores_nothing(
+    secured: SecuredStack, tmp_path: Path
+) -> None:
+    before = _listed(secured, secured.tokens["ops"], "--all-namespaces")
+    spec = tmp_path / "hello.yaml"
+    spec.write_text(HELLO)
+    refused = secured.cli("run", str(spec), "--namespace", "team-b", token=secured.tokens["ci"])
+    assert refused.returncode == 4, refused.stderr
+    assert "may not use namespace 'team-b'" in refused.stderr
+    invalid = secured.cli("run", str(spec), "--namespace", "Team_B", token=secured.tokens["ops"])
+    assert invalid.returncode == 2, invalid.stderr
+    assert "'Team_B' is not a valid namespace" in invalid.stderr
+    assert _listed(secured, secured.tokens["ops"], "--all-namespaces") == before
+
+
+async def test_one_request_id_in_two_namespaces_starts_two_runs(secured: SecuredStack) -> None:
+    run_ids = {}
+    for name, namespace in (("ci", "default"), ("team-b", "team-b")):
+        os.environ["DAGWIRE_TOKEN"] = secured.tokens[name]
+        try:
+            async with OrchestratorClient(secured.orchestrator) as client:
+                run_ids[name] = await client.start_run(HELLO, request_id="shared-request-id")
+                again = await client.start_run(HELLO, request_id="shared-request-id")
+                assert again == run_ids[name]
+                record = await client.get_run(run_ids[name])
+                assert record.namespace == namespace
+        finally:
+            del os.environ["DAGWIRE_TOKEN"]
+    assert run_ids["ci"] != run_ids["team-b"]
+
+
+# ------------------------------------------------------------------ per-attempt store grants
+
+BIG_SIZE = 1_500_000  # above the 1 MiB inline limit: uploaded and fetched by reference
+
+
+def test_an_adapter_moves_large_artifacts_with_its_attempts_grants(
+    secured: SecuredStack, tmp_path: Path
+) -> None:
+    spec = tmp_path / "big.yaml"
+    spec.write_text(
+        "name: big\n"
+        "tasks:\n"
+        f"  - {{id: big, agent: blob, params: {{size: {BIG_SIZE}, seed: 3}}}}\n"
+        "  - {id: loud, agent: upper, depends_on: [big]}\n"
+    )
+    done = secured.cli("run", str(spec), "--output", "json", token=secured.tokens["ci"])
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["status"] == "succeeded", summary
+    (big,) = summary["nodes"]["big"]["artifacts"]
+    (loud,) = summary["nodes"]["loud"]["artifacts"]
+    assert big["size"] == BIG_SIZE  # uploaded by reference with the grant of `big`
+    assert loud["size"] > BIG_SIZE // 2  # `big` fetched with the grant of `loud`, then stored
+
+
+async def _artifact_of(stack: SecuredStack, tmp_path: Path) -> tuple[str, str]:
+    summary = _run_hello(stack, tmp_path, stack.tokens["ci"])
+    nodes = summary["nodes"]
+    assert isinstance(nodes, dict)
+    return str(summary["run_id"]), str(nodes["greet"]["artifacts"][0]["artifact_id"])
+
+
+async def test_an_adapter_token_alone_reads_and_writes_nothing_in_the_store(
+    secured: SecuredStack, tmp_path: Path
+) -> None:
+    _, artifact_id = await _artifact_of(secured, tmp_path)
+    async with grpc.aio.insecure_channel(secured.store) as channel:
+        stub = store_service_pb2_grpc.ArtifactStoreServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.StatArtifact(
+                store_service_pb2.StatArtifactRequest(artifact_id=artifact_id),
+                metadata=_bearer(secured.tokens["toolbox"]),
+            )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "principal 'toolbox' (role adapter)" in (caught.value.details() or "")
+
+
+async def test_a_grant_reads_its_run_only_stores_its_attempt_only_and_expires(
+    secured: SecuredStack, tmp_path: Path
+) -> None:
+    run_a, artifact_a = await _artifact_of(secured, tmp_path)
+    _, artifact_b = await _artifact_of(secured, tmp_path)
+    grant = secured.grants.mint(run_a, "shout", 1, seconds=60)
+    async with grpc.aio.insecure_channel(secured.store) as channel:
+        stub = store_service_pb2_grpc.ArtifactStoreServiceStub(channel)
+
+        async def stat(artifact_id: str, token: str) -> grpc.aio.AioRpcError | None:
+            try:
+                await stub.StatArtifact(
+                    store_service_pb2.StatArtifactRequest(artifact_id=artifact_id),
+                    metadata=_bearer(token),
+                )
+            except grpc.aio.AioRpcError as exc:
+                return exc
+            return None
+
+        assert await stat(artifact_a, grant) is None
+        other_run = await stat(artifact_b, grant)
+        assert other_run is not None and other_run.code() == grpc.StatusCode.NOT_FOUND
+        assert other_run.details() == f"artifact {artifact_b!r} not found"
+        forged = GrantKey(b"k" * 48).mint(run_a, "shout", 1, seconds=60)
+        expired = secured.grants.mint(run_a, "shout", 1, seconds=-400)
+        for token in (forged, expired):
+            refused = await stat(artifact_a, token)
+            assert refused is not None and refused.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        async def upload(run_id: str, node_id: str) -> store_service_pb2.PutArtifactResponse:
+            header = store_service_pb2.PutArtifactRequest(
+                header=store_service_pb2.ArtifactHeader(name="out", run_id=run_id, node_id=node_id)
+            )
+            chunk = store_service_pb2.PutArtifactRequest(chunk=b"forged output")
+            reply: store_service_pb2.PutArtifactResponse = await stub.PutArtifact(
+                iter([header, chunk]), metadata=_bearer(grant)
+            )
+            return reply
+
+        stored = await upload("", "")
+        assert (stored.artifact.run_id, stored.artifact.node_id) == (run_a, "shout")
+        for run_id, node_id in ((run_a, "greet"), ("another-run", "shout")):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await upload(run_id, node_id)
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "may store outputs of that attempt only" in (caught.value.details() or "")
+    async with grpc.aio.insecure_channel(secured.store) as channel:
+        executions = store_service_pb2_grpc.ExecutionStoreServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await executions.GetRunRecord(
+                store_service_pb2.GetRunRecordRequest(run_id=run_a), metadata=_bearer(grant)
+            )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "store grant of attempt" in (caught.value.details() or "")
