@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark and print one table per group.
 
 Usage: python -m bench [GROUP ...]
-(groups: scheduler, stores, orchestration, store_service, full_stack, compare, load)
+(groups: scheduler, stores, orchestration, store_service, full_stack, compare, secure, load)
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ GROUPS = {
     "store_service": "Artifacts through the store service (subprocess) vs direct MinIO; store RSS",
     "full_stack": "Full service stack (4 processes), echo tasks: ms/task, docs/contracts.md §11",
     "compare": "Full service stack: this checkout side by side with the baseline commit",
+    "secure": "Full stack plain vs TLS + mTLS + tokens + store grants (dagwire up --secure)",
     "load": "Replicated stack on FerretDB + MinIO: concurrent runs, a 10,000-task run, peak RSS",
 }
 

@@ -45,6 +45,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.table import print_table
 from dagwire.models import Artifact, ExecutionRecord, RunStatus, TaskNode, TaskStatus, utc_now
+from dagwire.rpc.channels import client_channel
 from dagwire.rpc.dispatcher_client import RemoteDispatcher
 from dagwire.rpc.orchestrator_client import OrchestratorClient
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
@@ -142,7 +143,7 @@ class _Service:
         return self.popen.pid
 
     async def wait_serving(self, within: float = 60.0) -> None:
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with client_channel(self.address) as channel:  # TLS as the environment says
             health = health_pb2_grpc.HealthStub(channel)
             deadline = time.monotonic() + within
             while True:

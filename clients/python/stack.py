@@ -42,6 +42,7 @@ from dagwire.settings import DEFAULT_PORTS, SettingsError, StorageSettings
 from dagwire.stores.factory import build_artifact_store, describe_storage
 from dagwire.v1 import dispatcher_service_pb2 as dpb
 from dagwire.v1 import dispatcher_service_pb2_grpc as dpb_grpc
+from dagwire_cli.secure import SecureSetup
 
 __all__ = [
     "DEFAULT_PORT_BASE",
@@ -173,6 +174,9 @@ class LocalStack:
         env: extra environment for every process (on top of ``os.environ``).
         start_timeout: seconds the stack gets to become ready.
         stop_grace: seconds each process gets to stop after SIGTERM before SIGKILL.
+        secure: run every process with TLS, mTLS, tokens and grants from this
+            ``DIR/secure/`` folder (`dagwire_cli.secure`); this process's own probes then
+            dial as the environment says (`dagwire up --secure` sets it to the admin's).
     """
 
     def __init__(
@@ -185,7 +189,9 @@ class LocalStack:
         env: Mapping[str, str] | None = None,
         start_timeout: float = DEFAULT_START_TIMEOUT,
         stop_grace: float = DEFAULT_STOP_GRACE,
+        secure: SecureSetup | None = None,
     ) -> None:
+        self.secure = secure
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.host = host
         self.ports = stack_ports(port_base)
@@ -250,10 +256,15 @@ class LocalStack:
         else:
             where = f"data in {self.data_dir}"
         logs = f"logs in {self.log_dir}" if self.log_dir is not None else "logs on stderr"
+        secure = (
+            f" TLS, mTLS and tokens on: `source {self.secure.client_env_file}` first."
+            if self.secure is not None
+            else ""
+        )
         return (
             f"dagwire up: ready: orchestrator {self.orchestrator_addr}, dispatcher "
             f"{self.dispatcher_addr}, store {self.store_addr}, toolbox {self.toolbox_addr}; "
-            f"{where}; {logs}. Ctrl-C to stop."
+            f"{where}; {logs}.{secure} Ctrl-C to stop."
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -398,6 +409,7 @@ class LocalStack:
             "DAGWIRE_LISTEN_ADDR": self.address(name),
             "PYTHONUNBUFFERED": "1",
             **env,
+            **(self.secure.service_env(name) if self.secure is not None else {}),
         }
         if name != "toolbox":
             child_env.pop("DAGWIRE_ADVERTISE_ADDR", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,13 +18,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dagwire.rpc.channels import client_channel
 from dagwire.rpc.tls import explain_connect_failure
 from dagwire.settings import SettingsError, redact
+from dagwire_cli.secure import prepare_secure
 from dagwire_cli.stack import (
     DEFAULT_PORT_BASE,
+    LOOPBACK,
     PORT_OFFSETS,
     LocalStack,
     PortBusyError,
     StackError,
     StackSettingsError,
+    stack_ports,
 )
 from dagwire_cli.terminal import terminal_text
 
@@ -52,6 +56,9 @@ Examples:
 
   dagwire up --port-base 47000                # 47000, 47001, 47002 and 47009; then:
   DAGWIRE_ORCHESTRATOR_ADDR=127.0.0.1:47000 dagwire run examples/hello.yaml
+
+  dagwire up --secure                         # TLS, mTLS, tokens; then, elsewhere:
+  source .dagwire/secure/client.env && dagwire run examples/hello.yaml
 
 Exit status: 0 after a clean stop, 2 when a port is busy or a setting is invalid, 1 when a
 process failed (its name and the tail of its log are shown).
@@ -100,8 +107,30 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option("--verbose", "-v", help="Service logs on stderr instead of files."),
         ] = False,
+        secure: Annotated[
+            bool,
+            typer.Option(
+                "--secure",
+                help="TLS, mTLS and tokens on every process: a development CA, certificates "
+                "and principals in DIR/secure/ (reused), and DIR/secure/client.env to source.",
+            ),
+        ] = False,
     ) -> None:
-        stack = LocalStack(data_dir, port_base=port_base, verbose=verbose)
+        setup = None
+        if secure:
+            ports = stack_ports(port_base)
+            addresses = {
+                f"DAGWIRE_{name.upper()}_ADDR": f"{LOOPBACK}:{ports[name]}"
+                for name in ("orchestrator", "dispatcher", "store")
+            }
+            try:
+                setup = prepare_secure(data_dir.absolute(), host=LOOPBACK, addresses=addresses)
+            except (OSError, SettingsError) as exc:
+                _say(f"dagwire up: error: cannot prepare {data_dir / 'secure'}: {exc}")
+                raise typer.Exit(EXIT_INVALID) from None
+            # this process's own probes dial as the admin
+            os.environ.update(setup.client_env("admin"))
+        stack = LocalStack(data_dir, port_base=port_base, verbose=verbose, secure=setup)
         raise typer.Exit(asyncio.run(_up(stack)))
 
     @app.command("health", help=_HEALTH_HELP)
