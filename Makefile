@@ -55,7 +55,7 @@ lint: install ## ruff.
 
 typecheck: install ## mypy --strict on the core, the gRPC edge and the services.
 	$(VENV)/bin/mypy -p dagwire.graph -p dagwire.runtime -p dagwire.stores -p dagwire.models \
-		-p dagwire.spec -p dagwire.errors -p dagwire.auth -p dagwire.grants -p dagwire.limits -p dagwire.settings -p dagwire.ids -p dagwire.toolbox -p dagwire.rpc -p dagwire.sdk
+		-p dagwire.spec -p dagwire.errors -p dagwire.auth -p dagwire.grants -p dagwire.quotas -p dagwire.limits -p dagwire.settings -p dagwire.ids -p dagwire.toolbox -p dagwire.rpc -p dagwire.sdk
 	@# services/ installs as `dagwire_services` (a package-dir mapping mypy cannot follow): link it
 	@mkdir -p $(VENV)/mypy-path && ln -sfn $(CURDIR)/services $(VENV)/mypy-path/dagwire_services && ln -sfn $(CURDIR)/clients/python $(VENV)/mypy-path/dagwire_cli
 	MYPYPATH=$(VENV)/mypy-path $(VENV)/bin/mypy -p dagwire_services -p dagwire_cli

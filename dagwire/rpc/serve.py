@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from dagwire.auth import AUTH_FILE_ENV, AuthFile, token_from_env
 from dagwire.errors import DagwireError
 from dagwire.grants import GrantKey
+from dagwire.quotas import QuotaBook
 from dagwire.rpc.auth import AuthInterceptor
 from dagwire.rpc.channels import KEEPALIVE_OPTIONS, channel_options, client_channel
 from dagwire.rpc.status import StatusInterceptor
@@ -391,6 +392,7 @@ def serve_main(prog: str, main: Callable[[], Coroutine[Any, Any, None]]) -> int:
         TlsConfig.from_env().check()  # before anything waits on a peer
         AuthFile.from_env()
         GrantKey.from_env()
+        QuotaBook.from_env()
         token_from_env()
         asyncio.run(main())
     except (SettingsError, ListenError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -14,10 +15,12 @@ from dagwire.auth import check_namespace
 from dagwire.errors import (
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     StoreUnavailableError,
     WorkflowValidationError,
 )
-from dagwire.models import DEFAULT_NAMESPACE, RunRecord, WorkflowSpec
+from dagwire.models import DEFAULT_NAMESPACE, RunRecord, RunStatus, WorkflowSpec
+from dagwire.quotas import QuotaBook, Quotas
 from dagwire.rpc.auth import current_principal
 from dagwire.rpc.convert import (
     RunEventEncoder,
@@ -30,7 +33,12 @@ from dagwire.rpc.paging import decode_page_token, encode_page_token, fit_to_budg
 from dagwire.rpc.serve import Service
 from dagwire.rpc.status import InvalidArgumentError
 from dagwire.rpc.uploads import check_required
-from dagwire.runtime.orchestrator import Orchestrator, PreparedRun, prepare_run
+from dagwire.runtime.orchestrator import (
+    Orchestrator,
+    PreparedRun,
+    prepare_run,
+    run_id_for_request,
+)
 from dagwire.v1 import common_pb2, orchestrator_service_pb2, orchestrator_service_pb2_grpc
 from dagwire.v1.orchestrator_service_pb2 import (
     CancelRunRequest,
@@ -74,8 +82,9 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
     goes on, and `WatchRun` (or `RunWorkflow` with the same request_id) re-attaches to it.
     """
 
-    def __init__(self, orchestrator: Orchestrator) -> None:
+    def __init__(self, orchestrator: Orchestrator, quotas: QuotaBook | None = None) -> None:
         self._orchestrator = orchestrator
+        self._quotas = QuotaBook.from_env() if quotas is None else quotas
 
     async def StartRun(self, request: StartRunRequest, context: Context) -> StartRunResponse:
         namespace = _namespace_for(request.namespace)
@@ -161,12 +170,47 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
     async def _start(
         self, spec: str, user_vars: dict[str, str], request_id: str, namespace: str
     ) -> str:
+        quotas = self._quotas.of(namespace)
+        size = len(spec.encode("utf-8", errors="replace"))
+        if size > quotas.spec_bytes:
+            raise InvalidArgumentError(
+                f"the spec is {size} bytes, over the spec_bytes quota of {quotas.spec_bytes} "
+                f"bytes of namespace {namespace!r}",
+                field="spec",
+            )
         # Parsing, validating and resolving a spec is CPU work that can take a while for a
         # large one: it runs in a thread so that no request can stall the runs this
         # orchestrator drives (or make it miss a lease renewal). docs/limits.md
-        prepared = await asyncio.to_thread(_prepare, spec, user_vars)
+        prepared = await asyncio.to_thread(_prepare, spec, user_vars, quotas, namespace)
+        if self._quotas.path is not None:
+            await self._check_concurrent_runs(namespace, quotas, request_id)
         return await self._orchestrator.start_run(
             prepared, request_id=request_id or None, namespace=namespace
+        )
+
+    async def _check_concurrent_runs(self, namespace: str, quotas: Quotas, request_id: str) -> None:
+        """Refuse a new run while the namespace has `concurrent_runs` running (a repeated
+        request_id of a run that exists is its own run, never refused).
+
+        Raises:
+            ResourceExhaustedError: naming the quota, its value and the namespace.
+        """
+        limit = quotas.concurrent_runs
+        running = await self._orchestrator.execution_store.list_runs(
+            status=RunStatus.RUNNING, limit=limit, details=False, namespaces=(namespace,)
+        )
+        if len(running) < limit:
+            return
+        if request_id:
+            existing = await self._orchestrator.execution_store.get_run(
+                run_id_for_request(request_id, namespace)
+            )
+            if existing is not None:
+                return
+        raise ResourceExhaustedError(
+            f"namespace {namespace!r} has {len(running)} runs running, its concurrent_runs "
+            f"quota of {limit}: start this run when one of them has finished",
+            retry_after=5.0,
         )
 
     async def _visible_run(self, run_id: str) -> RunRecord:
@@ -201,9 +245,31 @@ def _namespace_for(requested: str) -> str:
     return namespace
 
 
-def _prepare(text: str, user_vars: dict[str, str]) -> PreparedRun:
-    """`parse_spec` then `prepare_run`: everything a StartRun does before any I/O, once."""
-    return prepare_run(parse_spec(text), user_vars)
+def _prepare(text: str, user_vars: dict[str, str], quotas: Quotas, namespace: str) -> PreparedRun:
+    """`parse_spec`, `prepare_run` and the quotas on tasks and params: everything a StartRun
+    does before any I/O, once.
+
+    Raises:
+        WorkflowValidationError: the spec is invalid.
+        InvalidArgumentError: it is over the tasks_per_run or params_bytes_per_task quota.
+    """
+    prepared = prepare_run(parse_spec(text), user_vars)
+    tasks = prepared.resolved.tasks
+    if len(tasks) > quotas.tasks_per_run:
+        raise InvalidArgumentError(
+            f"the workflow has {len(tasks)} tasks, over the tasks_per_run quota of "
+            f"{quotas.tasks_per_run} of namespace {namespace!r}",
+            field="spec.tasks",
+        )
+    for index, task in enumerate(tasks):
+        size = len(json.dumps(task.params, ensure_ascii=False).encode())
+        if size > quotas.params_bytes_per_task:
+            raise InvalidArgumentError(
+                f"task {task.id!r} has {size} bytes of params, over the params_bytes_per_task "
+                f"quota of {quotas.params_bytes_per_task} bytes of namespace {namespace!r}",
+                field=f"spec.tasks[{index}].params",
+            )
+    return prepared
 
 
 def _listed(run: RunRecord) -> common_pb2.Run:

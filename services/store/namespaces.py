@@ -48,10 +48,11 @@ class NamespaceGuard:
             return True
         if not run_id:  # an artifact stored outside any run belongs to `default`
             return DEFAULT_NAMESPACE in scope
-        namespace = await self._namespace_of(run_id)
+        namespace = await self.namespace_of(run_id)
         return namespace is not None and namespace in scope
 
-    async def _namespace_of(self, run_id: str) -> str | None:
+    async def namespace_of(self, run_id: str) -> str | None:
+        """The namespace of `run_id` (cached), or None when no run has this id."""
         cached = self._namespaces.get(run_id)
         if cached is not None:
             self._namespaces.move_to_end(run_id)

@@ -14,7 +14,14 @@ import grpc.aio
 from dagwire.auth import check_namespace
 from dagwire.errors import LeaseLostError, NotFoundError, PermissionDeniedError
 from dagwire.limits import ARTIFACT_CHUNK_BYTES
-from dagwire.models import Artifact, RegistryEntry, RunEventRecord, without_details
+from dagwire.models import (
+    DEFAULT_NAMESPACE,
+    Artifact,
+    RegistryEntry,
+    RunEventRecord,
+    without_details,
+)
+from dagwire.quotas import QuotaBook, Quotas
 from dagwire.rpc.auth import current_principal
 from dagwire.rpc.convert import (
     artifact_from_proto,
@@ -112,9 +119,41 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer):
     """`ArtifactStoreService` over any `ArtifactStore`; content streams through in chunks."""
 
-    def __init__(self, store: ArtifactStore, guard: NamespaceGuard | None = None) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        guard: NamespaceGuard | None = None,
+        quotas: QuotaBook | None = None,
+    ) -> None:
         self._store = store
         self._guard = guard
+        self._quotas = QuotaBook.from_env() if quotas is None else quotas
+
+    async def _upload_quotas(self, header: Any) -> tuple[Quotas, str]:
+        """The quotas of the namespace the upload's run belongs to (``default`` without one),
+        after checking its metadata against them.
+
+        Raises:
+            InvalidArgumentError: the metadata or the declared size is over its quota.
+        """
+        namespace = DEFAULT_NAMESPACE
+        if header.run_id and self._guard is not None:
+            namespace = await self._guard.namespace_of(header.run_id) or DEFAULT_NAMESPACE
+        quotas = self._quotas.of(namespace)
+        metadata = sum(len(k.encode()) + len(v.encode()) for k, v in header.metadata.items())
+        if metadata > quotas.metadata_bytes:
+            raise InvalidArgumentError(
+                f"header.metadata is {metadata} bytes, over the metadata_bytes quota of "
+                f"{quotas.metadata_bytes} bytes of namespace {namespace!r}",
+                field="header.metadata",
+            )
+        if header.HasField("size") and header.size > quotas.artifact_bytes:
+            raise InvalidArgumentError(
+                f"header.size is {header.size} bytes, over the artifact_bytes quota of "
+                f"{quotas.artifact_bytes} bytes of namespace {namespace!r}",
+                field="header.size",
+            )
+        return quotas, namespace
 
     async def _stat_visible(self, artifact_id: str) -> Artifact:
         """The artifact's metadata; NOT_FOUND, as for an unknown id, when its run is in a
@@ -143,6 +182,7 @@ class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer)
             )
         header = first.header
         _check_grant_for_upload(header)
+        quotas, namespace = await self._upload_quotas(header)
         artifact = artifact_from_proto(
             common_pb2.Artifact(
                 name=check_artifact_fields(header.name, header.metadata, "header."),
@@ -153,7 +193,7 @@ class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer)
             )
         )
         chunks = verified_chunks(
-            _chunks_of(requests),
+            _within_quota(_chunks_of(requests), quotas.artifact_bytes, namespace),
             sha256=check_declared_sha256(header.sha256),
             size=header.size if header.HasField("size") else None,
         )
@@ -629,6 +669,23 @@ def registry_entry_from_proto(message: RegistryEntryMessage) -> RegistryEntry:
     if not isinstance(data, dict):
         raise InvalidArgumentError("entry.data_json must be a JSON object", field="entry.data_json")
     return RegistryEntry(kind, key, datetime_from_proto(message.expire_time), data)
+
+
+async def _within_quota(
+    chunks: AsyncIterator[bytes], limit: int, namespace: str
+) -> AsyncIterator[bytes]:
+    """`chunks`, failing as soon as they exceed the artifact_bytes quota (the store then
+    discards the upload: nothing is stored)."""
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > limit:
+            raise InvalidArgumentError(
+                f"the artifact is over the artifact_bytes quota of {limit} bytes of namespace "
+                f"{namespace!r}",
+                field="chunk",
+            )
+        yield chunk
 
 
 def _check_grant_for_upload(header: Any) -> None:
