@@ -28,6 +28,21 @@ import {
   ServerCredentials,
 } from "@grpc/grpc-js";
 
+/*
+ * grpc-js passes the host dialled as the TLS server name, an IP address included, and Node
+ * then warns once (DEP0123: SNI must not be an IP) on stderr, outside the one-line output and
+ * the JSON logs. The name is still checked against the certificate's IP SANs: drop the warning.
+ */
+const emitWarning = process.emitWarning.bind(process);
+process.emitWarning = ((warning: string | Error, ...rest: unknown[]): void => {
+  const [kind, code] = rest;
+  const named = typeof kind === "object" && kind !== null ? (kind as { code?: string }).code : code;
+  if (named === "DEP0123") {
+    return;
+  }
+  (emitWarning as (...args: unknown[]) => void)(warning, ...rest);
+}) as typeof process.emitWarning;
+
 /** A TLS or token setting that cannot be used: one line naming the setting and the path. */
 export class TlsSettingsError extends Error {
   override name = "TlsSettingsError";
