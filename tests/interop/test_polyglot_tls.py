@@ -353,6 +353,26 @@ def test_a_client_trusting_another_ca_exits_3_naming_tls(
 
 
 @pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_a_plaintext_or_certificate_less_client_exits_3_with_a_tls_hint(
+    mtls_stack: MtlsStack, client: str, need: Callable[[str], None], tmp_path: Path
+) -> None:
+    need(client)
+    spec = tmp_path / "mtls.yaml"
+    spec.write_text(SPEC, encoding="utf-8")
+    no_cert = {"DAGWIRE_TLS_CLIENT_CERT": "", "DAGWIRE_TLS_CLIENT_KEY": ""}
+
+    plaintext = _client(
+        client, mtls_stack.client_env | no_cert | {"DAGWIRE_TLS_CA": ""}, "run", str(spec)
+    )
+    certless = _client(client, mtls_stack.client_env | no_cert, "run", str(spec))
+
+    assert plaintext.returncode == 3, f"{client}: {plaintext.returncode}\n{plaintext.stderr}"
+    assert "if it serves TLS, set DAGWIRE_TLS_CA to its CA" in plaintext.stderr
+    assert certless.returncode == 3, f"{client}: {certless.returncode}\n{certless.stderr}"
+    assert "client certificate (DAGWIRE_TLS_CLIENT_CERT)" in certless.stderr, certless.stderr
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
 def test_a_missing_tls_file_exits_2_naming_the_setting_and_path(
     mtls_stack: MtlsStack, client: str, need: Callable[[str], None], tmp_path: Path
 ) -> None:

@@ -326,11 +326,10 @@ func ExplainConnectFailure(message string, dialsTLS bool) string {
 		return "the server refused this client's certificate; it may require a client certificate (DAGWIRE_TLS_CLIENT_CERT) signed by its client CA"
 	case strings.Contains(lowered, "handshake"), strings.Contains(lowered, "eof"),
 		strings.Contains(lowered, "connection reset"), strings.Contains(lowered, "server preface"):
+		// Under TLS 1.3 a refused client certificate shows up after the handshake, as the
+		// server closing the connection before its HTTP/2 preface.
 		if dialsTLS {
-			if strings.Contains(lowered, "handshake") {
-				return "the server closed the connection during the TLS handshake; it may require a client certificate (DAGWIRE_TLS_CLIENT_CERT) signed by its client CA"
-			}
-			return ""
+			return "the server closed the connection during the TLS handshake; it may require a client certificate (DAGWIRE_TLS_CLIENT_CERT) signed by its client CA"
 		}
 		return "the server closed the connection; if it serves TLS, set DAGWIRE_TLS_CA to its CA"
 	}

@@ -396,7 +396,13 @@ export function explainConnectFailure(details: string, tls: boolean): string | u
       "(DAGWIRE_TLS_CLIENT_CERT) signed by its client CA"
     );
   }
-  if (/econnreset|socket hang up|connection dropped|protocol error|closed|goaway/.test(lowered)) {
+  // A connection made and then closed (grpc-js: "Failed to connect"), as a TLS server does to
+  // a plaintext client and an mTLS server to a client without a certificate it accepts.
+  if (
+    /econnreset|socket hang up|connection dropped|protocol error|closed|goaway|failed to connect/.test(
+      lowered,
+    )
+  ) {
     return tls
       ? "the server closed the connection during the TLS handshake; it may require a client certificate " +
           "(DAGWIRE_TLS_CLIENT_CERT) signed by its client CA"
