@@ -325,7 +325,8 @@ func ExplainConnectFailure(message string, dialsTLS bool) string {
 		strings.Contains(lowered, "unknown certificate authority") || strings.Contains(lowered, "unknown ca"):
 		return "the server refused this client's certificate; it may require a client certificate (DAGWIRE_TLS_CLIENT_CERT) signed by its client CA"
 	case strings.Contains(lowered, "handshake"), strings.Contains(lowered, "eof"),
-		strings.Contains(lowered, "connection reset"), strings.Contains(lowered, "server preface"):
+		strings.Contains(lowered, "connection reset"), strings.Contains(lowered, "server preface"),
+		strings.Contains(lowered, "broken pipe"):
 		// Under TLS 1.3 a refused client certificate shows up after the handshake, as the
 		// server closing the connection before its HTTP/2 preface.
 		if dialsTLS {

@@ -399,7 +399,7 @@ export function explainConnectFailure(details: string, tls: boolean): string | u
   // A connection made and then closed (grpc-js: "Failed to connect"), as a TLS server does to
   // a plaintext client and an mTLS server to a client without a certificate it accepts.
   if (
-    /econnreset|socket hang up|connection dropped|protocol error|closed|goaway|failed to connect/.test(
+    /econnreset|epipe|socket hang up|connection dropped|protocol error|closed|goaway|failed to connect/.test(
       lowered,
     )
   ) {
