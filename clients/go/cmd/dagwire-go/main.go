@@ -379,9 +379,9 @@ func rpcFailure(err error, doing, addr string, dialsTLS bool) error {
 		return fail(exitNotAllowed, "not allowed: %s", st.Message())
 	case codes.Unavailable:
 		if hint := dagwire.ExplainConnectFailure(st.Message(), dialsTLS); hint != "" {
-			return fail(exitUnreachable, "%s: cannot reach %s: %s (%s)", doing, addr, hint, st.Message())
+			return fail(exitUnreachable, "%s: cannot reach %s: %s (%s)", doing, addr, hint, innermost(st.Message()))
 		}
-		return fail(exitUnreachable, "%s: cannot reach %s (%s); is the service running?", doing, addr, st.Message())
+		return fail(exitUnreachable, "%s: cannot reach %s (%s); is the service running?", doing, addr, innermost(st.Message()))
 	case codes.InvalidArgument, codes.NotFound, codes.FailedPrecondition, codes.AlreadyExists, codes.OutOfRange:
 		return fail(exitBadInput, "%s: %s", doing, st.Message())
 	case codes.Canceled:
@@ -389,6 +389,15 @@ func rpcFailure(err error, doing, addr string, dialsTLS bool) error {
 	default:
 		return fail(exitRunFailed, "%s: %s: %s", doing, st.Code(), st.Message())
 	}
+}
+
+// innermost is the last "desc = ..." of a grpc-go message that nests retries and transport
+// errors ("max retries exhausted: ... desc = connection error: desc = \"transport: ...\"").
+func innermost(message string) string {
+	if i := strings.LastIndex(message, "desc = "); i >= 0 {
+		message = message[i+len("desc = "):]
+	}
+	return strings.Trim(message, "\" ")
 }
 
 // newUUID is a random (version 4) UUID, the StartRun request_id.
