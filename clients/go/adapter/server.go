@@ -82,6 +82,24 @@ func Serve(ctx context.Context, opts Options, settings Settings) error {
 		opts.Name = "adapter"
 	}
 	logger := newLogger(settings, opts.Name)
+	// TLS and the token come from the environment, read and checked before anything serves
+	// (docs/security.md): a bad file stops the adapter with one line naming it.
+	security, err := dagwire.TLSFromEnv()
+	if err != nil {
+		return err
+	}
+	clients, err := dagwire.ClientConfigFromEnv("", settings.MaxMessageBytes)
+	if err != nil {
+		return err
+	}
+	serverOptions := dagwire.ServerOptions(settings.MaxMessageBytes)
+	if security.ServesTLS() {
+		creds, err := security.ServerCredentials(logger)
+		if err != nil {
+			return err
+		}
+		serverOptions = append(serverOptions, grpc.Creds(creds))
+	}
 	listener, err := net.Listen("tcp", settings.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s (--listen-addr/DAGWIRE_LISTEN_ADDR): %v", settings.ListenAddr, err)
@@ -92,28 +110,52 @@ func Serve(ctx context.Context, opts Options, settings Settings) error {
 		advertised = advertise(settings.ListenAddr, bound.Port, logger)
 	}
 
-	servicer := &servicer{opts: opts, settings: settings, log: logger, conns: map[string]*grpc.ClientConn{}}
+	servicer := &servicer{opts: opts, settings: settings, clients: clients, log: logger, conns: map[string]*grpc.ClientConn{}}
 	defer servicer.close()
-	server := grpc.NewServer(dagwire.ServerOptions(settings.MaxMessageBytes)...)
+	server := grpc.NewServer(serverOptions...)
 	dagwirev1.RegisterAgentAdapterServiceServer(server, servicer)
 	healthServer := health.NewServer()
 	healthpb.RegisterHealthServer(server, healthServer)
 	healthServer.SetServingStatus(dagwirev1.AgentAdapterService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	reflection.Register(server)
 
+	// DAGWIRE_HEALTH_ADDR: the same health statuses in plaintext, and nothing else, for
+	// probes that cannot speak TLS.
+	var healthOnly *grpc.Server
+	if security.HealthAddr != "" {
+		healthListener, err := net.Listen("tcp", security.HealthAddr)
+		if err != nil {
+			listener.Close()
+			return fmt.Errorf("cannot listen on %s (DAGWIRE_HEALTH_ADDR): %v", security.HealthAddr, err)
+		}
+		healthOnly = grpc.NewServer(dagwire.ServerOptions(settings.MaxMessageBytes)...)
+		healthpb.RegisterHealthServer(healthOnly, healthServer)
+		go func() { _ = healthOnly.Serve(healthListener) }()
+		defer healthOnly.Stop()
+		logger.Info(fmt.Sprintf("health alone, in plaintext, on %s", healthListener.Addr()))
+	}
+
 	served := make(chan error, 1)
 	go func() { served <- server.Serve(listener) }()
 	keys := servicer.keys()
-	logger.Info(fmt.Sprintf("adapter serving %s on %s (advertised as %s), capacity %d",
-		strings.Join(keys, ", "), bound, advertised, opts.Capacity),
+	mode := "plaintext"
+	switch {
+	case security.ClientCA != "":
+		mode = "mTLS"
+	case security.ServesTLS():
+		mode = "TLS"
+	}
+	logger.Info(fmt.Sprintf("adapter serving %s on %s (advertised as %s, %s), capacity %d",
+		strings.Join(keys, ", "), bound, advertised, mode, opts.Capacity),
 		"dispatcher_addr", settings.DispatcherAddr, "store_addr", settings.StoreAddr,
-		"lease_seconds", settings.Lease.Seconds(), "max_message_bytes", settings.MaxMessageBytes)
+		"lease_seconds", settings.Lease.Seconds(), "max_message_bytes", settings.MaxMessageBytes,
+		"tls", mode != "plaintext", "dials_tls", clients.TLS.DialsTLS(), "token", clients.Token != "")
 
 	var reg *registration
 	regDone := make(chan struct{})
 	regCtx, stopRegistering := context.WithCancel(context.Background())
 	if settings.DispatcherAddr != "" {
-		conn, err := dagwire.Dial(settings.DispatcherAddr, settings.MaxMessageBytes)
+		conn, err := clients.Dial(settings.DispatcherAddr)
 		if err != nil {
 			server.Stop()
 			stopRegistering()
@@ -125,7 +167,7 @@ func Serve(ctx context.Context, opts Options, settings Settings) error {
 			request: &dagwirev1.RegisterAdapterRequest{
 				InstanceId: newInstanceID(), Address: advertised, Agents: keys, Capacity: int32(opts.Capacity),
 			},
-			lease: settings.Lease,
+			lease: settings.Lease, dialsTLS: clients.TLS.DialsTLS(),
 		}
 		go func() { defer close(regDone); reg.run(regCtx) }()
 	} else {
@@ -183,6 +225,7 @@ type servicer struct {
 	dagwirev1.UnimplementedAgentAdapterServiceServer
 	opts     Options
 	settings Settings
+	clients  dagwire.ClientConfig // how to dial the dispatcher and the stores
 	log      *slog.Logger
 	mu       sync.Mutex
 	conns    map[string]*grpc.ClientConn // store address -> long-lived channel
@@ -318,7 +361,7 @@ func (s *servicer) store(addr string) (*grpc.ClientConn, error) {
 	if conn, ok := s.conns[addr]; ok {
 		return conn, nil
 	}
-	conn, err := dagwire.Dial(addr, s.settings.MaxMessageBytes)
+	conn, err := s.clients.Dial(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -342,6 +385,8 @@ type registration struct {
 	addr    string
 	request *dagwirev1.RegisterAdapterRequest
 	lease   time.Duration
+	// dialsTLS: the channel uses TLS (for the hint in a failure's log line)
+	dialsTLS bool
 }
 
 const (
@@ -387,7 +432,11 @@ func (r *registration) run(ctx context.Context) {
 			registered = false
 		default:
 			if !failing {
-				r.log.Warn(fmt.Sprintf("cannot reach the dispatcher at %s: %s (retrying)", r.addr, status.Convert(err).Message()))
+				message := status.Convert(err).Message()
+				if hint := dagwire.ExplainConnectFailure(message, r.dialsTLS); hint != "" {
+					message = hint + " (" + message + ")"
+				}
+				r.log.Warn(fmt.Sprintf("cannot reach the dispatcher at %s: %s (retrying)", r.addr, message))
 			}
 			registered, failing = false, true
 			delay = jitter(backoff)

@@ -154,12 +154,62 @@ const serviceConfig = `{
 
 var staticTargets atomic.Int64
 
-// Dial opens a long-lived plaintext channel to a dagwire service at a target (CheckTarget),
-// balanced round-robin over its addresses. It connects lazily: an unreachable address shows
-// up as codes.Unavailable on the first call.
+// ClientConfig is how a process dials dagwire services: TLS and a bearer token, from the
+// environment (docs/security.md), and the message limit.
+type ClientConfig struct {
+	TLS             TLS
+	Token           string
+	MaxMessageBytes int
+}
+
+// ClientConfigFromEnv reads the DAGWIRE_TLS_* settings and the token (TokenFromEnv with
+// tokenFile, the --token-file flag of a CLI, or "") and checks every file they name now, so a
+// bad one stops the process at start-up with an error naming the setting and the path.
+func ClientConfigFromEnv(tokenFile string, maxMessageBytes int) (ClientConfig, error) {
+	settings, err := TLSFromEnv()
+	if err != nil {
+		return ClientConfig{}, err
+	}
+	if settings.DialsTLS() {
+		if _, err := settings.ClientCredentials(); err != nil {
+			return ClientConfig{}, err
+		}
+	}
+	token, err := TokenFromEnv(tokenFile)
+	if err != nil {
+		return ClientConfig{}, err
+	}
+	return ClientConfig{TLS: settings, Token: token, MaxMessageBytes: maxMessageBytes}, nil
+}
+
+// Dial opens a long-lived channel to a dagwire service at a target (CheckTarget), with the
+// settings of the environment: see ClientConfig.Dial.
 func Dial(target string, maxMessageBytes int) (*grpc.ClientConn, error) {
+	config, err := ClientConfigFromEnv("", maxMessageBytes)
+	if err != nil {
+		return nil, err
+	}
+	return config.Dial(target)
+}
+
+// Dial opens a long-lived channel to a dagwire service at a target (CheckTarget), balanced
+// round-robin over its addresses: plaintext, or TLS when the settings ask for it (the files
+// are read now), sending the bearer token on every call when there is one. It connects
+// lazily: an unreachable address shows up as codes.Unavailable on the first call.
+func (c ClientConfig) Dial(target string) (*grpc.ClientConn, error) {
+	maxMessageBytes := c.MaxMessageBytes
+	if maxMessageBytes == 0 {
+		maxMessageBytes = DefaultMaxMessageBytes
+	}
+	transport := insecure.NewCredentials()
+	if c.TLS.DialsTLS() {
+		var err error
+		if transport, err = c.TLS.ClientCredentials(); err != nil {
+			return nil, err
+		}
+	}
 	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(transport),
 		grpc.WithKeepaliveParams(clientKeepalive),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(maxMessageBytes),
@@ -167,6 +217,13 @@ func Dial(target string, maxMessageBytes int) (*grpc.ClientConn, error) {
 		),
 		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithDisableServiceConfig(), // ours, not one published in DNS TXT records
+	}
+	if c.Token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(c.Token)))
+	}
+	overridden := c.TLS.DialsTLS() && c.TLS.ServerName != "" && namedTarget(target)
+	if overridden {
+		opts = append(opts, grpc.WithAuthority(c.TLS.ServerName))
 	}
 	dialTarget := "passthrough:///" + target
 	switch {
@@ -177,6 +234,11 @@ func Dial(target string, maxMessageBytes int) (*grpc.ClientConn, error) {
 		addrs, err := ipv4Addresses(target)
 		if err != nil {
 			return nil, fmt.Errorf("cannot use target %q: %w", target, err)
+		}
+		if c.TLS.DialsTLS() && !overridden {
+			for i := range addrs { // each replica's certificate is checked against its IP
+				addrs[i].ServerName = hostOf(addrs[i].Addr)
+			}
 		}
 		scheme := fmt.Sprintf("dagwire-ipv4-%d", staticTargets.Add(1))
 		static := manual.NewBuilderWithScheme(scheme)
@@ -192,7 +254,7 @@ func Dial(target string, maxMessageBytes int) (*grpc.ClientConn, error) {
 }
 
 // ServerOptions are the options every dagwire server written in Go uses: message limits and
-// keepalives compatible with the Python services.
+// keepalives compatible with the Python services (add grpc.Creds for TLS).
 func ServerOptions(maxMessageBytes int) []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxMessageBytes),

@@ -1,8 +1,9 @@
 /** Where the services are and how channels to them are set up (`DAGWIRE_*` defaults). */
 
-import type { ChannelOptions } from "@grpc/grpc-js";
+import type { ChannelCredentials, ChannelOptions, Interceptor } from "@grpc/grpc-js";
 
 import { CliError, ExitCode } from "./errors";
+import { connection, TlsSettingsError } from "./security";
 import { serviceConfig, targetProblem } from "./targets";
 
 export const DEFAULT_ORCHESTRATOR_ADDR = "127.0.0.1:50051";
@@ -40,6 +41,32 @@ export function channelOptions(): ChannelOptions {
     "grpc.service_config": SERVICE_CONFIG,
     "grpc.service_config_disable_resolution": 1,
   };
+}
+
+/** How the client dials `target`: plaintext or TLS, with the token if there is one. */
+export interface Dial {
+  credentials: ChannelCredentials;
+  options: ChannelOptions & { interceptors?: Interceptor[] };
+  /** Whether the channel uses TLS (for the hints of failed connections). */
+  tls: boolean;
+}
+
+/**
+ * The credentials and options of a channel to `target`: TLS from `DAGWIRE_TLS_*`, the bearer
+ * token from `tokenFile` (the `--token-file` flag), else `DAGWIRE_TOKEN`, else
+ * `DAGWIRE_TOKEN_FILE` (docs/security.md). A TLS or token file that cannot be used is bad
+ * input (exit 2), its line naming the setting and the path.
+ */
+export function dial(target: string, tokenFile: string | undefined): Dial {
+  try {
+    const { credentials, options, tls } = connection(target, process.env, tokenFile);
+    return { credentials, options: { ...channelOptions(), ...options }, tls };
+  } catch (err) {
+    if (err instanceof TlsSettingsError) {
+      throw new CliError(err.message, ExitCode.BAD_INPUT);
+    }
+    throw err;
+  }
 }
 
 const SAFE_METHODS: Record<string, string[]> = {

@@ -2,6 +2,8 @@
 
 import { status as GrpcStatus, type ServiceError } from "@grpc/grpc-js";
 
+import { explainConnectFailure } from "./security";
+
 /** Exit statuses of the client command (the same for every dagwire client). */
 export const ExitCode = {
   /** The run succeeded (or the command did its job). */
@@ -10,8 +12,10 @@ export const ExitCode = {
   RUN_FAILED: 1,
   /** Bad input: arguments, spec file, spec contents, unknown id. */
   BAD_INPUT: 2,
-  /** A server could not be reached. */
+  /** A server could not be reached (or refused the TLS connection). */
   UNREACHABLE: 3,
+  /** The server refused the call's credentials: UNAUTHENTICATED or PERMISSION_DENIED. */
+  NOT_ALLOWED: 4,
   /** Interrupted (Ctrl-C) while following a run; the run goes on. */
   INTERRUPTED: 130,
 } as const;
@@ -40,20 +44,32 @@ export function isServiceError(err: unknown): err is ServiceError {
  * user's input (exit 2); anything else is reported with its status name (exit 3 for transport
  * trouble, else 2).
  */
-export function fromServiceError(err: unknown, what: string, address: string): CliError {
+export function fromServiceError(err: unknown, what: string, address: string, tls = false): CliError {
   if (!isServiceError(err)) {
     const text = err instanceof Error ? err.message : String(err);
     return new CliError(`${what} at ${address} failed: ${text}`, ExitCode.UNREACHABLE);
   }
   const detail = readable(err.details || err.message);
   switch (err.code) {
+    case GrpcStatus.UNAUTHENTICATED:
+      return new CliError(`not authenticated: ${detail}`, ExitCode.NOT_ALLOWED);
+    case GrpcStatus.PERMISSION_DENIED:
+      return new CliError(`not allowed: ${detail}`, ExitCode.NOT_ALLOWED);
     case GrpcStatus.UNAVAILABLE:
-    case GrpcStatus.DEADLINE_EXCEEDED:
+    case GrpcStatus.DEADLINE_EXCEEDED: {
+      const hint = explainConnectFailure(detail, tls);
+      if (hint !== undefined) {
+        return new CliError(
+          `cannot reach the server at ${address} (${what}): ${hint} (${detail})`,
+          ExitCode.UNREACHABLE,
+        );
+      }
       return new CliError(
         `cannot reach the server at ${address} (${what}): ${detail}; is it running? ` +
           "Set --server or DAGWIRE_ORCHESTRATOR_ADDR to its address",
         ExitCode.UNREACHABLE,
       );
+    }
     case GrpcStatus.INVALID_ARGUMENT:
     case GrpcStatus.NOT_FOUND:
     case GrpcStatus.FAILED_PRECONDITION:

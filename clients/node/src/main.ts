@@ -2,11 +2,13 @@
 /**
  * dagwire's client command in TypeScript.
  *
- *   node clients/node/dist/main.js run FILE [--var KEY=VALUE]... [--server HOST:PORT]
+ *   node clients/node/dist/main.js run FILE [--var KEY=VALUE]... [--server HOST:PORT] [--token-file PATH]
  *   node clients/node/dist/main.js blob-sha256 --size N [--seed S]
  *
- * Progress and errors go to stderr, results to stdout. Exit status: 0 success, 1 the run
- * failed or was cancelled, 2 bad input, 3 a server unreachable.
+ * TLS and the bearer token come from DAGWIRE_TLS_* and DAGWIRE_TOKEN / DAGWIRE_TOKEN_FILE
+ * (docs/security.md). Progress and errors go to stderr, results to stdout. Exit status: 0
+ * success, 1 the run failed or was cancelled, 2 bad input (a TLS or token file included), 3 a
+ * server unreachable, 4 the server refused the credentials (UNAUTHENTICATED, PERMISSION_DENIED).
  */
 
 import { parseArgs } from "node:util";
@@ -17,10 +19,12 @@ import { CliError, ExitCode } from "./errors";
 import { runCommand } from "./run";
 
 const USAGE = `usage:
-  main.js run FILE [--var KEY=VALUE]... [--server HOST:PORT]
+  main.js run FILE [--var KEY=VALUE]... [--server HOST:PORT] [--token-file PATH]
       Start the workflow in FILE (YAML or JSON), follow it (one line per event on stderr)
       and print its summary as JSON on stdout. --server defaults to
-      DAGWIRE_ORCHESTRATOR_ADDR, else 127.0.0.1:50051.
+      DAGWIRE_ORCHESTRATOR_ADDR, else 127.0.0.1:50051. The bearer token is read from
+      --token-file, else DAGWIRE_TOKEN, else the file DAGWIRE_TOKEN_FILE names.
+      TLS: DAGWIRE_TLS_CA, DAGWIRE_TLS_CLIENT_CERT/_KEY, DAGWIRE_TLS_SERVER_NAME.
   main.js blob-sha256 --size N [--seed S]
       Print the sha256 of the toolbox \`blob\` agent's content of N bytes for seed S (default 0).`;
 
@@ -47,6 +51,7 @@ async function run(args: string[]): Promise<ExitCode> {
   const { values, positionals } = parse(args, {
     var: { type: "string", multiple: true },
     server: { type: "string" },
+    "token-file": { type: "string" },
   });
   if (positionals.length !== 1) {
     throw new CliError(
@@ -69,6 +74,7 @@ async function run(args: string[]): Promise<ExitCode> {
     specPath: positionals[0] as string,
     userVars,
     server: orchestratorAddress(values.server as string | undefined),
+    tokenFile: values["token-file"] as string | undefined,
   });
 }
 

@@ -7,9 +7,9 @@ import { randomUUID } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { credentials, Metadata, status as GrpcStatus } from "@grpc/grpc-js";
+import { Metadata, status as GrpcStatus } from "@grpc/grpc-js";
 
-import { channelOptions } from "./config";
+import { dial } from "./config";
 import { CliError, ExitCode, fromServiceError, isServiceError } from "./errors";
 import { describeEvent } from "./events";
 import type { RunEvent } from "./gen/dagwire/v1/common";
@@ -30,24 +30,24 @@ export interface RunOptions {
   specPath: string;
   userVars: Record<string, string>;
   server: string;
+  /** `--token-file`: where the bearer token is (default: DAGWIRE_TOKEN, DAGWIRE_TOKEN_FILE). */
+  tokenFile?: string | undefined;
 }
 
 /** Run the workflow in `options.specPath` to its end; returns the exit status. */
 export async function runCommand(options: RunOptions): Promise<ExitCode> {
   const spec = await readSpec(options.specPath);
-  const client = new OrchestratorServiceClient(
-    options.server,
-    credentials.createInsecure(),
-    channelOptions(),
-  );
+  const channel = dial(options.server, options.tokenFile);
+  const client = new OrchestratorServiceClient(options.server, channel.credentials, channel.options);
+  const tls = channel.tls;
   const stopFollowing = new AbortController();
   const onSignal = (): void => stopFollowing.abort();
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
   try {
-    const started = await startRun(client, options, spec);
+    const started = await startRun(client, options, spec, tls);
     progress(`started run ${started.runId} (trace ${started.traceId}) on ${options.server}`);
-    const finished = await follow(client, started.runId, options.server, stopFollowing.signal);
+    const finished = await follow(client, started.runId, options.server, stopFollowing.signal, tls);
     const summary = await finalSummary(client, started.runId, finished, options.server);
     process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
     return summary.status === "succeeded" ? ExitCode.OK : ExitCode.RUN_FAILED;
@@ -71,6 +71,7 @@ function startRun(
   client: OrchestratorServiceClient,
   options: RunOptions,
   spec: string,
+  tls: boolean,
 ): Promise<StartRunResponse> {
   const request = { spec, userVars: options.userVars, requestId: randomUUID() };
   return new Promise((resolve, reject) => {
@@ -79,7 +80,7 @@ function startRun(
         reject(
           err.code === GrpcStatus.INVALID_ARGUMENT
             ? new CliError(`invalid workflow spec ${options.specPath}: ${err.details}`, ExitCode.BAD_INPUT)
-            : fromServiceError(err, "StartRun", options.server),
+            : fromServiceError(err, "StartRun", options.server, tls),
         );
       } else {
         resolve(reply);
@@ -97,6 +98,7 @@ async function follow(
   runId: string,
   server: string,
   stop: AbortSignal,
+  tls: boolean,
 ): Promise<RunEvent> {
   let after = 0;
   let failingSince: number | null = null;
@@ -139,11 +141,11 @@ async function follow(
         );
       }
       if (!isServiceError(err) || err.code !== GrpcStatus.UNAVAILABLE) {
-        throw fromServiceError(err, "WatchRun", server);
+        throw fromServiceError(err, "WatchRun", server, tls);
       }
       failingSince ??= Date.now();
       if (Date.now() - failingSince > RECONNECT_BUDGET_MS) {
-        throw fromServiceError(err, "WatchRun", server);
+        throw fromServiceError(err, "WatchRun", server, tls);
       }
       progress(`lost the event stream (${err.details}); re-attaching after event ${after}`);
     } finally {

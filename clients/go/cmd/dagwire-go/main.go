@@ -1,12 +1,15 @@
 // Command dagwire-go is dagwire's client in Go: it starts a workflow run and follows it, fetches
 // artifacts, and recomputes the digest of the toolbox's blob content.
 //
-//	dagwire-go run FILE [--var KEY=VALUE]... [--server HOST:PORT]
-//	dagwire-go get ARTIFACT_ID [-o FILE] [--store HOST:PORT]
+//	dagwire-go run FILE [--var KEY=VALUE]... [--server HOST:PORT] [--token-file PATH]
+//	dagwire-go get ARTIFACT_ID [-o FILE] [--store HOST:PORT] [--token-file PATH]
 //	dagwire-go blob-sha256 --size N [--seed S]
 //
-// Results go to stdout, progress and errors to stderr. Exit status: 0 success, 1 the run
-// failed or was cancelled, 2 bad input or an unknown id, 3 a server unreachable.
+// TLS and the bearer token come from the DAGWIRE_TLS_* and DAGWIRE_TOKEN(_FILE) variables
+// (docs/security.md). Results go to stdout, progress and errors to stderr. Exit status: 0
+// success, 1 the run failed or was cancelled, 2 bad input (a TLS or token file included) or
+// an unknown id, 3 a server unreachable (or refusing the TLS connection), 4 the server
+// refused the call's credentials (UNAUTHENTICATED or PERMISSION_DENIED).
 package main
 
 import (
@@ -26,6 +29,7 @@ import (
 
 	"github.com/dagwire/dagwire/clients/go/dagwire"
 	dagwirev1 "github.com/dagwire/dagwire/clients/go/gen/dagwire/v1"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -35,21 +39,25 @@ const (
 	exitRunFailed   = 1
 	exitBadInput    = 2
 	exitUnreachable = 3
+	exitNotAllowed  = 4
 	prog            = "dagwire-go"
 	// How long a dropped WatchRun stream is re-attached before giving up.
 	reattachFor = 30 * time.Second
 )
 
 const usage = `usage:
-  dagwire-go run FILE [--var KEY=VALUE]... [--server HOST:PORT]
+  dagwire-go run FILE [--var KEY=VALUE]... [--server HOST:PORT] [--token-file PATH]
       start the workflow in FILE (YAML or JSON), follow it (one line per event on stderr)
       and print its summary as JSON on stdout; exit 0 if it succeeded, 1 if not
-  dagwire-go get ARTIFACT_ID [-o FILE] [--store HOST:PORT]
+  dagwire-go get ARTIFACT_ID [-o FILE] [--store HOST:PORT] [--token-file PATH]
       download an artifact (to stdout, or FILE) and verify its sha256
   dagwire-go blob-sha256 --size N [--seed S]
       print the sha256 of the toolbox blob agent's content for that size and seed
 
-addresses default to DAGWIRE_ORCHESTRATOR_ADDR / DAGWIRE_STORE_ADDR, then 127.0.0.1:50051 / :50053
+addresses default to DAGWIRE_ORCHESTRATOR_ADDR / DAGWIRE_STORE_ADDR, then 127.0.0.1:50051 / :50053;
+TLS: DAGWIRE_TLS_CA, DAGWIRE_TLS_CLIENT_CERT/_KEY, DAGWIRE_TLS_SERVER_NAME; the bearer token:
+--token-file, else DAGWIRE_TOKEN, else DAGWIRE_TOKEN_FILE (docs/security.md)
+exit status: 0 ok, 1 the run failed, 2 bad input, 3 unreachable, 4 not authenticated or not allowed
 `
 
 // exitError is an error with the exit status it means.
@@ -72,11 +80,11 @@ func main() {
 	var exit *exitError
 	if errors.As(err, &exit) {
 		if exit.msg != "" {
-			fmt.Fprintf(os.Stderr, "%s: %s\n", prog, exit.msg)
+			fmt.Fprintf(os.Stderr, "%s: error: %s\n", prog, exit.msg)
 		}
 		os.Exit(exit.code)
 	}
-	fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
+	fmt.Fprintf(os.Stderr, "%s: error: %v\n", prog, err)
 	os.Exit(exitBadInput)
 }
 
@@ -143,6 +151,7 @@ func runCommand(args []string, maxBytes int) error {
 	vars := varsFlag{}
 	fs.Var(vars, "var", "KEY=VALUE for ${user.KEY}; repeatable")
 	server := fs.String("server", dagwire.Env("DAGWIRE_ORCHESTRATOR_ADDR", dagwire.DefaultOrchestratorAddr), "orchestrator address")
+	tokenFile := fs.String("token-file", "", "file holding the bearer token (default: DAGWIRE_TOKEN, else DAGWIRE_TOKEN_FILE)")
 	positional, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -157,9 +166,9 @@ func runCommand(args []string, maxBytes int) error {
 	if err != nil {
 		return fail(exitBadInput, "cannot read the workflow file: %v", err)
 	}
-	conn, err := dagwire.Dial(*server, maxBytes)
+	conn, dialsTLS, err := dial(*server, *tokenFile, maxBytes)
 	if err != nil {
-		return fail(exitBadInput, "%v", err)
+		return err
 	}
 	defer conn.Close()
 	client := dagwirev1.NewOrchestratorServiceClient(conn)
@@ -170,7 +179,7 @@ func runCommand(args []string, maxBytes int) error {
 		Spec: string(spec), UserVars: vars, RequestId: newUUID(),
 	})
 	if err != nil {
-		return rpcFailure(err, fmt.Sprintf("starting %s", filepath.Base(positional[0])), *server)
+		return rpcFailure(err, fmt.Sprintf("starting %s", filepath.Base(positional[0])), *server, dialsTLS)
 	}
 	runID := started.GetRunId()
 	fmt.Fprintf(os.Stderr, "run %s started (trace %s)\n", runID, started.GetTraceId())
@@ -178,11 +187,11 @@ func runCommand(args []string, maxBytes int) error {
 		if ctx.Err() != nil {
 			return fail(exitRunFailed, "stopped following run %s; it goes on (re-attach with `dagwire watch %s`, cancel with `dagwire cancel %s`)", runID, runID, runID)
 		}
-		return rpcFailure(err, "following run "+runID, *server)
+		return rpcFailure(err, "following run "+runID, *server, dialsTLS)
 	}
 	reply, err := client.GetRun(ctx, &dagwirev1.GetRunRequest{RunId: runID})
 	if err != nil {
-		return rpcFailure(err, "reading run "+runID, *server)
+		return rpcFailure(err, "reading run "+runID, *server, dialsTLS)
 	}
 	out := json.NewEncoder(os.Stdout)
 	out.SetEscapeHTML(false)
@@ -273,6 +282,7 @@ func getCommand(args []string, maxBytes int) error {
 	fs := flag.NewFlagSet("get", flag.ContinueOnError)
 	output := fs.String("o", "", "write the content to FILE instead of stdout")
 	store := fs.String("store", dagwire.Env("DAGWIRE_STORE_ADDR", dagwire.DefaultStoreAddr), "store address")
+	tokenFile := fs.String("token-file", "", "file holding the bearer token (default: DAGWIRE_TOKEN, else DAGWIRE_TOKEN_FILE)")
 	positional, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -283,9 +293,9 @@ func getCommand(args []string, maxBytes int) error {
 	if err := dagwire.CheckTarget("--store", *store); err != nil {
 		return fail(exitBadInput, "%v", err)
 	}
-	conn, err := dagwire.Dial(*store, maxBytes)
+	conn, dialsTLS, err := dial(*store, *tokenFile, maxBytes)
 	if err != nil {
-		return fail(exitBadInput, "%v", err)
+		return err
 	}
 	defer conn.Close()
 
@@ -305,7 +315,7 @@ func getCommand(args []string, maxBytes int) error {
 	defer stop()
 	meta, err := dagwire.DownloadArtifact(ctx, conn, positional[0], sink)
 	if err != nil {
-		return rpcFailure(err, "downloading artifact "+positional[0], *store)
+		return rpcFailure(err, "downloading artifact "+positional[0], *store, dialsTLS)
 	}
 	if file != nil {
 		if err := file.Close(); err != nil {
@@ -341,15 +351,37 @@ func blobCommand(args []string) error {
 	return nil
 }
 
+// dial opens the channel to target with the environment's TLS settings and token (or the
+// --token-file given); a bad TLS or token file is bad input (exit 2). It also says whether
+// the channel uses TLS, for the hints of rpcFailure.
+func dial(target, tokenFile string, maxBytes int) (*grpc.ClientConn, bool, error) {
+	config, err := dagwire.ClientConfigFromEnv(tokenFile, maxBytes)
+	if err != nil {
+		return nil, false, fail(exitBadInput, "%v", err)
+	}
+	conn, err := config.Dial(target)
+	if err != nil {
+		return nil, false, fail(exitBadInput, "%v", err)
+	}
+	return conn, config.TLS.DialsTLS(), nil
+}
+
 // rpcFailure maps a failed call to the CLI's exit status, with a one-line message.
-func rpcFailure(err error, doing, addr string) error {
+func rpcFailure(err error, doing, addr string, dialsTLS bool) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return fail(exitBadInput, "%s: %v", doing, err)
 	}
 	switch st.Code() {
+	case codes.Unauthenticated:
+		return fail(exitNotAllowed, "not authenticated: %s", st.Message())
+	case codes.PermissionDenied:
+		return fail(exitNotAllowed, "not allowed: %s", st.Message())
 	case codes.Unavailable:
-		return fail(exitUnreachable, "%s: cannot reach %s (%s); is the service running?", doing, addr, st.Message())
+		if hint := dagwire.ExplainConnectFailure(st.Message(), dialsTLS); hint != "" {
+			return fail(exitUnreachable, "%s: cannot reach %s: %s (%s)", doing, addr, hint, innermost(st.Message()))
+		}
+		return fail(exitUnreachable, "%s: cannot reach %s (%s); is the service running?", doing, addr, innermost(st.Message()))
 	case codes.InvalidArgument, codes.NotFound, codes.FailedPrecondition, codes.AlreadyExists, codes.OutOfRange:
 		return fail(exitBadInput, "%s: %s", doing, st.Message())
 	case codes.Canceled:
@@ -357,6 +389,15 @@ func rpcFailure(err error, doing, addr string) error {
 	default:
 		return fail(exitRunFailed, "%s: %s: %s", doing, st.Code(), st.Message())
 	}
+}
+
+// innermost is the last "desc = ..." of a grpc-go message that nests retries and transport
+// errors ("max retries exhausted: ... desc = connection error: desc = \"transport: ...\"").
+func innermost(message string) string {
+	if i := strings.LastIndex(message, "desc = "); i >= 0 {
+		message = message[i+len("desc = "):]
+	}
+	return strings.Trim(message, "\" ")
 }
 
 // newUUID is a random (version 4) UUID, the StartRun request_id.

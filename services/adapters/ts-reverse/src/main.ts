@@ -11,12 +11,28 @@
  * Settings (environment): DAGWIRE_LISTEN_ADDR (127.0.0.1:50060; port 0 picks a free one),
  * DAGWIRE_ADVERTISE_ADDR, DAGWIRE_DISPATCHER_ADDR, DAGWIRE_STORE_ADDR, DAGWIRE_LEASE_SECONDS,
  * DAGWIRE_MAX_MESSAGE_BYTES, DAGWIRE_GRACE_SECONDS, DAGWIRE_CAPACITY, DAGWIRE_LOG_FORMAT,
- * DAGWIRE_LOG_LEVEL.
+ * DAGWIRE_LOG_LEVEL; TLS and tokens as docs/security.md says: DAGWIRE_TLS_CERT/_KEY (serve TLS
+ * only), DAGWIRE_TLS_CLIENT_CA (mTLS), DAGWIRE_HEALTH_ADDR (plaintext health alone),
+ * DAGWIRE_TLS_CA, DAGWIRE_TLS_CLIENT_CERT/_KEY, DAGWIRE_TLS_SERVER_NAME (its channels to the
+ * dispatcher and the store), DAGWIRE_TOKEN or DAGWIRE_TOKEN_FILE (sent on those channels).
  */
 
 import { randomUUID } from "node:crypto";
 
 import { type ChannelOptions, Server, ServerCredentials } from "@grpc/grpc-js";
+import {
+  bearerInterceptor,
+  channelCredentials,
+  checkTlsFiles,
+  dialsTls,
+  RotatingServerCredentials,
+  servesTls,
+  tlsChannelOptions,
+  tlsFromEnv,
+  type TlsSettings,
+  TlsSettingsError,
+  tokenFromEnv,
+} from "@dagwire/node-client/security";
 import { serviceConfig } from "@dagwire/node-client/targets";
 import { HealthImplementation } from "grpc-health-check";
 
@@ -61,27 +77,47 @@ function channelOptions(settings: Settings): ChannelOptions {
   };
 }
 
-function bind(server: Server, address: string): Promise<number> {
+function bind(server: Server, address: string, creds: ServerCredentials): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.bindAsync(address, ServerCredentials.createInsecure(), (err, port) =>
-      err ? reject(err) : resolve(port),
-    );
+    server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port)));
   });
 }
 
 async function main(): Promise<number> {
   let settings: Settings;
+  let tls: TlsSettings;
+  let token: string | undefined;
+  let creds: ServerCredentials;
   try {
     settings = loadSettings();
+    // TLS and the token: read and checked before anything serves (docs/security.md).
+    tls = tlsFromEnv();
+    checkTlsFiles(tls);
+    token = tokenFromEnv();
+    creds = servesTls(tls)
+      ? new RotatingServerCredentials(
+          tls,
+          (m) => log.warning(m),
+          (m) => log.info(m),
+        )
+      : ServerCredentials.createInsecure();
   } catch (err) {
-    if (err instanceof SettingsError) {
+    if (err instanceof SettingsError || err instanceof TlsSettingsError) {
       process.stderr.write(`ts-reverse: ${err.message}\n`);
       return 2;
     }
     throw err;
   }
   const options = channelOptions(settings);
-  const stores = new Stores(settings.storeAddr, options);
+  const interceptors = token === undefined ? [] : [bearerInterceptor(token)];
+  /** A new channel to a peer: TLS files read now, the token on every call. */
+  const connect = (
+    target: string,
+  ): { credentials: ReturnType<typeof channelCredentials>; options: ChannelOptions } => ({
+    credentials: channelCredentials(tls),
+    options: { ...options, ...tlsChannelOptions(tls, target), interceptors },
+  });
+  const stores = new Stores(settings.storeAddr, connect);
   const servicer = new ReverseServicer(stores, settings.capacity);
   const health = new HealthImplementation({ "": "SERVING", [SERVICE_NAME]: "SERVING" });
   const server = new Server(serverOptions(settings));
@@ -90,7 +126,7 @@ async function main(): Promise<number> {
 
   let port: number;
   try {
-    port = await bind(server, settings.listenAddr);
+    port = await bind(server, settings.listenAddr, creds);
   } catch (err) {
     log.error(
       `cannot listen on ${settings.listenAddr}: ${(err as Error).message}; ` +
@@ -99,18 +135,38 @@ async function main(): Promise<number> {
     stores.close();
     return 1;
   }
+  // DAGWIRE_HEALTH_ADDR: the same statuses in plaintext, and nothing else, for probes.
+  let healthOnly: Server | undefined;
+  if (tls.healthAddr !== undefined) {
+    healthOnly = new Server(serverOptions(settings));
+    health.addToServer(healthOnly);
+    try {
+      const healthPort = await bind(healthOnly, tls.healthAddr, ServerCredentials.createInsecure());
+      log.info(`health alone, in plaintext, on ${tls.healthAddr.replace(/:0$/, `:${healthPort}`)}`);
+    } catch (err) {
+      log.error(`cannot listen on ${tls.healthAddr} (DAGWIRE_HEALTH_ADDR): ${(err as Error).message}`);
+      server.forceShutdown();
+      stores.close();
+      return 1;
+    }
+  }
   const address = advertisedAddress(settings, port);
+  const mode = tls.clientCa !== undefined ? "mTLS" : servesTls(tls) ? "TLS" : "plaintext";
   log.info(
     `adapter serving ${AGENT} on ${settings.listenAddr.replace(/:0$/, `:${port}`)} ` +
-      `(advertised as ${address}), capacity ${settings.capacity}; dispatcher ${settings.dispatcherAddr}, ` +
-      `store ${settings.storeAddr}, lease ${settings.leaseSeconds} s`,
+      `(advertised as ${address}, ${mode}), capacity ${settings.capacity}; dispatcher ${settings.dispatcherAddr}, ` +
+      `store ${settings.storeAddr}, lease ${settings.leaseSeconds} s` +
+      `${dialsTls(tls) ? ", dialling TLS" : ""}${token === undefined ? "" : ", sending a token"}`,
   );
 
+  const dispatcher = connect(settings.dispatcherAddr);
   const registration = new Registration(
     settings.dispatcherAddr,
     { instanceId: randomUUID(), address, agents: [AGENT], capacity: settings.capacity },
     settings.leaseSeconds,
-    options,
+    dispatcher.options,
+    dispatcher.credentials,
+    dialsTls(tls),
   );
   registration.start();
 
@@ -140,6 +196,10 @@ async function main(): Promise<number> {
       resolve();
     });
   });
+  healthOnly?.forceShutdown();
+  if (creds instanceof RotatingServerCredentials) {
+    creds.close();
+  }
   stores.close();
   log.info("stopped");
   return 0;

@@ -6,7 +6,14 @@
 
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { type ChannelOptions, credentials, Metadata, type ServiceError, status } from "@grpc/grpc-js";
+import {
+  type ChannelCredentials,
+  type ChannelOptions,
+  Metadata,
+  type ServiceError,
+  status,
+} from "@grpc/grpc-js";
+import { explainConnectFailure } from "@dagwire/node-client/security";
 
 import { DispatcherServiceClient } from "./gen/dagwire/v1/dispatcher_service";
 import type { Duration } from "./gen/google/protobuf/duration";
@@ -37,8 +44,11 @@ export class Registration {
     /** Heartbeat basis until the dispatcher states its lease (`DAGWIRE_LEASE_SECONDS`). */
     private readonly leaseSeconds: number,
     options: ChannelOptions,
+    credentials: ChannelCredentials,
+    /** Whether the channel uses TLS (for the hint of a failed connection). */
+    private readonly tls = false,
   ) {
-    this.client = new DispatcherServiceClient(dispatcherAddr, credentials.createInsecure(), options);
+    this.client = new DispatcherServiceClient(dispatcherAddr, credentials, options);
   }
 
   /** Start registering and heartbeating in the background; never throws. */
@@ -90,7 +100,11 @@ export class Registration {
           continue;
         }
         if (!failing) {
-          log.warning(`cannot reach the dispatcher at ${this.dispatcherAddr}: ${detail(err)} (retrying)`);
+          const why = detail(err);
+          const hint = explainConnectFailure(why, this.tls);
+          log.warning(
+            `cannot reach the dispatcher at ${this.dispatcherAddr}: ${hint === undefined ? why : `${hint} (${why})`} (retrying)`,
+          );
         }
         failing = true;
         this.registered = false;

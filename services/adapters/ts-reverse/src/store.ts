@@ -2,7 +2,7 @@
 
 import { createHash } from "node:crypto";
 
-import { type ChannelOptions, credentials, Metadata, status } from "@grpc/grpc-js";
+import { type ChannelCredentials, type ChannelOptions, Metadata, status } from "@grpc/grpc-js";
 
 import type { Artifact } from "./gen/dagwire/v1/common";
 import { ArtifactStoreServiceClient, type PutArtifactResponse } from "./gen/dagwire/v1/store_service";
@@ -18,7 +18,11 @@ export class Stores {
   constructor(
     /** The configured store (`DAGWIRE_STORE_ADDR`): uploads, and references without address. */
     readonly defaultAddr: string,
-    private readonly options: ChannelOptions,
+    /** The credentials and options of a new channel (TLS files are read when one is made). */
+    private readonly connect: (address: string) => {
+      credentials: ChannelCredentials;
+      options: ChannelOptions;
+    },
   ) {}
 
   /** The content of an input artifact: inline, or streamed from its store. */
@@ -88,7 +92,8 @@ export class Stores {
   private client(address: string): ArtifactStoreServiceClient {
     let client = this.clients.get(address);
     if (client === undefined) {
-      client = new ArtifactStoreServiceClient(address, credentials.createInsecure(), this.options);
+      const { credentials, options } = this.connect(address);
+      client = new ArtifactStoreServiceClient(address, credentials, options);
       this.clients.set(address, client);
     }
     return client;

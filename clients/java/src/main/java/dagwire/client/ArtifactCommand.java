@@ -28,7 +28,7 @@ final class ArtifactCommand {
   static final String USAGE =
       String.join(
           "\n",
-          "usage: artifacts get ARTIFACT_ID [-o FILE] [--store HOST:PORT]",
+          "usage: artifacts get ARTIFACT_ID [-o FILE] [--store HOST:PORT] [--token-file PATH]",
           "",
           "Download one artifact's content to FILE (default: stdout), streamed, and check it",
           "against the size and sha256 the store recorded.",
@@ -37,6 +37,8 @@ final class ArtifactCommand {
           "  --store HOST:PORT   the store (default $DAGWIRE_STORE_ADDR, else "
               + Settings.DEFAULT_STORE
               + ")",
+          "  --token-file PATH   the bearer token (default $DAGWIRE_TOKEN, else the file",
+          "                      $DAGWIRE_TOKEN_FILE names)",
           "");
 
   private static final String HINT = "--store / " + Settings.STORE_ENV;
@@ -60,7 +62,7 @@ final class ArtifactCommand {
       throw CliException.badInput("artifacts: expected `artifacts get ARTIFACT_ID [-o FILE]`");
     }
     Arguments args =
-        Arguments.parse("artifacts get", argv.subList(1, argv.size()), Set.of("-o", "--store"));
+        Arguments.parse("artifacts get", argv.subList(1, argv.size()), Set.of("-o", "--store", "--token-file"));
     if (args.help()) {
       out.print(USAGE);
       return 0;
@@ -84,7 +86,7 @@ final class ArtifactCommand {
       partial = path.resolveSibling(path.getFileName() + ".part");
     }
 
-    ManagedChannel channel = Settings.channel(address, maxMessageBytes);
+    ManagedChannel channel = settings.channel(address, maxMessageBytes, args.one("--token-file"));
     try (OutputStream sink = partial == null ? unclosable(out) : Files.newOutputStream(partial)) {
       Iterator<GetArtifactResponse> stream =
           ArtifactStoreServiceGrpc.newBlockingStub(channel)

@@ -4,8 +4,9 @@ package dagwire.client;
  * A failure the command reports as one line on stderr, with the exit status it ends with.
  *
  * <p>Exit statuses follow the dagwire command-line contract: 1 a run that failed or was
- * cancelled (or an unexpected server error), 2 bad input or an unknown id, 3 a server that
- * cannot be reached.
+ * cancelled (or an unexpected server error), 2 bad input (a TLS or token file included) or an
+ * unknown id, 3 a server that cannot be reached (or refuses the TLS connection), 4 a server that
+ * refused the call's credentials (UNAUTHENTICATED or PERMISSION_DENIED).
  */
 final class CliException extends Exception {
   private static final long serialVersionUID = 1L;
@@ -18,6 +19,9 @@ final class CliException extends Exception {
 
   /** Exit status for a server that cannot be reached. */
   static final int UNREACHABLE = 3;
+
+  /** Exit status for a call the server refused: UNAUTHENTICATED or PERMISSION_DENIED. */
+  static final int NOT_ALLOWED = 4;
 
   private final int exitCode;
 

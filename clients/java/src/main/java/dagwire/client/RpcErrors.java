@@ -32,8 +32,31 @@ final class RpcErrors {
     String reason = reason(error);
     String label = status.getCode() + (reason.isEmpty() ? "" : ", " + reason);
     switch (status.getCode()) {
+      case UNAUTHENTICATED:
+        return new CliException(CliException.NOT_ALLOWED, "not authenticated: " + description);
+      case PERMISSION_DENIED:
+        return new CliException(CliException.NOT_ALLOWED, "not allowed: " + description);
       case UNAVAILABLE:
       case DEADLINE_EXCEEDED:
+        String tls = Security.explain(status, address.tls());
+        if (tls != null) {
+          return new CliException(
+              CliException.UNREACHABLE,
+              "cannot reach the "
+                  + service
+                  + " at "
+                  + address.hostPort()
+                  + " (from "
+                  + address.source()
+                  + ") to "
+                  + operation
+                  + ": "
+                  + tls
+                  + " ("
+                  + label
+                  + (Security.reason(status).isEmpty() ? "" : ": " + Security.reason(status))
+                  + ")");
+        }
         return new CliException(
             CliException.UNREACHABLE,
             "cannot reach the "
@@ -46,7 +69,7 @@ final class RpcErrors {
                 + operation
                 + ": "
                 + label
-                + (description.isEmpty() ? "" : ": " + description)
+                + (Security.reason(status).isEmpty() ? "" : ": " + Security.reason(status))
                 + ". Is it running? Start the services with `dagwire up`, or point "
                 + hint
                 + " at them.");

@@ -43,7 +43,7 @@ final class RunCommand {
   static final String USAGE =
       String.join(
           "\n",
-          "usage: run FILE [--var KEY=VALUE]... [--server HOST:PORT]",
+          "usage: run FILE [--var KEY=VALUE]... [--server HOST:PORT] [--token-file PATH]",
           "",
           "Start the workflow in FILE (YAML or JSON; - reads stdin), follow it live (one line per",
           "event on stderr) and print its summary as JSON on stdout.",
@@ -52,9 +52,12 @@ final class RunCommand {
           "  --server HOST:PORT  the orchestrator (default $DAGWIRE_ORCHESTRATOR_ADDR, else "
               + Settings.DEFAULT_ORCHESTRATOR
               + ")",
+          "  --token-file PATH   the bearer token (default $DAGWIRE_TOKEN, else the file",
+          "                      $DAGWIRE_TOKEN_FILE names); TLS: $DAGWIRE_TLS_CA,",
+          "                      $DAGWIRE_TLS_CLIENT_CERT/_KEY, $DAGWIRE_TLS_SERVER_NAME",
           "",
           "Exit status: 0 the run succeeded, 1 it failed or was cancelled, 2 bad input,",
-          "3 the orchestrator cannot be reached.",
+          "3 the orchestrator cannot be reached, 4 it refused the credentials.",
           "");
 
   private static final Pattern VAR_NAME = Pattern.compile("[A-Za-z_][A-Za-z0-9_]*");
@@ -73,7 +76,7 @@ final class RunCommand {
   }
 
   int run(List<String> argv) throws CliException {
-    Arguments args = Arguments.parse("run", argv, Set.of("--var", "--server"));
+    Arguments args = Arguments.parse("run", argv, Set.of("--var", "--server", "--token-file"));
     if (args.help()) {
       out.print(USAGE);
       return 0;
@@ -89,7 +92,7 @@ final class RunCommand {
     int maxMessageBytes = settings.maxMessageBytes();
     String spec = readSpec(file);
 
-    ManagedChannel channel = Settings.channel(address, maxMessageBytes);
+    ManagedChannel channel = settings.channel(address, maxMessageBytes, args.one("--token-file"));
     try {
       OrchestratorServiceBlockingStub stub =
           OrchestratorServiceGrpc.newBlockingStub(channel)

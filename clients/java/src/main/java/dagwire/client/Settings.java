@@ -1,5 +1,6 @@
 package dagwire.client;
 
+import io.grpc.Grpc;
 import io.grpc.ManagedChannel;
 import io.grpc.ManagedChannelBuilder;
 import java.util.ArrayList;
@@ -30,8 +31,11 @@ final class Settings {
     this.env = env;
   }
 
-  /** One resolved address, and where it came from (for error messages). */
-  record Address(String hostPort, String source) {}
+  /**
+   * One resolved address, where it came from (for error messages), and whether the client
+   * dials it over TLS (for the hints of a refused connection).
+   */
+  record Address(String hostPort, String source, boolean tls) {}
 
   /**
    * The address of a service.
@@ -57,7 +61,7 @@ final class Settings {
     }
     value = value.strip();
     if (value.startsWith("dns:")) {
-      return new Address(checkDns(value, source), source);
+      return new Address(checkDns(value, source), source, security().dialsTls());
     }
     if (value.startsWith("ipv4:") || value.startsWith("ipv6:")) {
       throw CliException.badInput(
@@ -75,7 +79,7 @@ final class Settings {
     if (port < 1 || port > 65535) {
       throw CliException.badInput(source + ": '" + value + "': the port must be 1-65535");
     }
-    return new Address(value, source);
+    return new Address(value, source, security().dialsTls());
   }
 
   /**
@@ -145,21 +149,40 @@ final class Settings {
         MAX_MESSAGE_ENV + ": '" + raw + "' is not a positive number of bytes (default 16777216)");
   }
 
+  /** TLS and the token, from the same environment. */
+  Security security() {
+    return new Security(env);
+  }
+
   /**
-   * A plaintext channel to one service, with the message limit and keepalive pings (every 30
-   * s, as the dagwire servers accept) so a long WatchRun notices a dead connection.
+   * A channel to one service, with the message limit and keepalive pings (every 30 s, as the
+   * dagwire servers accept) so a long WatchRun notices a dead connection: plaintext, or TLS
+   * when {@code DAGWIRE_TLS_*} ask for it, sending the bearer token with every call when there
+   * is one (docs/security.md).
+   *
+   * @param tokenFile the {@code --token-file} flag, or null
+   * @throws CliException (exit 2) for a TLS or token file that cannot be used
    */
-  static ManagedChannel channel(Address address, int maxMessageBytes) {
-    return ManagedChannelBuilder.forTarget(address.hostPort())
-        .usePlaintext()
-        .defaultServiceConfig(serviceConfig())
-        .disableServiceConfigLookUp()
-        .enableRetry()
-        .maxInboundMessageSize(maxMessageBytes)
-        .keepAliveTime(30, TimeUnit.SECONDS)
-        .keepAliveTimeout(10, TimeUnit.SECONDS)
-        .userAgent("dagwire-java-client")
-        .build();
+  ManagedChannel channel(Address address, int maxMessageBytes, String tokenFile)
+      throws CliException {
+    Security security = security();
+    String token = security.token(tokenFile);
+    ManagedChannelBuilder<?> builder =
+        Grpc.newChannelBuilder(address.hostPort(), security.credentials())
+            .defaultServiceConfig(serviceConfig())
+            .disableServiceConfigLookUp()
+            .enableRetry()
+            .maxInboundMessageSize(maxMessageBytes)
+            .keepAliveTime(30, TimeUnit.SECONDS)
+            .keepAliveTimeout(10, TimeUnit.SECONDS)
+            .userAgent("dagwire-java-client");
+    if (security.dialsTls() && security.serverName() != null && address.hostPort().startsWith("dns:")) {
+      builder.overrideAuthority(security.serverName());
+    }
+    if (token != null) {
+      builder.intercept(Security.bearer(token));
+    }
+    return builder.build();
   }
 
   /** Closes a channel, waiting briefly for calls to end. */
