@@ -34,7 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from dagwire.auth import AuthFile, add_principal, load_principals
 from dagwire.toolbox import TOOLBOX_AGENTS
 
-__all__ = ["SERVICES", "SecureSetup", "prepare_secure"]
+__all__ = ["SERVICES", "SecureSetup", "issue_certificate", "prepare_secure"]
 
 SERVICES = ("store", "dispatcher", "orchestrator", "toolbox")
 """The processes of the local stack, each with its own certificate and token."""
@@ -91,7 +91,8 @@ def _make_ca(folder: Path) -> None:
     (folder / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _issue(folder: Path, common_name: str, host: str) -> None:
+def issue_certificate(folder: Path, common_name: str, host: str) -> None:
+    """Write ``NAME.pem``/``NAME.key`` signed by the CA in `folder` (for another adapter)."""
     ca_key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
@@ -221,7 +222,7 @@ def prepare_secure(data_dir: Path, *, host: str, addresses: Mapping[str, str]) -
         _make_ca(folder)
     for name in (*SERVICES, "client"):
         if not (folder / f"{name}.pem").exists() or not (folder / f"{name}.key").exists():
-            _issue(folder, name, host)
+            issue_certificate(folder, name, host)
     if not (folder / "grant.key").exists():
         _write_private(folder / "grant.key", os.urandom(48).hex().encode())
     for name in ("store", "dispatcher", "orchestrator"):

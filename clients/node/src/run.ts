@@ -73,7 +73,12 @@ function startRun(
   spec: string,
   tls: boolean,
 ): Promise<StartRunResponse> {
-  const request = { spec, userVars: options.userVars, requestId: randomUUID() };
+  const request = {
+    spec,
+    userVars: options.userVars,
+    requestId: randomUUID(),
+    namespace: process.env.DAGWIRE_NAMESPACE ?? "",
+  };
   return new Promise((resolve, reject) => {
     client.startRun(request, new Metadata(), { deadline: deadline() }, (err, reply) => {
       if (err) {

@@ -1,0 +1,240 @@
+"""The Go, TypeScript and Java clients and the Go and TypeScript adapters against Python
+services with everything on (docs/security.md): mTLS on every hop, every call's token checked
+against the auth file, store grants, as `dagwire up --secure` makes them
+(`dagwire_cli.secure`).
+
+The Go `wordcount` and TypeScript `reverse` adapters register with adapter tokens of their own
+(each may serve its one key); each client runs a workflow through them with the client's
+token, and is refused with exit status 4 for an unknown token or a role that may not run
+workflows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dagwire.auth import add_principal
+from dagwire.rpc.dispatcher_client import RemoteDispatcher
+from dagwire.rpc.tls import TLS_ENV
+from dagwire_cli.secure import SecureSetup, issue_certificate, prepare_secure
+from tests.interop.conftest import (
+    GO_CLIENT,
+    GO_WORDCOUNT_ADAPTER,
+    JAVA_CLIENT,
+    NODE_CLIENT,
+    TS_REVERSE_ADAPTER,
+)
+from tests.stack import Proc, free_address
+
+CLIENTS = {"go": GO_CLIENT, "node": NODE_CLIENT, "java": JAVA_CLIENT}
+SPEC = """\
+name: polyglot-secure
+tasks:
+  - id: greet
+    agent: echo
+    params: {text: "hello secure world"}
+  - id: count
+    agent: wordcount
+    depends_on: [greet]
+  - id: back
+    agent: reverse
+    depends_on: [greet]
+  - id: both
+    agent: concat
+    depends_on: [count, back]
+    params: {sep: " | "}
+"""
+EXPECTED = b"3 | dlrow eruces olleh"
+_CLEAR = {**dict.fromkeys(TLS_ENV, ""), "DAGWIRE_TOKEN": "", "DAGWIRE_TOKEN_FILE": ""}
+
+
+@dataclass
+class SecureStack:
+    setup: SecureSetup
+    client_env: dict[str, str]
+    tokens: dict[str, str]
+
+
+async def _registered(dispatcher: str, agents: set[str], within: float = 30.0) -> None:
+    client = RemoteDispatcher(dispatcher)
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            found = {a for info in await client.list_adapters() for a in info.agents}
+            if agents <= found:
+                return
+            assert time.monotonic() < deadline, f"registered: {sorted(found)}"
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def secure_stack(
+    tmp_path_factory: pytest.TempPathFactory, go_built: None, node_built: None
+) -> Iterator[SecureStack]:
+    tmp = tmp_path_factory.mktemp("polyglot-secure")
+    setup = prepare_secure(tmp, host="127.0.0.1", addresses={})
+    folder = setup.folder
+    tokens = {}
+    for name, agent in (("go-wordcount", "wordcount"), ("ts-reverse", "reverse")):
+        issue_certificate(folder, name, "127.0.0.1")
+        tokens[name] = add_principal(setup.auth_file, name=name, roles=["adapter"], agents=[agent])
+    tokens["client"] = setup.token_file("client").read_text().strip()
+    tokens["toolbox"] = setup.token_file("toolbox").read_text().strip()
+    procs: list[Proc] = []
+    addresses = {name: free_address() for name in ("store", "dispatcher", "orchestrator")}
+    peers = {
+        "DAGWIRE_STORE_ADDR": addresses["store"],
+        "DAGWIRE_DISPATCHER_ADDR": addresses["dispatcher"],
+    }
+
+    def start(name: str, env: dict[str, str], args: list[str], command: list[str] | None) -> None:
+        address = addresses.get(name) or free_address()
+        proc = Proc(
+            name,
+            [*args, "--listen-addr", address] if args else [],
+            address,
+            tmp / f"{name}.log",
+            {**_CLEAR, "DAGWIRE_LISTEN_ADDR": address, **env},
+            command=command,
+        )
+        procs.append(proc)
+        proc.start()
+
+    def adapter_env(name: str) -> dict[str, str]:
+        own = setup.service_env("toolbox") | {
+            "DAGWIRE_TLS_CERT": str(folder / f"{name}.pem"),
+            "DAGWIRE_TLS_KEY": str(folder / f"{name}.key"),
+            "DAGWIRE_TLS_CLIENT_CERT": str(folder / f"{name}.pem"),
+            "DAGWIRE_TLS_CLIENT_KEY": str(folder / f"{name}.key"),
+            "DAGWIRE_TOKEN": tokens[name],
+            "DAGWIRE_TOKEN_FILE": "",
+        }
+        own.pop("DAGWIRE_AUTH_FILE")  # Go and TS adapters rely on mTLS for their callers
+        return own | peers
+
+    saved = dict(os.environ)
+    os.environ.update(setup.client_env("admin"))  # this process's probes, as the admin
+    try:
+        store_args = ["dagwire_services.store", "--data-dir", str(tmp / "data")]
+        start("store", setup.service_env("store"), store_args, None)
+        start(
+            "dispatcher",
+            setup.service_env("dispatcher") | peers,
+            ["dagwire_services.dispatcher"],
+            None,
+        )
+        start(
+            "toolbox",
+            setup.service_env("toolbox") | peers,
+            ["dagwire_services.adapters.toolbox"],
+            None,
+        )
+        start("go-wordcount", adapter_env("go-wordcount"), [], GO_WORDCOUNT_ADAPTER)
+        start("ts-reverse", adapter_env("ts-reverse"), [], TS_REVERSE_ADAPTER)
+        start(
+            "orchestrator",
+            setup.service_env("orchestrator") | peers,
+            ["dagwire_services.orchestrator"],
+            None,
+        )
+
+        async def ready() -> None:
+            for proc in procs:
+                if proc.command is None:
+                    await proc.wait_serving()
+            await _registered(addresses["dispatcher"], {"echo", "wordcount", "reverse"})
+
+        try:
+            asyncio.run(ready())
+        except AssertionError:
+            raise AssertionError(
+                "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in procs)
+            ) from None
+        client_env = {
+            **saved,
+            **_CLEAR,
+            **setup.client_env("client"),
+            "DAGWIRE_ORCHESTRATOR_ADDR": addresses["orchestrator"],
+            "DAGWIRE_STORE_ADDR": addresses["store"],
+            "DAGWIRE_DISPATCHER_ADDR": addresses["dispatcher"],
+        }
+        yield SecureStack(setup, client_env, tokens)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        for proc in reversed(procs):
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def java_ready(java_built: None) -> None:
+    """The Java jar, built only when a Java case runs."""
+
+
+@pytest.fixture
+def need(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    def ensure(client: str) -> None:
+        if client == "java":
+            request.getfixturevalue("java_ready")
+
+    return ensure
+
+
+def _client(name: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLIENTS[name], *args], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_every_client_runs_a_workflow_through_go_and_ts_adapters_with_auth_on(
+    secure_stack: SecureStack, client: str, need: Callable[[str], None], tmp_path: Path
+) -> None:
+    need(client)
+    spec = tmp_path / "secure.yaml"
+    spec.write_text(SPEC, encoding="utf-8")
+    done = _client(client, secure_stack.client_env, "run", str(spec))
+    assert done.returncode == 0, f"{client} exit {done.returncode}:\n{done.stderr}"
+    summary = json.loads(done.stdout)
+    assert summary["status"] == "succeeded", summary
+    (both,) = summary["nodes"]["both"]["artifacts"]
+    assert both["sha256"] == hashlib.sha256(EXPECTED).hexdigest()
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_every_client_exits_4_for_an_unknown_token_or_a_role_that_may_not_run(
+    secure_stack: SecureStack, client: str, need: Callable[[str], None], tmp_path: Path
+) -> None:
+    need(client)
+    spec = tmp_path / "secure.yaml"
+    spec.write_text(SPEC, encoding="utf-8")
+    unknown = _client(
+        client,
+        secure_stack.client_env | {"DAGWIRE_TOKEN": "dgw_not-a-token-of-this-stack"},
+        "run",
+        str(spec),
+    )
+    assert unknown.returncode == 4, unknown.stderr
+    assert "not authenticated" in unknown.stderr and "needs a token" in unknown.stderr
+    adapter = _client(
+        client,
+        secure_stack.client_env | {"DAGWIRE_TOKEN": secure_stack.tokens["toolbox"]},
+        "run",
+        str(spec),
+    )
+    assert adapter.returncode == 4, adapter.stderr
+    assert (
+        "not allowed" in adapter.stderr and "principal 'toolbox' (role adapter)" in adapter.stderr
+    )
