@@ -392,3 +392,15 @@ async def test_a_secret_deleted_after_the_start_fails_the_attempt_without_a_valu
     assert summary.status is RunStatus.FAILED
     error = summary.nodes["b"].error or ""
     assert error.startswith("secret 'K' not found: no file K in ")
+
+
+def test_dagwire_up_passes_an_absolute_secrets_dir_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagwire_cli.stack import LocalStack
+
+    monkeypatch.chdir(tmp_path)
+    stack = LocalStack(tmp_path / "data", env={"DAGWIRE_SECRETS_DIR": "secrets"})
+
+    # the processes run in the data directory: a relative path must mean the caller's
+    assert stack._env["DAGWIRE_SECRETS_DIR"] == str(tmp_path / "secrets")
