@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 from dagwire.errors import DagwireError
 from dagwire.limits import MAX_SECRET_BYTES
@@ -195,7 +196,8 @@ class Redactor:
     """Replaces the secret values a run used in any text it stores or shows.
 
     A value of `MIN_REDACTED_CHARS` or more is replaced by ``[secret NAME]``, also as JSON and
-    Python string literals write it (an adapter that echoes its params). A text holding a
+    Python string literals write it (an adapter that echoes its params) and percent-encoded
+    (a URL in an HTTP library's error). A text holding a
     shorter value is withheld whole. Every value a run ever used is kept (values rotated
     between attempts too), so retries stay redacted.
     """
@@ -237,11 +239,15 @@ class Redactor:
 
 
 def _forms(value: str) -> list[str]:
-    """`value` as it is, inside JSON strings (both ASCII modes) and inside a Python repr."""
+    """`value` as it is, inside JSON strings (both ASCII modes), inside a Python repr, and
+    percent-encoded (a URL an HTTP library quotes in its error)."""
     forms = [
         value,
         json.dumps(value, ensure_ascii=False)[1:-1],
         json.dumps(value)[1:-1],
         repr(value)[1:-1],
+        quote(value, safe=""),
+        quote(value),
+        quote_plus(value),
     ]
     return [form for form in dict.fromkeys(forms) if form]

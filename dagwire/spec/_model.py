@@ -40,6 +40,7 @@ from dagwire.spec._placeholders import (
     placeholder_names,
     render,
     split,
+    substitute,
 )
 from dagwire.spec._values import to_plain
 from dagwire.spec._yaml import json_locator, load_json, load_yaml, yaml_scalar
@@ -294,6 +295,8 @@ class WorkflowSpec(BaseModel):
         slots: list[SecretSlot] = []
 
         def fill(path: list[str | int], text: str) -> str:
+            if "${secret." not in text:
+                return substitute(text, lookup)  # the common case, in one `re.sub`
             parts = split(text, lookup)
             if isinstance(parts, str):
                 return parts

@@ -72,7 +72,12 @@ class SecretSlot:
         return "".join(p if isinstance(p, str) else f"[secret {p.name}]" for p in self.parts)
 
     def spelled(self) -> str:
-        """The spec spelling of the string: resolving it gives these parts again."""
+        """The spec spelling of the string: resolving it gives these parts again.
+
+        Except for text ending in `$` right before a secret (possible only through a user
+        variable's value): the grammar has no spelling for it, and `$${` then reads as an
+        escape, so that secret stays literal text (never a value in the wrong place).
+        """
         return "".join(
             escape(p) if isinstance(p, str) else "${secret." + p.name + "}" for p in self.parts
         )

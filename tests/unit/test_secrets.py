@@ -9,8 +9,11 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dagwire.errors import WorkflowValidationError
 from dagwire.limits import MAX_SECRET_BYTES
@@ -23,6 +26,7 @@ from dagwire.runtime.secrets import (
     SecretResolver,
 )
 from dagwire.spec import WorkflowSpec
+from dagwire.spec._placeholders import SecretSlot, placeholder_error, split, substitute
 from dagwire.stores.local import LocalArtifactStore, SqliteExecutionStore
 
 VALUE = "s3cr3t-Token/Value"
@@ -249,6 +253,8 @@ def test_redactor_replaces_values_and_their_escaped_forms() -> None:
     assert json.dumps(value)[1:-1] not in redact(echoed)
     assert redact(repr({"password": value})) == "{'password': '[secret DB_PASSWORD]'}"
     assert redact(json.dumps(value, ensure_ascii=False)) == '"[secret DB_PASSWORD]"'
+    url = "GET https://api.example.com/v1?key=" + quote(value, safe="") + " failed: 401"
+    assert redact(url) == "GET https://api.example.com/v1?key=[secret DB_PASSWORD] failed: 401"
 
 
 def test_redactor_keeps_every_value_it_saw() -> None:
@@ -404,3 +410,21 @@ def test_dagwire_up_passes_an_absolute_secrets_dir_on(
 
     # the processes run in the data directory: a relative path must mean the caller's
     assert stack._env["DAGWIRE_SECRETS_DIR"] == str(tmp_path / "secrets")
+
+
+TEXT = st.text(alphabet=st.sampled_from("ab${}.$ user_xsecrt\n"), max_size=40)
+
+
+@given(TEXT)
+def test_split_without_secrets_is_substitute_and_with_them_rebuilds_the_text(text: str) -> None:
+    if placeholder_error(text) is not None:
+        return
+    parts = split(text, lambda name: f"<{name}>")
+    if isinstance(parts, str):
+        assert parts == substitute(text, lambda name: f"<{name}>")
+        return
+    # joined with each secret spelled again, it is the text with its user variables filled
+    slot = SecretSlot((), parts)
+    assert WorkflowSpec.from_dict(
+        {"name": "w", "tasks": [{"id": "t", "agent": "a", "params": slot.spelled()}]}
+    ).resolve().secret_slots("t") == (slot,)
