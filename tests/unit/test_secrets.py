@@ -4,6 +4,7 @@ The same through the real services is tests/integration/test_secrets.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -428,3 +429,73 @@ def test_split_without_secrets_is_substitute_and_with_them_rebuilds_the_text(tex
     assert WorkflowSpec.from_dict(
         {"name": "w", "tasks": [{"id": "t", "agent": "a", "params": slot.spelled()}]}
     ).resolve().secret_slots("t") == (slot,)
+
+
+async def test_an_adopted_run_fills_and_redacts_its_secrets_at_the_adopter(
+    tmp_path: Path, stores: tuple[LocalArtifactStore, SqliteExecutionStore]
+) -> None:
+    artifacts, executions = stores
+    root = secrets_dir(tmp_path / "secrets", {"K": "adopted-value-42"})
+    seen: list[tuple[str, int, Any]] = []
+
+    def dispatcher(slow: float) -> Dispatcher:
+        async def call(task: TaskNode, inputs: list[Artifact], trace_id: str) -> list[Artifact]:
+            seen.append((task.id, task.attempt, task.params))
+            await asyncio.sleep(slow)
+            if task.attempt == 2:
+                raise RuntimeError(f"refused {task.params}")
+            return [Artifact(name="out", content=b"ok")]
+
+        d = Dispatcher()
+        d.register_adapter("slow", FunctionAdapter(call))
+        return d
+
+    spec = {
+        "name": "adopted",
+        "tasks": [
+            {
+                "id": "t",
+                "agent": "slow",
+                "params": {"key": "${secret.K}"},
+                "retry": {"max_attempts": 3, "initial_backoff": 0},
+            }
+        ],
+    }
+    owner = Orchestrator(
+        artifacts,
+        executions,
+        dispatcher=dispatcher(60),
+        instance_id="owner",
+        lease_seconds=0.3,
+        secrets_dir=root,
+    )
+    adopter = Orchestrator(
+        artifacts,
+        executions,
+        dispatcher=dispatcher(0),
+        instance_id="adopter",
+        lease_seconds=0.3,
+        secrets_dir=root,
+    )
+    run_id = await owner.start_run(spec)
+    async with asyncio.timeout(10):
+        while not seen:
+            await asyncio.sleep(0.01)
+    for state in list(owner._active.values()):
+        owner._abandon(state)  # what a killed owner leaves: no more writes, the lease lapses
+    await owner.aclose()
+
+    await adopter.recover_orphans()
+    async with asyncio.timeout(10):
+        while (stored := await executions.get_run(run_id)) is None or stored.owner != "adopter":
+            await asyncio.sleep(0.02)
+        summary = await adopter.wait_run(run_id)
+    records = await executions.list_records(run_id)
+    await adopter.aclose()
+
+    assert summary.status is RunStatus.SUCCEEDED, summary.error
+    assert [(node, attempt) for node, attempt, _ in seen] == [("t", 1), ("t", 2), ("t", 3)]
+    assert all(params == {"key": "adopted-value-42"} for _, _, params in seen)
+    errors = {r.attempt: r.error for r in records}
+    assert errors[2] == "RuntimeError: refused {'key': '[secret K]'}"
+    assert "adopted-value-42" not in json.dumps([r.to_json() for r in records])
