@@ -1,6 +1,6 @@
 """`${secret.NAME}`: the grammar, the resolver over ``DIR/<namespace>/NAME``, redaction, and the
 in-process orchestrator (value only in the adapter's params, missing secret refused at start).
-The same through the real services is tests/integration/test_secrets.py."""
+The same through the real services is tests/integration/test_secrets_stack.py."""
 
 from __future__ import annotations
 
