@@ -17,6 +17,7 @@ __all__ = [
     "MAX_METADATA_KEY_BYTES",
     "MAX_METADATA_VALUE_BYTES",
     "MAX_PAGE_SIZE",
+    "MAX_SECRET_BYTES",
     "MAX_SPEC_BYTES",
     "MAX_SPEC_DEPTH",
     "MAX_SPEC_VALUES",
@@ -88,6 +89,8 @@ MAX_METADATA_KEY_BYTES = 1024
 """Longest metadata key (UTF-8 bytes)."""
 MAX_METADATA_VALUE_BYTES = 64 << 10
 """Longest metadata value (UTF-8 bytes)."""
+MAX_SECRET_BYTES = 64 << 10
+"""Largest secret file (`${secret.NAME}`, docs/security.md): a value meant for params."""
 MAX_METADATA_BYTES = 256 << 10
 """Most bytes of one artifact's metadata in all (keys and values, UTF-8): a stored artifact
 document stays far below MongoDB's 16 MiB, and a header far below the message limit."""

@@ -376,6 +376,12 @@ class OrchestratorSettings(CommonSettings):
         "one at each start); with a stable id, its own runs left running are resumed at once "
         "after a restart",
     )
+    secrets_dir: Path | None = Field(
+        None,
+        description="where ${secret.NAME} values are read at dispatch: one file per secret, "
+        "DIR/<namespace>/NAME, as a Kubernetes secret volume mounts them (docs/security.md); "
+        "unset: a spec that uses a secret is invalid",
+    )
     profile_file: Path | None = Field(
         None, description="write a cProfile of the event loop thread here on exit (measurement)"
     )

@@ -58,9 +58,11 @@ Start a workflow and follow it to its end.
 
 FILE is a workflow spec v1 (YAML, or JSON for a .json name). It is validated here first: a
 malformed file, a cycle, an unknown field or an unresolved ${{user.NAME}} is reported with its
-line and task, and nothing is sent. Progress goes to stderr (a live table on a terminal, one
-line per event otherwise); the summary goes to stdout: a table and the ids of the artifacts,
-or with --output json the JSON summary
+line and task, and nothing is sent. ${{secret.NAME}} values are read by the orchestrator
+(DAGWIRE_SECRETS_DIR), which refuses a spec naming a missing one (exit status 2) and never
+shows them (an error quoting one shows its name instead). Progress goes to stderr (a live
+table on a terminal, one line per event otherwise); the summary goes to stdout: a table and
+the ids of the artifacts, or with --output json the JSON summary
 {{"run_id", "status", "nodes": {{id: {{"status", "attempts", "error", "artifacts": [...]}}}}}}.
 
 Examples:

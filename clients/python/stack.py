@@ -163,7 +163,8 @@ class LocalStack:
     each, then SIGKILLs what is left. `wait()` returns when a process exits on its own.
 
     Storage is embedded under `data_dir` unless ``DAGWIRE_MONGODB_URI`` /
-    ``DAGWIRE_S3_ENDPOINT`` (and the S3 keys) are set in `env` or the environment.
+    ``DAGWIRE_S3_ENDPOINT`` (and the S3 keys) are set in `env` or the environment. Every
+    process gets that environment, ``DAGWIRE_SECRETS_DIR`` (made absolute) included.
 
     Args:
         data_dir: embedded storage directory; logs go to ``data_dir/logs/<process>.log``.
@@ -199,6 +200,9 @@ class LocalStack:
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
         self._env = {**os.environ, **(env or {})}
+        secrets = self._env.get("DAGWIRE_SECRETS_DIR")
+        if secrets:  # the processes run in data_dir: a relative path means the caller's
+            self._env["DAGWIRE_SECRETS_DIR"] = str(Path(secrets).expanduser().absolute())
         self._children: list[_Child] = []
         self._stopping = False
         self.startup_seconds: float | None = None

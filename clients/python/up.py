@@ -44,8 +44,10 @@ Start store, dispatcher, orchestrator and the toolbox adapter, each as its own p
 Every process listens on loopback on the default ports (orchestrator 50051, dispatcher
 50052, store 50053, toolbox 50060), so the other commands find them with no flags. Storage is
 embedded under --data-dir (SQLite records and artifact files) unless DAGWIRE_MONGODB_URI or
-DAGWIRE_S3_ENDPOINT (with DAGWIRE_S3_ACCESS_KEY / DAGWIRE_S3_SECRET_KEY) are set. One line on
-stderr says when everything is ready; Ctrl-C or SIGTERM stops every process.
+DAGWIRE_S3_ENDPOINT (with DAGWIRE_S3_ACCESS_KEY / DAGWIRE_S3_SECRET_KEY) are set. Every
+process gets this environment, so DAGWIRE_SECRETS_DIR gives the orchestrator its secrets
+(${secret.NAME}). One line on stderr says when everything is ready; Ctrl-C or SIGTERM stops
+every process.
 
 Examples:
 

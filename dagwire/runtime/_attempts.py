@@ -27,7 +27,7 @@ from dagwire.errors import (
 )
 from dagwire.limits import OUTCOME_INLINE_BYTES
 from dagwire.models import Artifact, ExecutionRecord, TaskNode, TaskStatus, utc_now
-from dagwire.runtime._core import OrchestratorCore
+from dagwire.runtime._core import OrchestratorCore, secrets_namespace
 from dagwire.runtime._state import (
     NodeOutcome,
     RunState,
@@ -85,7 +85,9 @@ class AttemptsMixin(OrchestratorCore):
             with_record = False
             try:
                 try:
-                    outputs = await self._call_adapter(state, task, inputs)
+                    outputs = await self._call_adapter(
+                        state, self._with_secrets(state, task), inputs
+                    )
                 except StoreUnavailableError as exc:
                     # the adapter could not reach *its* store: this attempt's failure, retried
                     # like any other; only this orchestrator's own writes (which wait out an
@@ -141,6 +143,7 @@ class AttemptsMixin(OrchestratorCore):
                 else:
                     return NodeOutcome(TaskStatus.SUCCEEDED, attempt, artifacts=stored)
 
+            error = state.redact(error)  # an adapter may echo a secret it got in its error
             await running_write.settle()
             await self._record(state, task, started_at, TaskStatus.FAILED, input_ids, error=error)
             will_retry = retryable and counted < policy.max_attempts and not state.cancel_requested
@@ -175,6 +178,22 @@ class AttemptsMixin(OrchestratorCore):
                 return NodeOutcome(
                     TaskStatus.CANCELLED, attempt, error="cancelled: the run was cancelled"
                 )
+
+    def _with_secrets(self, state: RunState, task: TaskNode) -> TaskNode:
+        """The attempt as the adapter gets it: `${secret.*}` filled with the current values.
+
+        Only the adapter sees the copy; records, events and logs use `task`.
+
+        Raises:
+            SecretError: a secret cannot be read any more (the attempt fails, and is retried).
+        """
+        slots = state.spec.secret_slots(task.id)
+        if not slots:
+            return task
+        params = self._secrets.fill(
+            task.params, slots, secrets_namespace(state.record), state.redact
+        )
+        return dataclasses.replace(task, params=params)
 
     async def _call_adapter(
         self, state: RunState, task: TaskNode, inputs: list[Artifact]

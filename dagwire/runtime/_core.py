@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -16,6 +17,7 @@ from dagwire.runtime._durability import StoreGuard
 from dagwire.runtime._state import RunState
 from dagwire.runtime.dispatcher import TaskDispatcher
 from dagwire.runtime.events import RunEvent, RunEventKind
+from dagwire.runtime.secrets import DEFAULT_NAMESPACE, SecretResolver
 from dagwire.stores.base import (
     ArtifactStore,
     ExecutionStore,
@@ -26,6 +28,15 @@ from dagwire.stores.base import (
 
 _log = logging.getLogger("dagwire.orchestrator")
 _T = TypeVar("_T")
+
+
+def secrets_namespace(record: RunRecord) -> str:
+    """The namespace whose secrets a run uses (``DAGWIRE_SECRETS_DIR/<namespace>/NAME``).
+
+    Every secrets call site of the orchestrator (the check at start, each dispatch) asks here:
+    the run's own namespace, so a run reads only its namespace's secrets.
+    """
+    return record.namespace or DEFAULT_NAMESPACE
 
 
 class OrchestratorCore:
@@ -43,8 +54,11 @@ class OrchestratorCore:
         store_retry_seconds: float,
         running_record_after: float | None,
         on_run_start: Callable[[RunRecord], None] | None,
+        secrets_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self._artifact_store = artifact_store
+        #: `${secret.NAME}` values, read at each dispatch (docs/security.md, "Secrets").
+        self._secrets = SecretResolver(secrets_dir)
         self._execution_store = execution_store
         self._ledger: RunLedger | None = (
             execution_store if isinstance(execution_store, RunLedger) else None

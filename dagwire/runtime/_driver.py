@@ -51,7 +51,7 @@ class DriverMixin(AttemptsMixin):
             if not state.abandoned:
                 raise
         except Exception as exc:  # a bug, not a user mistake: keep the run's record truthful
-            state.run_error = f"internal error in the orchestrator: {exc!r}"
+            state.run_error = state.redact(f"internal error in the orchestrator: {exc!r}")
             _log.exception("run failed: internal error", extra={"run_id": state.run_id})
             await self._stop_everything(state)
         finally:
@@ -111,7 +111,9 @@ class DriverMixin(AttemptsMixin):
                     "task crashed", exc_info=exc, extra={"run_id": state.run_id, "node_id": node_id}
                 )
                 outcome = NodeOutcome(
-                    TaskStatus.FAILED, state.attempts[node_id], error=f"internal error: {exc!r}"
+                    TaskStatus.FAILED,
+                    state.attempts[node_id],
+                    error=state.redact(f"internal error: {exc!r}"),
                 )
         else:
             outcome = task.result()

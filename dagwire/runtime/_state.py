@@ -12,6 +12,7 @@ from dagwire.graph.dag import DAG
 from dagwire.graph.scheduler import Scheduler
 from dagwire.models import Artifact, RetryPolicy, RunRecord, RunSummary, TaskStatus, WorkflowSpec
 from dagwire.runtime.events import EventLog
+from dagwire.runtime.secrets import Redactor
 
 if TYPE_CHECKING:
     from dagwire.errors import StoreUnavailableError
@@ -75,6 +76,8 @@ class RunState:
     driver: asyncio.Task[None] | None = None
     summary: RunSummary | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Redacts the secret values this run's dispatches used from every error text it keeps.
+    redact: Redactor = field(default_factory=Redactor)
 
     @property
     def run_id(self) -> str:

@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -42,7 +43,7 @@ from dagwire.models import (
     WorkflowSpec,
     utc_now,
 )
-from dagwire.runtime._core import OrchestratorCore
+from dagwire.runtime._core import OrchestratorCore, secrets_namespace
 from dagwire.runtime._leases import LeasesMixin
 from dagwire.runtime._resume import events_prefix, fold_events, replay_from_records
 from dagwire.runtime._state import (
@@ -133,6 +134,8 @@ class Orchestrator(LeasesMixin):
         on_run_start: called with the run record first thing in each run's own asyncio task;
             context variables it sets (a logging context with the run id) hold for every
             dispatch and log line of that run.
+        secrets_dir: where `${secret.NAME}` values are read, ``DIR/<namespace>/NAME``
+            (`DAGWIRE_SECRETS_DIR` for the service); None: a spec that uses one is invalid.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class Orchestrator(LeasesMixin):
         store_retry_seconds: float = 300.0,
         running_record_after: float | None = None,
         on_run_start: Callable[[RunRecord], None] | None = None,
+        secrets_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         OrchestratorCore.__init__(
             self,
@@ -157,6 +161,7 @@ class Orchestrator(LeasesMixin):
             store_retry_seconds=store_retry_seconds,
             running_record_after=running_record_after,
             on_run_start=on_run_start,
+            secrets_dir=secrets_dir,
         )
 
     @property
@@ -229,7 +234,8 @@ class Orchestrator(LeasesMixin):
         the variables it was resolved with; `user_vars` is then ignored.
 
         Raises:
-            WorkflowValidationError: the spec or its variables are invalid; nothing was recorded.
+            WorkflowValidationError: the spec or its variables are invalid, or it names a
+                secret that cannot be read (`${secret.NAME}`); nothing was recorded.
             StoreUnavailableError: the run could not be recorded.
         """
         prepared = (
@@ -262,6 +268,8 @@ class Orchestrator(LeasesMixin):
             lease_epoch=1 if ledger is not None else 0,
             namespace=namespace,
         )
+        if resolved.uses_secrets:  # reads files: off the event loop
+            await asyncio.to_thread(self._secrets.check, resolved, secrets_namespace(record))
         state = self._new_state(record, resolved, dag, prior=[])
         # active before it is saved: adoption must never see it as an orphan
         self._active[run_id] = state

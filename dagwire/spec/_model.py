@@ -31,11 +31,15 @@ from dagwire.spec._errors import (
     to_exception,
 )
 from dagwire.spec._placeholders import (
+    SecretSlot,
     escape,
+    fill_slots,
     find_strings,
     map_strings,
+    map_strings_at,
     placeholder_names,
     render,
+    split,
     substitute,
 )
 from dagwire.spec._values import to_plain
@@ -74,7 +78,9 @@ class TaskSpec(BaseModel):
     agent: str = Field(min_length=1, description="Agent key an adapter serves.")
     params: Any = Field(
         default=None,
-        description="Any JSON value handed to the agent; ${user.NAME} is substituted in strings.",
+        description="Any JSON value handed to the agent. In its strings, ${user.NAME} is "
+        "substituted from vars (or --var), ${secret.NAME} at dispatch from the orchestrator's "
+        "secrets directory (the value reaches only the adapter), and $${ is a literal ${.",
     )
     depends_on: tuple[Annotated[str, Strict()], ...] = Field(
         default=(),
@@ -97,7 +103,9 @@ class WorkflowSpec(BaseModel):
 
     A parsed spec keeps placeholders as written. `resolve()` returns a copy whose params hold
     the final text adapters receive; that copy is marked resolved (`is_resolved`), so resolving
-    it again returns it unchanged instead of reading substituted text as placeholders.
+    it again returns it unchanged instead of reading substituted text as placeholders. A string
+    holding `${secret.NAME}` is the exception: the resolved copy shows it with `[secret NAME]`
+    and keeps its parsed pieces (`secret_slots`), which the orchestrator fills at dispatch.
     """
 
     model_config = ConfigDict(
@@ -121,6 +129,7 @@ class WorkflowSpec(BaseModel):
 
     _resolved: bool = PrivateAttr(default=False)
     _index: dict[str, int] = PrivateAttr(default_factory=dict)
+    _secret_slots: dict[str, tuple[SecretSlot, ...]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -229,6 +238,23 @@ class WorkflowSpec(BaseModel):
         """True for the output of `resolve()`: params hold final text, not placeholders."""
         return self._resolved
 
+    def secret_slots(self, task_id: str) -> tuple[SecretSlot, ...]:
+        """The params strings of a task that hold `${secret.*}` (resolved specs; else `()`)."""
+        return self._secret_slots.get(task_id, ())
+
+    @property
+    def uses_secrets(self) -> bool:
+        """True for a resolved spec with a `${secret.*}` placeholder in some task's params."""
+        return bool(self._secret_slots)
+
+    def secret_uses(self) -> list[tuple[int, str, SecretSlot]]:
+        """Every (task index, task id, slot) of a resolved spec, in spec order."""
+        return [
+            (i, task.id, slot)
+            for i, task in enumerate(self.tasks)
+            for slot in self._secret_slots.get(task.id, ())
+        ]
+
     def task(self, task_id: str) -> TaskSpec:
         """The task with this id.
 
@@ -242,7 +268,9 @@ class WorkflowSpec(BaseModel):
 
         Values come from `user_vars`, else `vars`; a value that is not a string is written
         in compact JSON (`3`, `true`, `null`, `["a","b"]`). Text inserted for a placeholder is
-        never read again, and resolving a resolved spec returns it as it is.
+        never read again, and resolving a resolved spec returns it as it is. A string with
+        `${secret.NAME}` becomes a `SecretSlot` (see `secret_slots`); its value in the copy's
+        params shows each secret as `[secret NAME]`.
 
         Raises:
             WorkflowValidationError: a placeholder names a variable found in neither.
@@ -264,13 +292,26 @@ class WorkflowSpec(BaseModel):
                     return ""
             return rendered[name]
 
-        def fill(text: str) -> str:
-            return substitute(text, lookup)
+        slots: list[SecretSlot] = []
+
+        def fill(path: list[str | int], text: str) -> str:
+            if "${secret." not in text:
+                return substitute(text, lookup)  # the common case, in one `re.sub`
+            parts = split(text, lookup)
+            if isinstance(parts, str):
+                return parts
+            slot = SecretSlot(tuple(path), parts)
+            slots.append(slot)
+            return slot.shown()
 
         problems: list[Problem] = []
         tasks: list[TaskSpec] = []
+        secret_slots: dict[str, tuple[SecretSlot, ...]] = {}
         for i, task in enumerate(self.tasks):
-            params = map_strings(task.params, fill)
+            params = map_strings_at(task.params, fill)
+            if slots:
+                secret_slots[task.id] = tuple(slots)
+                slots.clear()
             if missing:
                 problems.extend(_unresolved(i, task, missing))
                 missing.clear()
@@ -281,6 +322,7 @@ class WorkflowSpec(BaseModel):
             raise to_exception(problems)
         resolved = self.model_copy(update={"tasks": tuple(tasks)})
         resolved._resolved = True
+        resolved._secret_slots = secret_slots
         return resolved
 
     def to_dict(self) -> dict[str, Any]:
@@ -293,7 +335,9 @@ class WorkflowSpec(BaseModel):
         if self._resolved:
             for task in data["tasks"]:
                 if "params" in task:
-                    task["params"] = map_strings(task["params"], escape)
+                    params = map_strings(task["params"], escape)
+                    slots = self._secret_slots.get(task["id"], ())
+                    task["params"] = fill_slots(params, slots, lambda slot: slot.spelled())
         return data
 
 

@@ -74,6 +74,7 @@ class OrchestratorService:
             lease_seconds=settings.lease_seconds,
             store_retry_seconds=settings.store_retry_seconds,
             on_run_start=_bind_run,
+            secrets_dir=settings.secrets_dir,
         )
         self.running: RunningServer | None = None
         self._closed = False

@@ -66,7 +66,7 @@ def test_parse_invalid_placeholder_is_named(text: str, shown: str) -> None:
 
     assert str(error) == (
         f"task 'greet': field 'params.text': invalid placeholder {shown}"
-        " (only ${user.NAME} is substituted; write $${ for a literal ${)"
+        " (only ${user.NAME} and ${secret.NAME} are substituted; write $${ for a literal ${)"
     )
     assert (error.node_id, error.field) == ("greet", "params.text")
 
@@ -74,7 +74,8 @@ def test_parse_invalid_placeholder_is_named(text: str, shown: str) -> None:
 def test_parse_unterminated_placeholder_is_named() -> None:
     assert str(parse_error({"text": "hi ${user.x"})) == (
         "task 'greet': field 'params.text': unterminated placeholder '${user.x'"
-        " (missing '}'; only ${user.NAME} is substituted; write $${ for a literal ${)"
+        " (missing '}'; only ${user.NAME} and ${secret.NAME} are substituted;"
+        " write $${ for a literal ${)"
     )
 
 

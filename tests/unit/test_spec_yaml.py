@@ -142,7 +142,7 @@ def test_from_yaml_bad_placeholder_points_at_string() -> None:
 
     assert str(error) == (
         "line 10: task 'greet': field 'params.text': invalid placeholder '${usr.topic}'"
-        " (only ${user.NAME} is substituted; write $${ for a literal ${)"
+        " (only ${user.NAME} and ${secret.NAME} are substituted; write $${ for a literal ${)"
     )
     assert error.line == 10
 
