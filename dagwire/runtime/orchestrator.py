@@ -412,6 +412,21 @@ class Orchestrator(LeasesMixin):
         }
         return dataclasses.replace(record, nodes=fold_events(events, pending))
 
+    async def run_namespace(self, run_id: str) -> str:
+        """The namespace of a run: from memory for a run this orchestrator drives or drove
+        (no store read, so it answers while the store is down), else from its stored record.
+
+        Raises:
+            NotFoundError: no such run.
+        """
+        state = self._active.get(run_id) or self._finished.get(run_id)
+        if state is not None:
+            return state.record.namespace
+        record = await self._execution_store.get_run(run_id)
+        if record is None:
+            raise NotFoundError(f"run {run_id!r} not found", kind="run", id=run_id)
+        return record.namespace
+
     async def cancel_run(self, run_id: str) -> RunStatus:
         """Cancel a running run: stop dispatching, cancel in-flight adapter calls, and end every
         unfinished task `cancelled`. Returns the run's status once it stopped (`cancelled`).

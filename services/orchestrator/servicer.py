@@ -145,8 +145,9 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         return ListRunsResponse(runs=messages[:count], next_page_token=token)
 
     async def CancelRun(self, request: CancelRunRequest, context: Context) -> CancelRunResponse:
-        run = await self._visible_run(check_required(request.run_id, "run_id"))
-        status = await self._orchestrator.cancel_run(run.run_id)
+        run_id = check_required(request.run_id, "run_id")
+        await self._check_visible(run_id)
+        status = await self._orchestrator.cancel_run(run_id)
         return CancelRunResponse(status=run_status_to_proto(status))
 
     async def WatchRun(
@@ -159,7 +160,7 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
                 f"got {request.after_sequence}",
                 field="after_sequence",
             )
-        await self._visible_run(run_id)
+        await self._check_visible(run_id)
         # encoded from the first event, so durations of tasks started earlier are known
         encoder = RunEventEncoder()
         async for event in self._orchestrator.watch_run(run_id):
@@ -212,6 +213,17 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
             f"quota of {limit}: start this run when one of them has finished",
             retry_after=5.0,
         )
+
+    async def _check_visible(self, run_id: str) -> None:
+        """NOT_FOUND, exactly as for an unknown id, when the caller may not see the run's
+        namespace; nothing at all with auth off (watching a run this orchestrator drives must
+        not need the store: it may be down)."""
+        principal = current_principal()
+        if principal is None:
+            return
+        namespace = await self._orchestrator.run_namespace(run_id)
+        if not principal.sees_namespace(namespace):
+            raise NotFoundError(f"run {run_id!r} not found", kind="run", id=run_id)
 
     async def _visible_run(self, run_id: str) -> RunRecord:
         """The run, when the caller may see its namespace; otherwise NOT_FOUND exactly as for

@@ -182,7 +182,6 @@ class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer)
             )
         header = first.header
         _check_grant_for_upload(header)
-        quotas, namespace = await self._upload_quotas(header)
         artifact = artifact_from_proto(
             common_pb2.Artifact(
                 name=check_artifact_fields(header.name, header.metadata, "header."),
@@ -192,6 +191,7 @@ class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer)
                 node_id=header.node_id,
             )
         )
+        quotas, namespace = await self._upload_quotas(header)  # after the store's limits
         chunks = verified_chunks(
             _within_quota(_chunks_of(requests), quotas.artifact_bytes, namespace),
             sha256=check_declared_sha256(header.sha256),
