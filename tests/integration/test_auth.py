@@ -1,13 +1,15 @@
 """Tokens, roles and namespaces on real services on loopback (docs/security.md).
 
-With ``DAGWIRE_AUTH_FILE`` set, the store, dispatcher, toolbox and orchestrator processes check
-every call's token, the services call each other with their own service tokens, and the CLI
-sends its token. Each test names the rule it proves: a workflow runs end to end for a client;
-no token or an unknown one is UNAUTHENTICATED (CLI exit 4); a role that may not make a call is
-PERMISSION_DENIED naming the principal and its role, and changes nothing; health stays open
-and reflection needs a token; adapters cannot take another principal's instance id or serve
-agent keys they were not given; the auth file is re-read without a restart; a client sees
-and touches only the runs of its namespaces, and another namespace's run reads as unknown.
+The store, dispatcher, toolbox and orchestrator processes serve mTLS only (certificates from
+tests/certs.py) and have ``DAGWIRE_AUTH_FILE`` set: they check every call's token, call each
+other with their own service tokens, and the CLI sends its token. Each test names the rule it
+proves: a workflow runs end to end for a client; no token or an unknown one is
+UNAUTHENTICATED (CLI exit 4); a role that may not make a call is PERMISSION_DENIED naming the
+principal and its role, and changes nothing; health stays open and reflection needs a token;
+adapters cannot take another principal's instance id or serve agent keys they were not
+given; the auth file is re-read without a restart; a client sees and touches only the runs
+of its namespaces, and another namespace's run reads as unknown; adapters reach the store
+only with their attempts' grants.
 """
 
 from __future__ import annotations
@@ -96,6 +98,26 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredStack]:
     }
     grant_key = tmp / "grant.key"
     grant_key.write_bytes(os.urandom(48).hex().encode())
+    ca = CertificateAuthority(tmp / "pki", "ca")
+
+    def tls(name: str) -> dict[str, str]:  # mTLS only, the service's own certificate
+        identity = ca.issue(name)
+        return {
+            "DAGWIRE_TLS_CERT": str(identity.cert),
+            "DAGWIRE_TLS_KEY": str(identity.key),
+            "DAGWIRE_TLS_CLIENT_CA": str(ca.cert),
+            "DAGWIRE_TLS_CA": str(ca.cert),
+        }
+
+    user = ca.issue("user")
+    saved = dict(os.environ)
+    os.environ.update(  # this process and the CLI dial mTLS as `user`
+        {
+            "DAGWIRE_TLS_CA": str(ca.cert),
+            "DAGWIRE_TLS_CLIENT_CERT": str(user.cert),
+            "DAGWIRE_TLS_CLIENT_KEY": str(user.key),
+        }
+    )
     base = {"DAGWIRE_AUTH_FILE": str(auth_file)}
     granting = base | {"DAGWIRE_GRANT_KEY_FILE": str(grant_key)}
     store_addr, dispatcher_addr = free_address(), free_address()
@@ -104,19 +126,19 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredStack]:
         ["dagwire_services.store", "--listen-addr", store_addr, "--data-dir", str(tmp / "d")],
         store_addr,
         tmp / "store.log",
-        env=granting,  # the store calls no one: it needs no token of its own
+        env=granting | tls("store"),  # the store calls no one: it needs no token
     )
     dispatcher = Proc(
         "dispatcher",
         ["dagwire_services.dispatcher", "--listen-addr", dispatcher_addr],
         dispatcher_addr,
         tmp / "dispatcher.log",
-        env=granting | {"DAGWIRE_TOKEN": tokens["dispatcher"]},
+        env=granting | tls("dispatcher") | {"DAGWIRE_TOKEN": tokens["dispatcher"]},
     )
     toolbox = toolbox_proc(tmp, dispatcher_addr, store_addr)
-    toolbox.env = base | {"DAGWIRE_TOKEN": tokens["toolbox"]}
+    toolbox.env = base | tls("toolbox") | {"DAGWIRE_TOKEN": tokens["toolbox"]}
     orchestrator = orchestrator_proc(tmp, store_addr, dispatcher_addr)
-    orchestrator.env = base | {"DAGWIRE_TOKEN": tokens["orchestrator"]}
+    orchestrator.env = base | tls("orchestrator") | {"DAGWIRE_TOKEN": tokens["orchestrator"]}
     procs = [store, dispatcher, toolbox, orchestrator]
 
     async def start() -> None:
@@ -147,10 +169,12 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredStack]:
     finally:
         for proc in reversed(procs):
             proc.stop()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 async def _adapters(dispatcher: str, token: str) -> list[dispatcher_service_pb2.AdapterInstance]:
-    async with grpc.aio.insecure_channel(dispatcher) as channel:
+    async with client_channel(dispatcher) as channel:
         reply = await dispatcher_service_pb2_grpc.DispatcherServiceStub(channel).ListAdapters(
             dispatcher_service_pb2.ListAdaptersRequest(), metadata=_bearer(token), timeout=5
         )
@@ -221,14 +245,14 @@ async def test_every_service_refuses_a_call_without_a_token(secured: SecuredStac
         ),
     }
     for address, call in calls.items():
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with client_channel(address) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call(channel)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, address
 
 
 async def test_health_stays_open_and_reflection_needs_a_token(secured: SecuredStack) -> None:
-    async with grpc.aio.insecure_channel(secured.orchestrator) as channel:
+    async with client_channel(secured.orchestrator) as channel:
         health = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=5
         )
@@ -256,7 +280,7 @@ async def test_a_client_cannot_rewrite_a_run_record_or_add_execution_records(
     summary = _run_hello(secured, tmp_path, secured.tokens["ci"])
     run_id = str(summary["run_id"])
     ci = _bearer(secured.tokens["ci"])
-    async with grpc.aio.insecure_channel(secured.store) as channel:
+    async with client_channel(secured.store) as channel:
         stub = store_service_pb2_grpc.ExecutionStoreServiceStub(channel)
         before = await stub.GetRunRecord(
             store_service_pb2.GetRunRecordRequest(run_id=run_id), metadata=ci, timeout=5
@@ -295,14 +319,14 @@ async def test_only_services_dispatch_and_execute(secured: SecuredStack) -> None
         agent="echo", params_json='{"text": "x"}', run_id="r", node_id="n", attempt=1
     )
     for name in ("ci", "toolbox"):
-        async with grpc.aio.insecure_channel(secured.toolbox) as channel:
+        async with client_channel(secured.toolbox) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await adapter_service_pb2_grpc.AgentAdapterServiceStub(channel).Execute(
                     request, metadata=_bearer(secured.tokens[name]), timeout=5
                 )
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, name
         assert f"principal {name!r}" in (caught.value.details() or "")
-        async with grpc.aio.insecure_channel(secured.dispatcher) as channel:
+        async with client_channel(secured.dispatcher) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await dispatcher_service_pb2_grpc.DispatcherServiceStub(channel).Dispatch(
                     dispatcher_service_pb2.DispatchRequest(), metadata=_bearer(secured.tokens[name])
@@ -327,7 +351,7 @@ async def test_an_adapter_cannot_take_over_another_principals_instance_id(
 ) -> None:
     (toolbox,) = await _adapters(secured.dispatcher, secured.tokens["ci"])
     rogue = _bearer(secured.tokens["rogue"])
-    async with grpc.aio.insecure_channel(secured.dispatcher) as channel:
+    async with client_channel(secured.dispatcher) as channel:
         stub = dispatcher_service_pb2_grpc.DispatcherServiceStub(channel)
         hijack = dispatcher_service_pb2.RegisterAdapterRequest(
             instance_id=toolbox.instance_id, address=free_address(), agents=["echo"], capacity=8
@@ -361,7 +385,7 @@ async def test_an_adapter_registers_only_the_agent_keys_it_was_given(
 ) -> None:
     rogue = _bearer(secured.tokens["rogue"])
     address = free_address()
-    async with grpc.aio.insecure_channel(secured.dispatcher) as channel:
+    async with client_channel(secured.dispatcher) as channel:
         stub = dispatcher_service_pb2_grpc.DispatcherServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.RegisterAdapter(
@@ -491,7 +515,7 @@ async def test_another_namespaces_run_reads_exactly_as_an_unknown_one(
     )
     # the store's reads, called directly: NOT_FOUND or nothing, as for an unknown id
     metadata = _bearer(ci)
-    async with grpc.aio.insecure_channel(secured.store) as channel:
+    async with client_channel(secured.store) as channel:
         executions = store_service_pb2_grpc.ExecutionStoreServiceStub(channel)
         artifacts = store_service_pb2_grpc.ArtifactStoreServiceStub(channel)
         for rid in (run_id, unknown_run):
@@ -628,7 +652,7 @@ async def test_an_adapter_token_alone_reads_and_writes_nothing_in_the_store(
     secured: SecuredStack, tmp_path: Path
 ) -> None:
     _, artifact_id = await _artifact_of(secured, tmp_path)
-    async with grpc.aio.insecure_channel(secured.store) as channel:
+    async with client_channel(secured.store) as channel:
         stub = store_service_pb2_grpc.ArtifactStoreServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.StatArtifact(
@@ -645,7 +669,7 @@ async def test_a_grant_reads_its_run_only_stores_its_attempt_only_and_expires(
     run_a, artifact_a = await _artifact_of(secured, tmp_path)
     _, artifact_b = await _artifact_of(secured, tmp_path)
     grant = secured.grants.mint(run_a, "shout", 1, seconds=60)
-    async with grpc.aio.insecure_channel(secured.store) as channel:
+    async with client_channel(secured.store) as channel:
         stub = store_service_pb2_grpc.ArtifactStoreServiceStub(channel)
 
         async def stat(artifact_id: str, token: str) -> grpc.aio.AioRpcError | None:
@@ -685,7 +709,7 @@ async def test_a_grant_reads_its_run_only_stores_its_attempt_only_and_expires(
                 await upload(run_id, node_id)
             assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert "may store outputs of that attempt only" in (caught.value.details() or "")
-    async with grpc.aio.insecure_channel(secured.store) as channel:
+    async with client_channel(secured.store) as channel:
         executions = store_service_pb2_grpc.ExecutionStoreServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await executions.GetRunRecord(
