@@ -13,7 +13,7 @@ certificate, and checks that one of its roles may make the call (`METHOD_ROLES`)
 The principal is then `current_principal()` for the handler, which checks what only it can
 see (the namespace of a run, the agent keys of a registration). Clients send the process's
 token (`dagwire.auth.token_from_env`) on every call of every channel `client_channel` makes
-(`bearer_interceptors`). docs/security.md has the table for users.
+(`TokenChannel`). docs/security.md has the table for users.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ __all__ = [
     "GRANT_METHODS",
     "METHOD_ROLES",
     "AuthInterceptor",
-    "bearer_interceptors",
+    "TokenChannel",
     "current_principal",
     "use_token",
 ]
@@ -311,62 +311,75 @@ def use_token(token: str | None) -> Iterator[None]:
         _call_token.reset(reset)
 
 
-def _with_token(
-    details: grpc.aio.ClientCallDetails, header: str | None
-) -> grpc.aio.ClientCallDetails:
-    call_token = _call_token.get()
-    if call_token is not None:
-        header = f"Bearer {call_token}"
-    if header is None:
-        return details
-    metadata = grpc.aio.Metadata()
-    for key, value in details.metadata or ():
-        if key != AUTHORIZATION_KEY:
-            metadata.add(key, value)
-    metadata.add(AUTHORIZATION_KEY, header)
-    return grpc.aio.ClientCallDetails(
-        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-    )
+def _metadata_with(metadata: Any, header: str) -> list[tuple[str, str | bytes]]:
+    """`metadata` (of any accepted shape, possibly None) with `header` as its authorization."""
+    out: list[tuple[str, str | bytes]] = [
+        (key, value) for key, value in (metadata or ()) if key != AUTHORIZATION_KEY
+    ]
+    out.append((AUTHORIZATION_KEY, header))
+    return out
 
 
-class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
-    def __init__(self, header: str | None) -> None:
+class _TokenMultiCallable:
+    """A multi-callable that adds the authorization metadata to each call it makes."""
+
+    __slots__ = ("_header", "_inner")
+
+    def __init__(self, inner: Any, header: str | None) -> None:
+        self._inner = inner
         self._header = header
 
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_token(details, self._header), request)
+    def __call__(self, request: Any = None, *, metadata: Any = None, **kwargs: Any) -> Any:
+        token = _call_token.get()
+        header = f"Bearer {token}" if token is not None else self._header
+        if header is not None:
+            metadata = _metadata_with(metadata, header)
+        return self._inner(request, metadata=metadata, **kwargs)
 
 
-class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, header: str | None) -> None:
-        self._header = header
+class TokenChannel(grpc.aio.Channel):
+    """A channel that sends ``authorization: Bearer <token>`` on every call, or the token of
+    `use_token` inside its block (None: only those).
 
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_token(details, self._header), request)
+    It wraps the channel's multi-callables instead of installing client interceptors: an
+    intercepted grpc.aio call costs about twice a plain one (measured on health checks), and
+    this costs one function call.
+    """
 
+    def __init__(self, channel: grpc.aio.Channel, token: str | None) -> None:
+        self._channel = channel
+        self._header = f"Bearer {token}" if token is not None else None
 
-class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, header: str | None) -> None:
-        self._header = header
+    async def __aenter__(self) -> TokenChannel:
+        return self
 
-    async def intercept_stream_unary(
-        self, continuation: Any, details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(_with_token(details, self._header), request_iterator)
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._channel.close(None)
 
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
 
-class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
-    def __init__(self, header: str | None) -> None:
-        self._header = header
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
 
-    async def intercept_stream_stream(
-        self, continuation: Any, details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(_with_token(details, self._header), request_iterator)
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
 
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
 
-def bearer_interceptors(token: str | None) -> list[grpc.aio.ClientInterceptor]:
-    """Client interceptors that send ``authorization: Bearer <token>`` on every call, or the
-    token of `use_token` inside its block (None: only those)."""
-    header = f"Bearer {token}" if token is not None else None
-    return [_UnaryUnary(header), _UnaryStream(header), _StreamUnary(header), _StreamStream(header)]
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        inner = self._channel.unary_unary(method, *args, **kwargs)
+        return _TokenMultiCallable(inner, self._header)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        inner = self._channel.unary_stream(method, *args, **kwargs)
+        return _TokenMultiCallable(inner, self._header)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        inner = self._channel.stream_unary(method, *args, **kwargs)
+        return _TokenMultiCallable(inner, self._header)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        inner = self._channel.stream_stream(method, *args, **kwargs)
+        return _TokenMultiCallable(inner, self._header)

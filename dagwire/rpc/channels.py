@@ -46,7 +46,7 @@ import grpc
 import grpc.aio
 
 from dagwire.auth import token_from_env
-from dagwire.rpc.auth import bearer_interceptors
+from dagwire.rpc.auth import TokenChannel
 from dagwire.rpc.tls import TlsConfig
 from dagwire.settings import DEFAULT_MAX_MESSAGE_BYTES, check_target
 
@@ -183,7 +183,7 @@ def client_channel(
     """A long-lived channel to a dagwire service (connects lazily): plaintext, or TLS when the
     ``DAGWIRE_TLS_*`` settings say so (`dagwire.rpc.tls`; the files are read now, so a channel
     made after a rotation uses the new ones). With ``DAGWIRE_TOKEN`` or ``DAGWIRE_TOKEN_FILE``
-    set, every call carries the token (`dagwire.rpc.auth.bearer_interceptors`).
+    set, every call carries the token (`dagwire.rpc.auth.TokenChannel`).
 
     Args:
         target: a gRPC target (`check_target`): ``host:port``, ``dns:///name:port`` or
@@ -205,18 +205,17 @@ def client_channel(
     target = check_target(target)
     tls = TlsConfig.from_env() if tls is None else tls
     token = token_from_env()
-    interceptors = bearer_interceptors(token) if token is not None or call_tokens else None
     merged = dict(channel_options(max_message_bytes, balanced=balanced))
+    channel: grpc.aio.Channel
     if not tls.dials_tls:
         merged.update(dict(options))
-        return grpc.aio.insecure_channel(
-            target, options=list(merged.items()), interceptors=interceptors
+        channel = grpc.aio.insecure_channel(target, options=list(merged.items()))
+    else:
+        merged.update(dict(tls.channel_options(target)))
+        merged.update(dict(options))
+        channel = grpc.aio.secure_channel(
+            target, tls.channel_credentials(), options=list(merged.items())
         )
-    merged.update(dict(tls.channel_options(target)))
-    merged.update(dict(options))
-    return grpc.aio.secure_channel(
-        target,
-        tls.channel_credentials(),
-        options=list(merged.items()),
-        interceptors=interceptors,
-    )
+    if token is not None or call_tokens:
+        return TokenChannel(channel, token)
+    return channel
