@@ -382,7 +382,7 @@ func (s *servicer) upload(ctx context.Context, req *dagwirev1.ExecuteRequest, ou
 	header.Size = &size
 	artifact, err := dagwire.UploadArtifact(ctx, conn, header, bytes.NewReader(out.Content))
 	if err != nil {
-		return nil, fmt.Errorf("output %s (%d bytes) to the store at %s: %w", out.Name, len(out.Content), s.settings.StoreAddr, err)
+		return nil, fmt.Errorf("uploading output %s (%d bytes) to the store at %s: %w", out.Name, len(out.Content), s.settings.StoreAddr, err)
 	}
 	artifact.Body = &dagwirev1.Artifact_Reference{Reference: &dagwirev1.ArtifactReference{StoreAddress: s.settings.StoreAddr}}
 	return artifact, nil
