@@ -6,6 +6,7 @@
 #      in tools/go.mod, into clients/go/gen/ (gitignored; regenerated when a proto changes);
 #   2. build/bin/dagwire-go           the Go client command (clients/go/cmd/dagwire-go)
 #      build/bin/go-wordcount         the Go `wordcount` adapter (services/adapters/go-wordcount)
+#      build/bin/go-upcase            the Go `upcase` adapter (services/adapters/go-upcase)
 #
 # Modules come through the ordinary Go module proxy, pinned by the committed go.mod/go.sum
 # files (-mod=readonly: a missing or changed checksum fails instead of being rewritten).
@@ -46,4 +47,6 @@ log "building build/bin/dagwire-go ..."
 (cd clients/go && go build -o "$repo_root/build/bin/dagwire-go" ./cmd/dagwire-go)
 log "building build/bin/go-wordcount ..."
 (cd services/adapters/go-wordcount && go build -o "$repo_root/build/bin/go-wordcount" .)
+log "building build/bin/go-upcase ..."
+(cd services/adapters/go-upcase && go build -o "$repo_root/build/bin/go-upcase" .)
 log "done in $((SECONDS - start)) s"

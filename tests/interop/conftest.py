@@ -170,6 +170,7 @@ def java_built() -> None:
 
 GO_CLIENT = [str(REPO_ROOT / "build" / "bin" / "dagwire-go")]
 GO_WORDCOUNT_ADAPTER = [str(REPO_ROOT / "build" / "bin" / "go-wordcount")]
+GO_UPCASE_ADAPTER = [str(REPO_ROOT / "build" / "bin" / "go-upcase")]
 NODE_CLIENT = ["node", str(REPO_ROOT / "clients" / "node" / "dist" / "main.js")]
 TS_REVERSE_ADAPTER = [
     "node",

@@ -3,10 +3,11 @@ services with everything on (docs/security.md): mTLS on every hop, every call's 
 against the auth file, store grants, as `dagwire up --secure` makes them
 (`dagwire_cli.secure`).
 
-The Go `wordcount` and TypeScript `reverse` adapters register with adapter tokens of their own
-(each may serve its one key); each client runs a workflow through them with the client's
-token, and is refused with exit status 4 for an unknown token or a role that may not run
-workflows.
+The Go `wordcount` and `upcase` and TypeScript `reverse` adapters register with adapter tokens
+of their own (each may serve its one key); each client runs a workflow through them with the
+client's token, and is refused with exit status 4 for an unknown token or a role that may not
+run workflows. Inputs and outputs over 1 MiB reach the store with each attempt's grant
+(`ExecuteRequest.store_token`), since the adapters' own tokens open nothing there.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ import pytest
 from dagwire.auth import add_principal
 from dagwire.rpc.dispatcher_client import RemoteDispatcher
 from dagwire.rpc.tls import TLS_ENV
+from dagwire.toolbox import blob_chunks
 from dagwire_cli.secure import SecureSetup, issue_certificate, prepare_secure
 from tests.interop.conftest import (
     GO_CLIENT,
+    GO_UPCASE_ADAPTER,
     GO_WORDCOUNT_ADAPTER,
     JAVA_CLIENT,
     NODE_CLIENT,
@@ -55,6 +58,23 @@ tasks:
     params: {sep: " | "}
 """
 EXPECTED = b"3 | dlrow eruces olleh"
+BLOB_SIZE = 1_500_000  # over the 1 MiB inline limit: every hop goes through the store
+BIG_SPEC = f"""\
+name: polyglot-secure-big
+tasks:
+  - id: data
+    agent: blob
+    params: {{size: {BLOB_SIZE}, seed: 1}}
+  - id: count
+    agent: wordcount
+    depends_on: [data]
+  - id: loud
+    agent: upcase
+    depends_on: [data]
+  - id: back
+    agent: reverse
+    depends_on: [data]
+"""
 _CLEAR = {**dict.fromkeys(TLS_ENV, ""), "DAGWIRE_TOKEN": "", "DAGWIRE_TOKEN_FILE": ""}
 
 
@@ -87,7 +107,8 @@ def secure_stack(
     setup = prepare_secure(tmp, host="127.0.0.1", addresses={})
     folder = setup.folder
     tokens = {}
-    for name, agent in (("go-wordcount", "wordcount"), ("ts-reverse", "reverse")):
+    adapters = (("go-wordcount", "wordcount"), ("go-upcase", "upcase"), ("ts-reverse", "reverse"))
+    for name, agent in adapters:
         issue_certificate(folder, name, "127.0.0.1")
         tokens[name] = add_principal(setup.auth_file, name=name, roles=["adapter"], agents=[agent])
     tokens["client"] = setup.token_file("client").read_text().strip()
@@ -142,6 +163,7 @@ def secure_stack(
             None,
         )
         start("go-wordcount", adapter_env("go-wordcount"), [], GO_WORDCOUNT_ADAPTER)
+        start("go-upcase", adapter_env("go-upcase"), [], GO_UPCASE_ADAPTER)
         start("ts-reverse", adapter_env("ts-reverse"), [], TS_REVERSE_ADAPTER)
         start(
             "orchestrator",
@@ -154,7 +176,7 @@ def secure_stack(
             for proc in procs:
                 if proc.command is None:
                     await proc.wait_serving()
-            await _registered(addresses["dispatcher"], {"echo", "wordcount", "reverse"})
+            await _registered(addresses["dispatcher"], {"echo", "wordcount", "upcase", "reverse"})
 
         try:
             asyncio.run(ready())
@@ -238,3 +260,47 @@ def test_every_client_exits_4_for_an_unknown_token_or_a_role_that_may_not_run(
     assert (
         "not allowed" in adapter.stderr and "principal 'toolbox' (role adapter)" in adapter.stderr
     )
+
+
+def test_go_and_ts_adapters_move_artifacts_over_1_mib_with_the_attempts_store_grant(
+    secure_stack: SecureStack, tmp_path: Path
+) -> None:
+    """The blob reaches `wordcount` and `upcase` (Go) and `reverse` (TS) by reference, and the
+    outputs of `upcase` (as large) and `reverse` (larger still) are uploaded by the adapters:
+    with an adapter's own token the store answers PERMISSION_DENIED and the tasks fail, with
+    the attempt's grant they succeed."""
+    blob = b"".join(blob_chunks(BLOB_SIZE, 1))
+    text = blob.decode("utf-8", errors="replace")
+    reversed_out = "".join(reversed(text)).encode("utf-8")
+    assert len(reversed_out) > 1 << 20
+    spec = tmp_path / "big.yaml"
+    spec.write_text(BIG_SPEC, encoding="utf-8")
+    done = _client("go", secure_stack.client_env, "run", str(spec))
+    assert done.returncode == 0, f"exit {done.returncode}:\n{done.stderr}\n{done.stdout}"
+    summary = json.loads(done.stdout)
+    assert summary["status"] == "succeeded", summary
+    (count,) = summary["nodes"]["count"]["artifacts"]
+    expected_count = str(len(text.split())).encode()
+    assert count["sha256"] == hashlib.sha256(expected_count).hexdigest()
+    (loud,) = summary["nodes"]["loud"]["artifacts"]
+    assert loud["size"] == BLOB_SIZE
+    assert loud["sha256"] == hashlib.sha256(blob.upper()).hexdigest()
+    (back,) = summary["nodes"]["back"]["artifacts"]
+    assert back["size"] == len(reversed_out)
+    assert back["sha256"] == hashlib.sha256(reversed_out).hexdigest()
+
+
+def test_adapters_register_and_heartbeat_with_their_own_tokens_after_grants(
+    secure_stack: SecureStack, tmp_path: Path
+) -> None:
+    """A grant opens only the store: after attempts that used grants, the adapters are still
+    registered (RegisterAdapter and Heartbeat keep the adapter's own token) and take work."""
+    spec = tmp_path / "big.yaml"
+    spec.write_text(BIG_SPEC, encoding="utf-8")
+    first = _client("go", secure_stack.client_env, "run", str(spec))
+    assert first.returncode == 0, first.stderr
+    dispatcher = secure_stack.client_env["DAGWIRE_DISPATCHER_ADDR"]
+    asyncio.run(_registered(dispatcher, {"wordcount", "upcase", "reverse"}, within=5.0))
+    again = _client("go", secure_stack.client_env, "run", str(spec))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["status"] == "succeeded"

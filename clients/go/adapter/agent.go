@@ -34,6 +34,10 @@ import (
 // the task's retry policy, unless the error is (or wraps) a NonRetryable one, or is a gRPC
 // status error whose code says otherwise (INVALID_ARGUMENT, FAILED_PRECONDITION). The error
 // text becomes the task's error, so make it say what went wrong.
+//
+// ctx carries the attempt's store grant (dagwire.WithStoreGrant): the store calls the agent
+// makes itself with ctx, on a channel from dagwire.Dial, send the grant instead of the
+// adapter's own token (docs/security.md, "Store grants").
 type Func func(ctx context.Context, task *Task) ([]Output, error)
 
 // nonRetryable marks an error that must not be retried; its text is the wrapped error's.
@@ -115,7 +119,12 @@ type Input struct {
 // Open streams the input's content (inline, or from the store holding it).
 func (in Input) Open(ctx context.Context) (io.ReadCloser, error) { return in.open(ctx) }
 
-// Output is one output artifact, returned inline (up to the message limit, 16 MiB).
+// InlineLimit is the largest output returned inline in the reply; a larger one is uploaded
+// to the store (DAGWIRE_STORE_ADDR) with the attempt's grant and returned by reference.
+const InlineLimit = 1 << 20
+
+// Output is one output artifact: returned inline up to InlineLimit (1 MiB), uploaded to the
+// store above it (up to the message limit, 16 MiB, in memory).
 type Output struct {
 	Name      string
 	MediaType string

@@ -1,6 +1,7 @@
 package adapter
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -270,6 +271,9 @@ func (s *servicer) Execute(ctx context.Context, req *dagwirev1.ExecuteRequest) (
 		return nil, status.Errorf(codes.FailedPrecondition, "agent %q is not served by %s (it serves: %s)",
 			req.GetAgent(), s.opts.Name, strings.Join(s.keys(), ", "))
 	}
+	// The store calls of this attempt (its inputs, its outputs, the agent's own) send the
+	// attempt's grant instead of the adapter's token (docs/security.md, "Store grants").
+	ctx = dagwire.WithStoreGrant(ctx, req.GetStoreToken())
 	task := &Task{
 		Agent: req.GetAgent(), ParamsJSON: req.GetParamsJson(), RunID: req.GetRunId(), NodeID: req.GetNodeId(),
 		Attempt: req.GetAttempt(), TraceID: traceID, IdempotencyKey: req.GetIdempotencyKey(),
@@ -290,6 +294,14 @@ func (s *servicer) Execute(ctx context.Context, req *dagwirev1.ExecuteRequest) (
 		content := out.Content
 		if content == nil {
 			content = []byte{}
+		}
+		if len(content) > InlineLimit {
+			artifact, err := s.upload(ctx, req, out, mediaType)
+			if err != nil {
+				return nil, toStatus(ctx, err)
+			}
+			resp.OutputArtifacts = append(resp.OutputArtifacts, artifact)
+			continue
 		}
 		resp.OutputArtifacts = append(resp.OutputArtifacts, &dagwirev1.Artifact{
 			Name: out.Name, MediaType: mediaType, Metadata: out.Metadata,
@@ -353,6 +365,27 @@ func (s *servicer) input(artifact *dagwirev1.Artifact) Input {
 		}
 		return reader, nil
 	}}
+}
+
+// upload stores an output too large to travel inline in the configured store, with the
+// attempt's grant (in ctx), and returns a reference to it.
+func (s *servicer) upload(ctx context.Context, req *dagwirev1.ExecuteRequest, out Output, mediaType string) (*dagwirev1.Artifact, error) {
+	conn, err := s.store(s.settings.StoreAddr)
+	if err != nil {
+		return nil, err
+	}
+	header := &dagwirev1.ArtifactHeader{
+		Name: out.Name, MediaType: mediaType, Metadata: out.Metadata,
+		RunId: req.GetRunId(), NodeId: req.GetNodeId(),
+	}
+	size := int64(len(out.Content))
+	header.Size = &size
+	artifact, err := dagwire.UploadArtifact(ctx, conn, header, bytes.NewReader(out.Content))
+	if err != nil {
+		return nil, fmt.Errorf("uploading output %s (%d bytes) to the store at %s: %w", out.Name, len(out.Content), s.settings.StoreAddr, err)
+	}
+	artifact.Body = &dagwirev1.Artifact_Reference{Reference: &dagwirev1.ArtifactReference{StoreAddress: s.settings.StoreAddr}}
+	return artifact, nil
 }
 
 func (s *servicer) store(addr string) (*grpc.ClientConn, error) {

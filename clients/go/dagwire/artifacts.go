@@ -108,3 +108,48 @@ func DownloadArtifact(ctx context.Context, conn grpc.ClientConnInterface, id str
 	}
 	return reader.Artifact, nil
 }
+
+// uploadChunkBytes is the size of the chunks UploadArtifact sends: well under any message limit.
+const uploadChunkBytes = 1 << 20
+
+// UploadArtifact stores the content read from r in the store behind conn with PutArtifact,
+// under header (name, media type, run and task ...), and returns the stored artifact's
+// metadata. Under auth, call it with the ctx of an attempt (WithStoreGrant) so the upload
+// carries the attempt's grant. Errors are the store's gRPC status, or r's error.
+func UploadArtifact(ctx context.Context, conn grpc.ClientConnInterface, header *dagwirev1.ArtifactHeader, r io.Reader) (*dagwirev1.Artifact, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := dagwirev1.NewArtifactStoreServiceClient(conn).PutArtifact(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := stream.Send(&dagwirev1.PutArtifactRequest{Part: &dagwirev1.PutArtifactRequest_Header{Header: header}}); err != nil {
+		_, err = stream.CloseAndRecv() // the store's status, when it closed the stream
+		return nil, err
+	}
+	buffer := make([]byte, uploadChunkBytes)
+	for {
+		n, readErr := io.ReadFull(r, buffer)
+		if n > 0 {
+			chunk := append([]byte(nil), buffer[:n]...)
+			if err := stream.Send(&dagwirev1.PutArtifactRequest{Part: &dagwirev1.PutArtifactRequest_Chunk{Chunk: chunk}}); err != nil {
+				_, err = stream.CloseAndRecv()
+				return nil, err
+			}
+		}
+		if readErr == io.EOF || readErr == io.ErrUnexpectedEOF {
+			break
+		}
+		if readErr != nil {
+			return nil, fmt.Errorf("artifact %s: reading the content to upload: %w", header.GetName(), readErr)
+		}
+	}
+	reply, err := stream.CloseAndRecv()
+	if err != nil {
+		return nil, err
+	}
+	if reply.GetArtifact() == nil {
+		return nil, fmt.Errorf("artifact %s: the store answered PutArtifact without an artifact", header.GetName())
+	}
+	return reply.GetArtifact(), nil
+}

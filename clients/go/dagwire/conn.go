@@ -194,7 +194,8 @@ func Dial(target string, maxMessageBytes int) (*grpc.ClientConn, error) {
 
 // Dial opens a long-lived channel to a dagwire service at a target (CheckTarget), balanced
 // round-robin over its addresses: plaintext, or TLS when the settings ask for it (the files
-// are read now), sending the bearer token on every call when there is one. It connects
+// are read now), sending the bearer token on every call when there is one (on a store call, the
+// store grant of the call's context instead: WithStoreGrant). It connects
 // lazily: an unreachable address shows up as codes.Unavailable on the first call.
 func (c ClientConfig) Dial(target string) (*grpc.ClientConn, error) {
 	maxMessageBytes := c.MaxMessageBytes
@@ -218,9 +219,9 @@ func (c ClientConfig) Dial(target string) (*grpc.ClientConn, error) {
 		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithDisableServiceConfig(), // ours, not one published in DNS TXT records
 	}
-	if c.Token != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(bearer(c.Token)))
-	}
+	// Always installed: with no token of its own, a process still sends the store grant of a
+	// call's context (WithStoreGrant).
+	opts = append(opts, grpc.WithPerRPCCredentials(bearer(c.Token)))
 	overridden := c.TLS.DialsTLS() && c.TLS.ServerName != "" && namedTarget(target)
 	if overridden {
 		opts = append(opts, grpc.WithAuthority(c.TLS.ServerName))

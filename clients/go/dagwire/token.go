@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"strings"
+
+	"google.golang.org/grpc/credentials"
 )
 
 // TokenFromEnv is the bearer token a client sends (docs/security.md): the content of
@@ -39,11 +41,45 @@ func readToken(path, setting string) (string, error) {
 	return token, nil
 }
 
-// bearer sends `authorization: Bearer <token>` with every call. It is sent on plaintext
-// channels too: a mesh may terminate TLS in a sidecar.
+// storeServicePrefix starts the method names of the store's calls, the only calls an
+// attempt's grant may be sent on (docs/security.md, "Store grants").
+const storeServicePrefix = "/dagwire.v1.ArtifactStoreService/"
+
+type storeGrantKey struct{}
+
+// WithStoreGrant returns ctx carrying an attempt's store grant (ExecuteRequest.store_token,
+// docs/security.md "Store grants"): the ArtifactStoreService calls made with it, on a channel
+// from Dial, send `authorization: Bearer <grant>` instead of the process's own token. Calls to
+// any other service keep the process's token. An empty grant returns ctx unchanged. The
+// adapter toolkit (package adapter) does this for every Execute, so an agent's own store calls
+// with the ctx it was given use the grant.
+func WithStoreGrant(ctx context.Context, grant string) context.Context {
+	if grant == "" {
+		return ctx
+	}
+	return context.WithValue(ctx, storeGrantKey{}, grant)
+}
+
+// StoreGrant is the store grant ctx carries (WithStoreGrant), or "".
+func StoreGrant(ctx context.Context) string {
+	grant, _ := ctx.Value(storeGrantKey{}).(string)
+	return grant
+}
+
+// bearer sends `authorization: Bearer <token>` with every call, or the store grant of the
+// call's context on a store call (WithStoreGrant); nothing when it has neither. It is sent
+// on plaintext channels too: a mesh may terminate TLS in a sidecar.
 type bearer string
 
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+func (b bearer) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
+	if grant := StoreGrant(ctx); grant != "" {
+		if info, ok := credentials.RequestInfoFromContext(ctx); ok && strings.HasPrefix(info.Method, storeServicePrefix) {
+			return map[string]string{"authorization": "Bearer " + grant}, nil
+		}
+	}
+	if b == "" {
+		return nil, nil
+	}
 	return map[string]string{"authorization": "Bearer " + string(b)}, nil
 }
 

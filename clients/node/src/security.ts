@@ -185,12 +185,18 @@ function readToken(path: string, setting: string): string {
   return token;
 }
 
-/** An interceptor sending `authorization: Bearer <token>` with every call. */
+/**
+ * An interceptor sending `authorization: Bearer <token>` with every call, except a call whose
+ * own metadata already carries `authorization`: an adapter's store calls for one attempt send
+ * the attempt's store grant that way (docs/security.md, "Store grants").
+ */
 export function bearerInterceptor(token: string): Interceptor {
   return (options, nextCall) =>
     new InterceptingCall(nextCall(options), {
       start(metadata, listener, next) {
-        metadata.set("authorization", `Bearer ${token}`);
+        if (metadata.get("authorization").length === 0) {
+          metadata.set("authorization", `Bearer ${token}`);
+        }
         next(metadata, listener);
       },
     });

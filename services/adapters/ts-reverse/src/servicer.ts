@@ -86,6 +86,11 @@ export class ReverseServicer {
       // Forward the trace id to the store, so its logs line up with ours.
       const outgoing = new Metadata();
       outgoing.set(TRACE_ID_KEY, traceId);
+      // The store calls of this attempt send its grant instead of the adapter's own token
+      // (docs/security.md, "Store grants"); the channel's bearer interceptor keeps it.
+      if (request.storeToken !== "") {
+        outgoing.set("authorization", `Bearer ${request.storeToken}`);
+      }
       const text =
         params.text ??
         joinedText(await Promise.all(request.inputArtifacts.map((a) => this.stores.content(a, outgoing))));
