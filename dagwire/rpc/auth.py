@@ -29,6 +29,7 @@ import grpc.aio
 
 from dagwire.auth import AuthFile, Principal, Role
 from dagwire.grants import GRANT_PREFIX, GrantKey
+from dagwire.rpc.status import rewrap_handler
 
 __all__ = [
     "AUTHORIZATION_KEY",
@@ -240,30 +241,7 @@ def _wrap_handler(
     handler: grpc.RpcMethodHandler[_Req, _Resp],
     check: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[Principal]],
 ) -> grpc.RpcMethodHandler[_Req, _Resp]:
-    serializers: dict[str, Any] = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    wrapped: grpc.RpcMethodHandler[Any, Any]
-    if handler.unary_unary is not None:
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            _wrap_behavior(handler.unary_unary, check), **serializers
-        )
-    elif handler.unary_stream is not None:
-        wrapped = grpc.unary_stream_rpc_method_handler(
-            _wrap_behavior(handler.unary_stream, check), **serializers
-        )
-    elif handler.stream_unary is not None:
-        wrapped = grpc.stream_unary_rpc_method_handler(
-            _wrap_behavior(handler.stream_unary, check), **serializers
-        )
-    elif handler.stream_stream is not None:
-        wrapped = grpc.stream_stream_rpc_method_handler(
-            _wrap_behavior(handler.stream_stream, check), **serializers
-        )
-    else:
-        return handler
-    return cast("grpc.RpcMethodHandler[_Req, _Resp]", wrapped)
+    return rewrap_handler(handler, lambda behavior: _wrap_behavior(behavior, check))
 
 
 def _wrap_behavior(

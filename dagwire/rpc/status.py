@@ -64,6 +64,7 @@ __all__ = [
     "RemoteError",
     "StatusInterceptor",
     "error_from_rpc",
+    "rewrap_handler",
     "status_from_error",
     "trace_metadata",
 ]
@@ -415,33 +416,33 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
-def _wrap_handler(
-    handler: grpc.RpcMethodHandler[_Req, _Resp], operation: str
+def rewrap_handler(
+    handler: grpc.RpcMethodHandler[_Req, _Resp], wrap: Callable[[_Behavior], _Behavior]
 ) -> grpc.RpcMethodHandler[_Req, _Resp]:
+    """The same handler (kind and serializers) with its behaviour replaced by `wrap(behaviour)`:
+    how the server interceptors put code around every call of a method."""
     serializers: dict[str, Any] = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     wrapped: grpc.RpcMethodHandler[Any, Any]
     if handler.unary_unary is not None:
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            _wrap_behavior(handler.unary_unary, operation), **serializers
-        )
+        wrapped = grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **serializers)
     elif handler.unary_stream is not None:
-        wrapped = grpc.unary_stream_rpc_method_handler(
-            _wrap_behavior(handler.unary_stream, operation), **serializers
-        )
+        wrapped = grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **serializers)
     elif handler.stream_unary is not None:
-        wrapped = grpc.stream_unary_rpc_method_handler(
-            _wrap_behavior(handler.stream_unary, operation), **serializers
-        )
+        wrapped = grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **serializers)
     elif handler.stream_stream is not None:
-        wrapped = grpc.stream_stream_rpc_method_handler(
-            _wrap_behavior(handler.stream_stream, operation), **serializers
-        )
+        wrapped = grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **serializers)
     else:
         return handler
     return cast("grpc.RpcMethodHandler[_Req, _Resp]", wrapped)
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler[_Req, _Resp], operation: str
+) -> grpc.RpcMethodHandler[_Req, _Resp]:
+    return rewrap_handler(handler, lambda behavior: _wrap_behavior(behavior, operation))
 
 
 def _wrap_behavior(behavior: _Behavior, operation: str) -> _Behavior:
