@@ -1,7 +1,8 @@
 """The cost of TLS + mTLS + tokens per task: the full stack plain and secure, side by side.
 
-The embedded stack (store, dispatcher, toolbox, orchestrator as separate processes) runs the
-chain of 200 and the fan-out of 500 `echo` tasks of `bench.full_stack`, once as it is and once
+The full stack (store, dispatcher, toolbox, orchestrator as separate processes), on embedded
+storage and on FerretDB + MinIO (``DAGWIRE_BENCH_BACKENDS``, as for `bench.full_stack`), runs
+the chain of 200 and the fan-out of 500 `echo` tasks of `bench.full_stack`, once as it is and once
 as `dagwire up --secure` runs it: every hop on mTLS, every call carrying a token checked
 against the auth file, each attempt with a store grant (docs/security.md). Plain and secure
 stacks alternate for ``DAGWIRE_BENCH_ROUNDS`` rounds (default 2) so that both see the same
@@ -19,7 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.full_stack import SHAPES, _run_once, _Service, wait_registered
+from bench.full_stack import BACKENDS, SHAPES, _backend, _run_once, _Service, wait_registered
 from dagwire.rpc.orchestrator_client import OrchestratorClient
 from dagwire_cli.secure import SecureSetup, prepare_secure
 
@@ -40,8 +41,11 @@ def _client_environment(setup: SecureSetup | None) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _stack(folder: Path, setup: SecureSetup | None) -> AsyncIterator[_Service]:
-    """The four processes on embedded storage in `folder`; yields the orchestrator."""
+async def _stack(
+    folder: Path, setup: SecureSetup | None, store_env: dict[str, str]
+) -> AsyncIterator[_Service]:
+    """The four processes (the store's storage as `store_env` says); yields the
+    orchestrator."""
 
     def env(name: str) -> dict[str, str]:
         return setup.service_env(name) if setup is not None else {}
@@ -51,7 +55,7 @@ async def _stack(folder: Path, setup: SecureSetup | None) -> AsyncIterator[_Serv
         "dagwire_services.store",
         [],
         folder,
-        env={"DAGWIRE_DATA_DIR": str(folder / "data"), **env("store")},
+        env={**store_env, "DAGWIRE_DATA_DIR": str(folder / "data"), **env("store")},
     )
     dispatcher = _Service(
         "dispatcher", "dagwire_services.dispatcher", [], folder, env("dispatcher")
@@ -86,12 +90,14 @@ async def _stack(folder: Path, setup: SecureSetup | None) -> AsyncIterator[_Serv
             service.stop()
 
 
-async def _measure(folder: Path, setup: SecureSetup | None, repeat: int) -> dict[str, float]:
+async def _measure(
+    folder: Path, setup: SecureSetup | None, store_env: dict[str, str], repeat: int
+) -> dict[str, float]:
     """Best ms/task of each shape on a fresh stack."""
     best: dict[str, float] = {}
     with _client_environment(setup):
         async with (
-            _stack(folder, setup) as orchestrator,
+            _stack(folder, setup, store_env) as orchestrator,
             OrchestratorClient(orchestrator.address) as client,
         ):
             for shape in SHAPES:
@@ -105,32 +111,42 @@ async def _measure(folder: Path, setup: SecureSetup | None, repeat: int) -> dict
 async def _run() -> list[dict[str, Any]]:
     repeat = max(1, int(os.environ.get("DAGWIRE_BENCH_REPEAT", "5")))
     rounds = max(1, int(os.environ.get("DAGWIRE_BENCH_ROUNDS", "2")))
-    root = Path(tempfile.mkdtemp(prefix="dagwire-bench-secure-"))
-    try:
-        setup = prepare_secure(root, host="127.0.0.1", addresses={})
-        plain: dict[str, float] = {}
-        secure: dict[str, float] = {}
-        for i in range(rounds):
-            for label, chosen, into in (("plain", None, plain), ("secure", setup, secure)):
-                folder = root / f"{label}-{i}"
-                folder.mkdir()
-                for shape, ms in (await _measure(folder, chosen, repeat)).items():
-                    into[shape] = min(ms, into.get(shape, float("inf")))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return [
-        {
-            "backend": "embedded",
-            "shape": shape.name,
-            "plain_ms_task": f"{plain[shape.name]:.2f}",
-            "secure_ms_task": f"{secure[shape.name]:.2f}",
-            "cost_ms_task": f"{secure[shape.name] - plain[shape.name]:+.2f}",
-            "change": f"{(secure[shape.name] / plain[shape.name] - 1) * 100:+.1f}%",
-        }
-        for shape in SHAPES
+    chosen = [
+        b.strip()
+        for b in os.environ.get("DAGWIRE_BENCH_BACKENDS", ",".join(BACKENDS)).split(",")
+        if b.strip()
     ]
+    rows: list[dict[str, Any]] = []
+    for backend_name in chosen:
+        root = Path(tempfile.mkdtemp(prefix="dagwire-bench-secure-"))
+        try:
+            setup = prepare_secure(root, host="127.0.0.1", addresses={})
+            plain: dict[str, float] = {}
+            secure: dict[str, float] = {}
+            with _backend(backend_name, root / "backend") as backend:
+                for i in range(rounds):
+                    for label, which, into in (("plain", None, plain), ("secure", setup, secure)):
+                        folder = root / f"{label}-{i}"
+                        folder.mkdir()
+                        measured = await _measure(folder, which, backend.store_env, repeat)
+                        for shape, ms in measured.items():
+                            into[shape] = min(ms, into.get(shape, float("inf")))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        rows += [
+            {
+                "backend": backend_name,
+                "shape": shape.name,
+                "plain_ms_task": f"{plain[shape.name]:.2f}",
+                "secure_ms_task": f"{secure[shape.name]:.2f}",
+                "cost_ms_task": f"{secure[shape.name] - plain[shape.name]:+.2f}",
+                "change": f"{(secure[shape.name] / plain[shape.name] - 1) * 100:+.1f}%",
+            }
+            for shape in SHAPES
+        ]
+    return rows
 
 
 def run() -> list[dict[str, Any]]:
-    """Rows: ms/task plain vs TLS + mTLS + tokens + grants, chain and fan-out, embedded."""
+    """Rows: ms/task plain vs TLS + mTLS + tokens + grants, chain and fan-out, per backend."""
     return asyncio.run(_run())
