@@ -635,7 +635,7 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
         if not request.HasField("expired_before"):
             raise InvalidArgumentError("expired_before is required", field="expired_before")
         removed = await self._registry().prune_entries(
-            kind, datetime_from_proto(request.expired_before)
+            kind, datetime_from_proto(request.expired_before, "expired_before")
         )
         return PruneRegistryEntriesResponse(removed=removed)
 
@@ -668,7 +668,9 @@ def registry_entry_from_proto(message: RegistryEntryMessage) -> RegistryEntry:
         ) from None
     if not isinstance(data, dict):
         raise InvalidArgumentError("entry.data_json must be a JSON object", field="entry.data_json")
-    return RegistryEntry(kind, key, datetime_from_proto(message.expire_time), data)
+    return RegistryEntry(
+        kind, key, datetime_from_proto(message.expire_time, "entry.expire_time"), data
+    )
 
 
 async def _within_quota(
