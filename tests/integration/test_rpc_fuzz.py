@@ -16,7 +16,7 @@ and an admin's token (docs/security.md, "Fuzzing"). Properties:
 - afterwards every server answers SERVING and its process is alive.
 
 `make test` runs a small derandomized sample; `make fuzz` runs ``DAGWIRE_FUZZ_EXAMPLES``
-examples per method with a random seed, printed on failure (replay: ``DAGWIRE_FUZZ_SEED``).
+examples per method with a random seed, printed on failure (replay: `make fuzz SEED=N`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from google.protobuf import message as pbm
 from google.protobuf import message_factory, text_format, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_health.v1 import health_pb2
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, given, note, seed, settings
 from hypothesis import strategies as st
 
 from dagwire.auth import add_principal
@@ -495,13 +495,14 @@ def test_rpc_fuzz(
     stack: FuzzStack, channels: dict[str, grpc.Channel], server: str, method: pbd.MethodDescriptor
 ) -> None:
     known = [stack.run_id, "greet", "shout", "both"]
-    replay = f"seed {_SEED}: replay with DAGWIRE_FUZZ_SEED={_SEED} make fuzz"
+    replay = f"seed {_SEED}: replay with make fuzz SEED={_SEED} (and the same EXAMPLES)"
     count = st.integers(1, 4) if method.client_streaming else st.just(1)
 
     @seed(_SEED)
     @_FUZZ
     @given(data=st.data())
     def fuzz(data: st.DataObject) -> None:
+        note(replay)
         n = data.draw(count)
         messages = [data.draw(requests(method.input_type, known)).message for _ in range(n)]
         before = _snapshot(channels, stack)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, seed, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
@@ -27,13 +29,22 @@ from dagwire_services.orchestrator.servicer import parse_spec
 
 _LONG = "DAGWIRE_FUZZ_EXAMPLES" in os.environ
 _EXAMPLES = int(os.environ.get("DAGWIRE_FUZZ_EXAMPLES", "150"))
-_FUZZ = settings(
-    max_examples=_EXAMPLES,
-    derandomize=not _LONG,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
+_SEED = int(os.environ.get("DAGWIRE_FUZZ_SEED") or (random.randrange(2**32) if _LONG else 0))
+_REPLAY = f"seed {_SEED}: replay with make fuzz SEED={_SEED} (and the same EXAMPLES)"
+
+
+def _fuzz(test: Callable[..., None]) -> Callable[..., None]:
+    """The fixed seed (or the long run's) and the example count, for every property below."""
+    return seed(_SEED)(
+        settings(
+            max_examples=_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+            print_blob=True,
+        )(test)
+    )
+
 
 _ODD_TEXT = st.sampled_from(
     ["", " ", "\x00", "a\x00b", "\x07\x1b[31m", "\u202e", "é", "日本", "\U0001f600", "\ud800"[:0]]
@@ -210,6 +221,7 @@ def _check_error(exc: WorkflowValidationError) -> None:
 
 def _through_orchestrator(text: str, user_vars: dict[str, str]) -> None:
     """What StartRun does with the text: parse, resolve and build the graph."""
+    note(_REPLAY)
     try:
         spec = parse_spec(text)
         prepare_run(spec, user_vars)
@@ -222,18 +234,19 @@ _USER_VARS = st.dictionaries(
 )
 
 
-@_FUZZ
+@_fuzz
 @given(data=st.one_of(spec_dicts(), valid_specs()), user_vars=_USER_VARS)
 def test_dict_specs_are_accepted_or_rejected_with_a_located_message(
     data: Any, user_vars: dict[str, str]
 ) -> None:
+    note(_REPLAY)
     try:
         prepare_run(WorkflowSpec.from_dict(data), user_vars)  # a non-mapping is rejected too
     except WorkflowValidationError as exc:
         _check_error(exc)
 
 
-@_FUZZ
+@_fuzz
 @given(
     data=st.one_of(spec_dicts(), valid_specs()),
     style=st.sampled_from(["yaml", "json"]),
@@ -247,7 +260,7 @@ def test_spec_text_through_the_orchestrator_parser(
     _through_orchestrator(_mutate(_texts(data, style), how, at), user_vars)
 
 
-@_FUZZ
+@_fuzz
 @given(text=st.text(max_size=300), user_vars=_USER_VARS)
 def test_arbitrary_text_through_the_orchestrator_parser(
     text: str, user_vars: dict[str, str]
