@@ -53,6 +53,7 @@ _EXAMPLES = int(os.environ.get("DAGWIRE_FUZZ_EXAMPLES", "8"))
 _SEED = int(os.environ.get("DAGWIRE_FUZZ_SEED") or (random.randrange(2**32) if _LONG else 0))
 _DEADLINE = 5.0
 _WAIT_DEADLINE = 1.0  # for the calls that may wait by design (below): a watch, a sleeping agent
+_LAPSE = 3.0  # an example takes far less; adapter leases last 10 s (see _snapshot)
 _TOKENS = (None, "client", "adapter", "admin")
 
 # Statuses a server may answer with to an unauthenticated, forbidden or invalid call; a
@@ -398,8 +399,12 @@ def _call(
     return None
 
 
-def _snapshot(chans: dict[str, grpc.Channel], stack: FuzzStack) -> dict[str, Any]:
-    """What is stored, as an admin sees it (heartbeat times and health left out)."""
+def _snapshot(chans: dict[str, grpc.Channel], stack: FuzzStack, cutoff: float) -> dict[str, Any]:
+    """What is stored, as an admin sees it (heartbeat times and health left out).
+
+    Adapters whose lease ends before `cutoff` (a wall-clock time) are left out: one that an
+    earlier, accepted call registered may lapse between two snapshots.
+    """
     admin = _bearer(stack.tokens["admin"])
 
     def ask(server: str, service: str, method: str, request: pbm.Message) -> Any:
@@ -453,7 +458,11 @@ def _snapshot(chans: dict[str, grpc.Channel], stack: FuzzStack) -> dict[str, Any
     return {
         "runs": sorted((r.run_id, r.status, r.namespace) for r in runs.runs),
         "store_runs": sorted(r.SerializeToString(deterministic=True) for r in store_runs.runs),
-        "adapters": sorted((a.instance_id, a.address, tuple(a.agents)) for a in adapters.adapters),
+        "adapters": sorted(
+            (a.instance_id, a.address, tuple(a.agents))
+            for a in adapters.adapters
+            if a.lease_expire_time.ToNanoseconds() / 1e9 > cutoff
+        ),
         "artifacts": sorted(a.SerializeToString(deterministic=True) for a in artifacts.artifacts),
         "records": sorted(r.SerializeToString(deterministic=True) for r in records.records),
         "registry": sorted(registry),
@@ -505,7 +514,8 @@ def test_rpc_fuzz(
         note(replay)
         n = data.draw(count)
         messages = [data.draw(requests(method.input_type, known)).message for _ in range(n)]
-        before = _snapshot(channels, stack)
+        cutoff = time.time() + _LAPSE
+        before = _snapshot(channels, stack, cutoff)
         rejected = 0
         for role in _TOKENS:
             token = stack.tokens[role] if role else None
@@ -514,7 +524,7 @@ def test_rpc_fuzz(
                 _check_status(method, err, f"{replay}; token {role}")
                 rejected += 1
         if rejected == len(_TOKENS) and method.name not in _WAITING:
-            after = _snapshot(channels, stack)
+            after = _snapshot(channels, stack, cutoff)
             assert after == before, (
                 f"{method.full_name}: a rejected call changed the store ({replay})"
             )
@@ -524,9 +534,12 @@ def test_rpc_fuzz(
         assert proc.popen is not None and proc.popen.poll() is None, (
             f"{name} died during {method.full_name} ({replay}):\n{proc.log_tail()}"
         )
-    health = _unary(channels[server], _HEALTH.methods_by_name["Check"])
-    reply = health(health_pb2.HealthCheckRequest(), timeout=_DEADLINE)
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING, f"{server} not SERVING"
+    for name, chan in channels.items():
+        health = _unary(chan, _HEALTH.methods_by_name["Check"])
+        reply = health(health_pb2.HealthCheckRequest(), timeout=_DEADLINE)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, (
+            f"{name} not SERVING after {method.full_name} ({replay})"
+        )
 
 
 # ------------------------------------------------------------- regressions the fuzzer found
@@ -562,7 +575,8 @@ def test_an_out_of_range_timestamp_is_rejected_naming_its_field(
 ) -> None:
     # before the fix: INTERNAL ("internal error in PutRegistryEntry"), an OverflowError
     service = store_service_pb2.DESCRIPTOR.services_by_name["ExecutionStoreService"]
-    before = _snapshot(channels, stack)
+    cutoff = time.time() + _LAPSE
+    before = _snapshot(channels, stack, cutoff)
     err = _call(
         channels["store"], service.methods_by_name[method], [request_message], stack.tokens["admin"]
     )
@@ -570,4 +584,4 @@ def test_an_out_of_range_timestamp_is_rejected_naming_its_field(
     info = _error_info(err)
     assert info is not None and info.metadata["field"] == field
     assert f"{field} is out of range" in (err.details() or "")
-    assert _snapshot(channels, stack) == before
+    assert _snapshot(channels, stack, cutoff) == before
