@@ -116,6 +116,10 @@ MAX_CHUNK_BYTES = ARTIFACT_CHUNK_BYTES
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+_MAX_EPOCH = 2**63 - 1
+"""The largest lease epoch (int64 on the wire)."""
+
+
 class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer):
     """`ArtifactStoreService` over any `ArtifactStore`; content streams through in chunks."""
 
@@ -274,8 +278,12 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
 
     async def _superseded(self, leases: Mapping[str, int]) -> set[str]:
         """The runs among `leases` (run id → the writer's lease epoch) whose writer was
-        fenced off: another orchestrator claimed the next epoch (docs/durability.md)."""
-        fenced = {run_id: epoch for run_id, epoch in leases.items() if epoch >= 1}
+        fenced off: another orchestrator claimed the next epoch (docs/durability.md).
+
+        The last int64 epoch has no next one to claim, so it is never superseded (and is not
+        looked up: its successor fits no store's integer).
+        """
+        fenced = {run_id: epoch for run_id, epoch in leases.items() if 1 <= epoch < _MAX_EPOCH}
         if not fenced or not isinstance(self._store, RunLedger):
             return set()
         return await self._store.superseded(fenced)

@@ -68,6 +68,7 @@ class FuzzStack:
     tokens: dict[str, str]
     procs: dict[str, Proc]
     run_id: str
+    artifact_ids: list[str]
 
 
 def _bearer(token: str | None) -> tuple[tuple[str, str], ...]:
@@ -119,7 +120,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzStack]:
         asyncio.run(start())
         procs["orchestrator"] = orchestrator
         run_id = _known_run(orchestrator.address, tokens["client"])
-        yield FuzzStack(tokens, procs, run_id)
+        yield FuzzStack(tokens, procs, run_id, _artifact_ids(store_addr, run_id, tokens["admin"]))
     finally:
         for proc in reversed([store, dispatcher, toolbox, orchestrator]):
             proc.stop()
@@ -149,6 +150,19 @@ def _known_run(address: str, token: str) -> str:
             if reply.run.status == 2 or time.monotonic() > deadline:  # RUN_STATUS_SUCCEEDED
                 return str(reply.run.run_id)
             time.sleep(0.2)
+
+
+def _artifact_ids(address: str, run_id: str, token: str) -> list[str]:
+    """The known run's artifacts: ids the fuzzer mixes in, so calls reach past lookups."""
+    with grpc.insecure_channel(address) as chan:
+        reply = chan.unary_unary(
+            "/dagwire.v1.ArtifactStoreService/ListArtifacts",
+            request_serializer=store_service_pb2.ListArtifactsRequest.SerializeToString,
+            response_deserializer=store_service_pb2.ListArtifactsResponse.FromString,
+        )(store_service_pb2.ListArtifactsRequest(run_id=run_id), metadata=_bearer(token), timeout=5)
+    ids = [a.artifact_id for a in reply.artifacts]
+    assert ids, "the known run stored no artifacts"
+    return ids
 
 
 # ------------------------------------------------------------------------ the methods fuzzed
@@ -503,7 +517,7 @@ _FUZZ = settings(
 def test_rpc_fuzz(
     stack: FuzzStack, channels: dict[str, grpc.Channel], server: str, method: pbd.MethodDescriptor
 ) -> None:
-    known = [stack.run_id, "greet", "shout", "both"]
+    known = [stack.run_id, "greet", "shout", "both", *stack.artifact_ids]
     replay = f"seed {_SEED}: replay with make fuzz SEED={_SEED} (and the same EXAMPLES)"
     count = st.integers(1, 4) if method.client_streaming else st.just(1)
 
@@ -585,3 +599,27 @@ def test_an_out_of_range_timestamp_is_rejected_naming_its_field(
     assert info is not None and info.metadata["field"] == field
     assert f"{field} is out of range" in (err.details() or "")
     assert _snapshot(channels, stack, cutoff) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "request_message"),
+    [
+        (
+            "RecordExecutions",
+            store_service_pb2.RecordExecutionsRequest(lease_epochs={"r-max": 2**63 - 1}),
+        ),
+        (
+            "RecordOutcomes",
+            store_service_pb2.RecordOutcomesRequest(lease_epochs={"r-max": 2**63 - 1}),
+        ),
+    ],
+)
+def test_the_last_lease_epoch_is_never_superseded(
+    stack: FuzzStack, channels: dict[str, grpc.Channel], method: str, request_message: pbm.Message
+) -> None:
+    # before the fix: INTERNAL ("Python int too large to convert to SQLite INTEGER"): the
+    # store looked up the claim of epoch + 1
+    service = store_service_pb2.DESCRIPTOR.services_by_name["ExecutionStoreService"]
+    stub = _unary(channels["store"], service.methods_by_name[method])
+    reply = stub(request_message, metadata=_bearer(stack.tokens["admin"]), timeout=_DEADLINE)
+    assert list(reply.superseded_run_ids) == []
