@@ -268,12 +268,21 @@ class AdapterPool:
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
 
+_MAX_TIMEOUT_SECONDS = 100 * 365.25 * 86400
+"""A longer timeout is refused: its deadline would pass what a timestamp holds (year 9999)."""
+
+
 def _timeout_of(request: dpb.DispatchRequest) -> float | None:
     if not request.HasField("timeout"):
         return None
-    seconds = request.timeout.ToTimedelta().total_seconds()
+    seconds = request.timeout.ToNanoseconds() / 1e9  # any Duration (ToTimedelta may overflow)
     if seconds <= 0:
         raise InvalidArgumentError(
             f"timeout must be positive when set, got {seconds:g} s", field="timeout"
+        )
+    if seconds > _MAX_TIMEOUT_SECONDS:
+        raise InvalidArgumentError(
+            f"timeout must be at most {_MAX_TIMEOUT_SECONDS:.0f} s (100 years), got {seconds:g} s",
+            field="timeout",
         )
     return seconds

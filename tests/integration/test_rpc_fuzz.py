@@ -602,6 +602,32 @@ def test_an_out_of_range_timestamp_is_rejected_naming_its_field(
 
 
 @pytest.mark.parametrize(
+    ("seconds", "says"),
+    [(-(2**62), "timeout must be positive"), (2**40, "timeout must be at most")],
+    ids=["negative-beyond-timedelta", "past-year-9999"],
+)
+def test_a_dispatch_timeout_out_of_range_is_rejected_naming_it(
+    stack: FuzzStack, channels: dict[str, grpc.Channel], seconds: int, says: str
+) -> None:
+    # before the fix: INTERNAL (an OverflowError converting the Duration, or its deadline)
+    service = dispatcher_service_pb2.DESCRIPTOR.services_by_name["DispatcherService"]
+    request = dispatcher_service_pb2.DispatchRequest(
+        agent="echo", run_id=stack.run_id, node_id="greet", attempt=1
+    )
+    request.timeout.seconds = seconds
+    err = _call(
+        channels["dispatcher"],
+        service.methods_by_name["Dispatch"],
+        [request],
+        stack.tokens["admin"],
+    )
+    assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    info = _error_info(err)
+    assert info is not None and info.metadata["field"] == "timeout"
+    assert says in (err.details() or "")
+
+
+@pytest.mark.parametrize(
     ("method", "request_message"),
     [
         (
