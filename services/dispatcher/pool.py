@@ -24,6 +24,7 @@ from dagwire.errors import (
     NoHealthyAdapterError,
 )
 from dagwire.grants import GrantKey
+from dagwire.limits import MAX_TASK_TIMEOUT_SECONDS
 from dagwire.models import utc_now
 from dagwire.rpc.adapter_client import (
     DEFAULT_STATIC_CAPACITY,
@@ -268,10 +269,6 @@ class AdapterPool:
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
 
-_MAX_TIMEOUT_SECONDS = 100 * 365.25 * 86400
-"""A longer timeout is refused: its deadline would pass what a timestamp holds (year 9999)."""
-
-
 def _timeout_of(request: dpb.DispatchRequest) -> float | None:
     if not request.HasField("timeout"):
         return None
@@ -280,9 +277,10 @@ def _timeout_of(request: dpb.DispatchRequest) -> float | None:
         raise InvalidArgumentError(
             f"timeout must be positive when set, got {seconds:g} s", field="timeout"
         )
-    if seconds > _MAX_TIMEOUT_SECONDS:
+    if seconds > MAX_TASK_TIMEOUT_SECONDS:
         raise InvalidArgumentError(
-            f"timeout must be at most {_MAX_TIMEOUT_SECONDS:.0f} s (100 years), got {seconds:g} s",
+            f"timeout must be at most {MAX_TASK_TIMEOUT_SECONDS:.0f} s (100 years), "
+            f"got {seconds:g} s",
             field="timeout",
         )
     return seconds

@@ -649,3 +649,25 @@ def test_the_last_lease_epoch_is_never_superseded(
     stub = _unary(channels["store"], service.methods_by_name[method])
     reply = stub(request_message, metadata=_bearer(stack.tokens["admin"]), timeout=_DEADLINE)
     assert list(reply.superseded_run_ids) == []
+
+
+@pytest.mark.parametrize("timeout", ["1e300", "1e12"])
+def test_a_task_timeout_past_the_limit_is_a_spec_error(
+    stack: FuzzStack, channels: dict[str, grpc.Channel], timeout: str
+) -> None:
+    # before the fix: the spec was accepted and the task failed at dispatch (an OverflowError
+    # converting 1e300 s to a Duration, or the dispatcher refusing the timeout)
+    service = orchestrator_service_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
+    spec = f"name: t\ntasks:\n  - {{id: a, agent: echo, timeout: {timeout}}}\n"
+    before = _snapshot(channels, stack, time.time() + _LAPSE)
+    err = _call(
+        channels["orchestrator"],
+        service.methods_by_name["StartRun"],
+        [orchestrator_service_pb2.StartRunRequest(spec=spec)],
+        stack.tokens["client"],
+    )
+    assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    info = _error_info(err)
+    assert info is not None and info.metadata["field"] == "timeout", info
+    assert "task 'a': field 'timeout'" in (err.details() or "")
+    assert _snapshot(channels, stack, time.time() + _LAPSE)["runs"] == before["runs"]

@@ -278,8 +278,17 @@ def test_arbitrary_text_through_the_orchestrator_parser(
         "name: x\ntasks:\n  - {id: a, agent: echo, retry: {max_attempts: -1}}\n",
         '{"name": "x", "tasks": [{"id": "a", "agent": "echo", "timeout": 1e999}]}',
         "name: x\ntasks:\n  - {id: 'a\x00', agent: echo}\n",
+        "name: x\ntasks:\n  - {id: a, agent: echo, timeout: 1e300}\n",
     ],
-    ids=["cycle", "duplicate-id", "unknown-var", "negative-retry", "infinite-timeout", "nul-id"],
+    ids=[
+        "cycle",
+        "duplicate-id",
+        "unknown-var",
+        "negative-retry",
+        "infinite-timeout",
+        "nul-id",
+        "timeout-past-the-limit",  # was accepted, and failed the task at dispatch
+    ],
 )
 def test_known_bad_specs_name_their_task_or_field(text: str) -> None:
     with pytest.raises(WorkflowValidationError) as caught:
