@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.synced
 
 .PHONY: help lock install protos protos-check buf-lint buf-breaking devservers polyglot lint typecheck \
-	test test-unit test-integration test-e2e test-interop faults bench run clean
+	test test-unit test-integration test-e2e test-interop faults fuzz bench run clean
 
 help: ## Show this help.
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -82,6 +82,11 @@ faults: install devservers ## Fault suite: kill -9 every kind of process N times
 	DAGWIRE_FAULTS_N=$(or $(N),20) DAGWIRE_FAULTS_SEED=$(or $(SEED),0) \
 		DAGWIRE_FAULTS_KINDS=$(or $(KINDS),orchestrator,store,adapter,dispatcher,ferretdb,postgres,minio) \
 		$(VENV)/bin/pytest tests/faults
+
+# The fuzz suites' sample in `make test` is small and seeded (seed 0); `make fuzz` runs long.
+fuzz: install ## Fuzz the spec parser and every RPC (EXAMPLES=200 per property/method, SEED=... to replay).
+	DAGWIRE_FUZZ_EXAMPLES=$(or $(EXAMPLES),200) DAGWIRE_FUZZ_SEED=$(SEED) \
+		$(VENV)/bin/pytest tests/unit/test_spec_fuzz.py tests/integration/test_rpc_fuzz.py
 
 bench: install ## Benchmarks; prints tables.
 	$(PY) -m bench

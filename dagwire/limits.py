@@ -21,6 +21,7 @@ __all__ = [
     "MAX_SPEC_BYTES",
     "MAX_SPEC_DEPTH",
     "MAX_SPEC_VALUES",
+    "MAX_TASK_TIMEOUT_SECONDS",
     "OUTCOME_INLINE_BYTES",
     "PAGE_BYTE_BUDGET",
     "STORED_INLINE_BYTES",
@@ -94,3 +95,7 @@ MAX_SECRET_BYTES = 64 << 10
 MAX_METADATA_BYTES = 256 << 10
 """Most bytes of one artifact's metadata in all (keys and values, UTF-8): a stored artifact
 document stays far below MongoDB's 16 MiB, and a header far below the message limit."""
+
+MAX_TASK_TIMEOUT_SECONDS = 100 * 365.25 * 86400
+"""Longest task timeout (100 years): a longer one's deadline would pass what a timestamp holds
+(year 9999), and its nanoseconds what a Duration holds."""

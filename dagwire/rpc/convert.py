@@ -23,6 +23,7 @@ from dagwire.models import (
     RunSummary,
     TaskStatus,
 )
+from dagwire.rpc.status import InvalidArgumentError
 from dagwire.runtime.events import RunEvent, RunEventKind
 from dagwire.v1 import common_pb2
 
@@ -92,16 +93,28 @@ def datetime_to_proto(value: datetime, field: str = "timestamp") -> timestamp_pb
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
-def datetime_from_proto(value: timestamp_pb2.Timestamp) -> datetime:
+def datetime_from_proto(value: timestamp_pb2.Timestamp, field: str = "timestamp") -> datetime:
     """The UTC `datetime` of a `Timestamp` (nanoseconds below a microsecond are dropped).
 
     Args:
         value: the timestamp.
+        field: the request field it came from (named when it is out of range).
 
     Returns:
         A timezone-aware UTC `datetime`.
+
+    Raises:
+        InvalidArgumentError: the timestamp is outside years 1 to 9999 (what `datetime` holds,
+            and the range the Timestamp type allows).
     """
-    return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+    try:
+        return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+    except OverflowError:
+        raise InvalidArgumentError(
+            f"{field} is out of range ({value.seconds} seconds from 1970): a timestamp must "
+            "fall within the years 1 to 9999",
+            field=field,
+        ) from None
 
 
 def run_status_to_proto(status: RunStatus | str) -> common_pb2.RunStatus.ValueType:
@@ -246,7 +259,7 @@ def execution_record_from_proto(message: common_pb2.ExecutionRecord) -> Executio
         attempt=message.attempt,
         agent=message.agent,
         status=task_status_from_proto(message.status),
-        started_at=datetime_from_proto(message.started_at),
+        started_at=datetime_from_proto(message.started_at, "started_at"),
         finished_at=_optional_time(message, "finished_at"),
         error=message.error or None,
         trace_id=message.trace_id,
@@ -339,7 +352,7 @@ def run_from_proto(message: common_pb2.Run) -> RunRecord:
         run_id=message.run_id,
         name=message.name,
         status=run_status_from_proto(message.status),
-        created_at=datetime_from_proto(message.created_at),
+        created_at=datetime_from_proto(message.created_at, "created_at"),
         finished_at=_optional_time(message, "finished_at"),
         spec=spec,
         user_vars=dict(message.user_vars),
@@ -510,7 +523,7 @@ def run_event_from_proto(message: common_pb2.RunEvent) -> RunEvent:
     common: dict[str, Any] = {
         "sequence": message.sequence,
         "run_id": message.run_id,
-        "time": datetime_from_proto(message.time) if message.HasField("time") else _EPOCH,
+        "time": datetime_from_proto(message.time, "time") if message.HasField("time") else _EPOCH,
     }
     if which == "task_started":
         started = message.task_started
@@ -577,4 +590,4 @@ def _optional_seconds(message: Any, field: str) -> float | None:
 def _optional_time(message: Any, field: str) -> datetime | None:
     if not message.HasField(field):
         return None
-    return datetime_from_proto(getattr(message, field))
+    return datetime_from_proto(getattr(message, field), field)

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from dagwire.errors import WorkflowValidationError
+from dagwire.limits import MAX_TASK_TIMEOUT_SECONDS
 from dagwire.spec._checks import check_workflow
 from dagwire.spec._errors import (
     Loc,
@@ -90,7 +91,10 @@ class TaskSpec(BaseModel):
     )
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retry policy.")
     timeout: float | None = Field(
-        default=None, gt=0, description="Seconds per attempt for the adapter call; none if unset."
+        default=None,
+        gt=0,
+        le=MAX_TASK_TIMEOUT_SECONDS,
+        description="Seconds per attempt for the adapter call; none if unset.",
     )
 
 

@@ -24,6 +24,7 @@ from dagwire.errors import (
     NoHealthyAdapterError,
 )
 from dagwire.grants import GrantKey
+from dagwire.limits import MAX_TASK_TIMEOUT_SECONDS
 from dagwire.models import utc_now
 from dagwire.rpc.adapter_client import (
     DEFAULT_STATIC_CAPACITY,
@@ -271,9 +272,15 @@ class AdapterPool:
 def _timeout_of(request: dpb.DispatchRequest) -> float | None:
     if not request.HasField("timeout"):
         return None
-    seconds = request.timeout.ToTimedelta().total_seconds()
+    seconds = request.timeout.ToNanoseconds() / 1e9  # any Duration (ToTimedelta may overflow)
     if seconds <= 0:
         raise InvalidArgumentError(
             f"timeout must be positive when set, got {seconds:g} s", field="timeout"
+        )
+    if seconds > MAX_TASK_TIMEOUT_SECONDS:
+        raise InvalidArgumentError(
+            f"timeout must be at most {MAX_TASK_TIMEOUT_SECONDS:.0f} s (100 years), "
+            f"got {seconds:g} s",
+            field="timeout",
         )
     return seconds

@@ -116,6 +116,10 @@ MAX_CHUNK_BYTES = ARTIFACT_CHUNK_BYTES
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+_MAX_EPOCH = 2**63 - 1
+"""The largest lease epoch (int64 on the wire)."""
+
+
 class ArtifactStoreServicer(store_service_pb2_grpc.ArtifactStoreServiceServicer):
     """`ArtifactStoreService` over any `ArtifactStore`; content streams through in chunks."""
 
@@ -274,8 +278,12 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
 
     async def _superseded(self, leases: Mapping[str, int]) -> set[str]:
         """The runs among `leases` (run id → the writer's lease epoch) whose writer was
-        fenced off: another orchestrator claimed the next epoch (docs/durability.md)."""
-        fenced = {run_id: epoch for run_id, epoch in leases.items() if epoch >= 1}
+        fenced off: another orchestrator claimed the next epoch (docs/durability.md).
+
+        The last int64 epoch has no next one to claim, so it is never superseded (and is not
+        looked up: its successor fits no store's integer).
+        """
+        fenced = {run_id: epoch for run_id, epoch in leases.items() if 1 <= epoch < _MAX_EPOCH}
         if not fenced or not isinstance(self._store, RunLedger):
             return set()
         return await self._store.superseded(fenced)
@@ -635,7 +643,7 @@ class ExecutionStoreServicer(store_service_pb2_grpc.ExecutionStoreServiceService
         if not request.HasField("expired_before"):
             raise InvalidArgumentError("expired_before is required", field="expired_before")
         removed = await self._registry().prune_entries(
-            kind, datetime_from_proto(request.expired_before)
+            kind, datetime_from_proto(request.expired_before, "expired_before")
         )
         return PruneRegistryEntriesResponse(removed=removed)
 
@@ -668,7 +676,9 @@ def registry_entry_from_proto(message: RegistryEntryMessage) -> RegistryEntry:
         ) from None
     if not isinstance(data, dict):
         raise InvalidArgumentError("entry.data_json must be a JSON object", field="entry.data_json")
-    return RegistryEntry(kind, key, datetime_from_proto(message.expire_time), data)
+    return RegistryEntry(
+        kind, key, datetime_from_proto(message.expire_time, "entry.expire_time"), data
+    )
 
 
 async def _within_quota(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from google.protobuf import timestamp_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -30,6 +31,7 @@ from dagwire.rpc.convert import (
     task_status_from_proto,
     task_status_to_proto,
 )
+from dagwire.rpc.status import InvalidArgumentError
 from dagwire.v1 import common_pb2
 
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
@@ -195,3 +197,19 @@ def test_unspecified_statuses_are_value_errors() -> None:
         run_status_from_proto(0)
     with pytest.raises(ValueError, match="status must be a task status, got enum value 99"):
         task_status_from_proto(99)
+
+
+@pytest.mark.parametrize("seconds", [-62135596801, 253402300800, -(2**63), 2**63 - 1])
+def test_an_out_of_range_timestamp_is_an_invalid_argument_naming_its_field(seconds: int) -> None:
+    # found by the RPC fuzzer: before, PutRegistryEntry and PruneRegistryEntries answered
+    # INTERNAL (an OverflowError) for a timestamp outside the years 1 to 9999
+    with pytest.raises(InvalidArgumentError) as caught:
+        datetime_from_proto(timestamp_pb2.Timestamp(seconds=seconds), "entry.expire_time")
+    assert caught.value.field == "entry.expire_time"
+    assert "entry.expire_time is out of range" in str(caught.value)
+
+
+def test_the_first_and_last_representable_timestamps_convert() -> None:
+    first = datetime_from_proto(timestamp_pb2.Timestamp(seconds=-62135596800))
+    last = datetime_from_proto(timestamp_pb2.Timestamp(seconds=253402300799))
+    assert (first.year, last.year) == (1, 9999)
