@@ -1,4 +1,5 @@
-"""Quotas from ``DAGWIRE_QUOTAS_FILE`` on real services (docs/security.md): each quota refuses
+"""Quotas from ``DAGWIRE_QUOTAS_FILE`` on real services serving mTLS with tokens and grants
+(docs/security.md): each quota refuses
 what is over it with a message naming the quota, its value and the namespace, nothing is
 stored for a refused call, a namespace's overrides win over the defaults, and the file is
 re-read while the services run."""
@@ -19,7 +20,9 @@ import grpc
 import grpc.aio
 import pytest
 
+from dagwire.rpc.channels import client_channel
 from dagwire.v1 import store_service_pb2, store_service_pb2_grpc
+from dagwire_cli.secure import prepare_secure
 from tests.servers import REPO_ROOT
 from tests.stack import (
     Proc,
@@ -74,18 +77,25 @@ def quota_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuotaStack
     quotas_file = tmp / "quotas.yaml"
     quotas_file.write_text(QUOTAS)
     env = {"DAGWIRE_QUOTAS_FILE": str(quotas_file)}
+    # mTLS, tokens and grants on, as `dagwire up --secure` runs them; the CLI and this
+    # process act as the admin (quotas bind every principal; an admin may use any namespace)
+    setup = prepare_secure(tmp, host="127.0.0.1", addresses={})
+    saved = dict(os.environ)
+    os.environ.update(setup.client_env("admin"))
     store_addr = free_address()
     store = Proc(
         "store",
         ["dagwire_services.store", "--listen-addr", store_addr, "--data-dir", str(tmp / "d")],
         store_addr,
         tmp / "store.log",
-        env=env,
+        env=env | setup.service_env("store"),
     )
     dispatcher = dispatcher_proc(tmp)
+    dispatcher.env = setup.service_env("dispatcher")
     toolbox = toolbox_proc(tmp, dispatcher.address, store_addr)
+    toolbox.env = setup.service_env("toolbox")
     orchestrator = orchestrator_proc(tmp, store_addr, dispatcher.address)
-    orchestrator.env = env
+    orchestrator.env = env | setup.service_env("orchestrator")
     procs = [store, dispatcher, toolbox, orchestrator]
 
     async def start() -> None:
@@ -107,6 +117,8 @@ def quota_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuotaStack
     finally:
         for proc in reversed(procs):
             proc.stop()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _spec(tmp_path: Path, tasks: list[dict[str, object]], comment: str = "") -> Path:
@@ -192,7 +204,7 @@ async def test_metadata_over_its_quota_is_refused_before_any_content(
     header = store_service_pb2.PutArtifactRequest(
         header=store_service_pb2.ArtifactHeader(name="out", metadata={"k": "v" * 200})
     )
-    async with grpc.aio.insecure_channel(quota_stack.store) as channel:
+    async with client_channel(quota_stack.store) as channel:  # mTLS, the admin's token
         stub = store_service_pb2_grpc.ArtifactStoreServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.PutArtifact(iter([header, store_service_pb2.PutArtifactRequest(chunk=b"x")]))

@@ -1,6 +1,7 @@
 """`${secret.NAME}` through the real services (docs/security.md, "Secrets"): store, dispatcher,
 an SDK adapter and an orchestrator with ``DAGWIRE_SECRETS_DIR`` as separate processes on
-loopback (embedded storage: this is not about storage), driven by the CLI and the client.
+loopback (embedded storage: this is not about storage), serving mTLS with tokens and grants as
+`dagwire up --secure` runs them, driven by the CLI and the client.
 
 The adapter echoes its params into its output and, on its first attempt, into its error. The
 value must reach the adapter and appear nowhere else: not in GetRun's record, the WatchRun
@@ -20,11 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from dagwire.auth import add_principal
 from dagwire.errors import WorkflowValidationError
 from dagwire.models import RunStatus, TaskStatus
 from dagwire.rpc.orchestrator_client import OrchestratorClient
 from dagwire.rpc.store_client import RemoteArtifactStore, RemoteExecutionStore
 from dagwire.runtime import RunEventKind
+from dagwire_cli.secure import issue_certificate, prepare_secure
 from tests.servers import REPO_ROOT
 from tests.stack import Proc, collect_events, free_address, start_all, wait_adapters
 
@@ -80,6 +83,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (secrets / "default").mkdir(parents=True)
     (secrets / "default" / "API_TOKEN").write_text(VALUE + "\n")  # as Kubernetes writes it
     received = tmp / "received.jsonl"
+    # mTLS, tokens and grants on, as `dagwire up --secure` runs them; this process and the CLI
+    # act as the admin, the echoing adapter as an adapter principal of its own
+    setup = prepare_secure(tmp, host="127.0.0.1", addresses={})
+    issue_certificate(setup.folder, "secret-echo", "127.0.0.1")
+    echo_token = add_principal(
+        setup.auth_file, name="secret-echo", roles=["adapter"], agents=["echo_params"]
+    )
+    echo_env = setup.service_env("toolbox") | {
+        "DAGWIRE_TLS_CERT": str(setup.folder / "secret-echo.pem"),
+        "DAGWIRE_TLS_KEY": str(setup.folder / "secret-echo.key"),
+        "DAGWIRE_TLS_CLIENT_CERT": str(setup.folder / "secret-echo.pem"),
+        "DAGWIRE_TLS_CLIENT_KEY": str(setup.folder / "secret-echo.key"),
+        "DAGWIRE_TOKEN": echo_token,
+        "DAGWIRE_TOKEN_FILE": "",
+    }
+    saved = dict(os.environ)
+    os.environ.update(setup.client_env("admin"))
     store_addr, dispatcher_addr = free_address(), free_address()
     adapter_addr, orchestrator_addr = free_address(), free_address()
     store = Proc(
@@ -87,12 +107,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ["dagwire_services.store", "--listen-addr", store_addr, "--data-dir", str(tmp / "d")],
         store_addr,
         tmp / "store.log",
+        env=setup.service_env("store"),
     )
     dispatcher = Proc(
         "dispatcher",
         ["dagwire_services.dispatcher", "--listen-addr", dispatcher_addr],
         dispatcher_addr,
         tmp / "dispatcher.log",
+        env=setup.service_env("dispatcher"),
     )
     adapter = Proc(
         "secret-echo",
@@ -108,6 +130,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         adapter_addr,
         tmp / "adapter.log",
         env={
+            **echo_env,
             "SECRET_ECHO_RECEIVED": str(received),
             # a script, not a module: put the checkout's `dagwire` first on its path
             "PYTHONPATH": os.pathsep.join(
@@ -128,7 +151,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ],
         orchestrator_addr,
         tmp / "orchestrator.log",
-        env={"DAGWIRE_SECRETS_DIR": str(secrets), "DAGWIRE_LOG_LEVEL": "debug"},
+        env={
+            **setup.service_env("orchestrator"),
+            "DAGWIRE_SECRETS_DIR": str(secrets),
+            "DAGWIRE_LOG_LEVEL": "debug",
+        },
     )
     procs = [store, dispatcher, adapter, orchestrator]
 
@@ -146,6 +173,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         for proc in reversed(procs):
             proc.stop()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def dagwire(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
